@@ -1,0 +1,394 @@
+//! A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver and
+//! kube-controller-manager built from the Go module proxy by
+//! `e2e/controlplane/build.sh`, started with certificates from a throwaway CA.
+//!
+//! The processes run detached, so one plane serves many test runs; their pids,
+//! ports, certificates, logs and the kubeconfig live in one state folder.
+
+use std::{
+    fs,
+    net::TcpListener,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// Where one control plane keeps its state.
+#[derive(Clone, Debug)]
+pub struct Plane {
+    pub dir: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+const SERVICE_CIDR: &str = "10.96.0.0/16";
+const SERVICE_API_IP: [u8; 4] = [10, 96, 0, 1];
+
+/// Audit only writes, so tests can count what a component wrote.
+const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: None
+    resources:
+      - group: coordination.k8s.io
+        resources: ["leases"]
+  - level: Metadata
+    verbs: ["create", "update", "patch", "delete", "deletecollection"]
+  - level: None
+"#;
+
+impl Plane {
+    pub fn new(dir: impl Into<PathBuf>, bin_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            bin_dir: bin_dir.into(),
+        }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("logs/audit.log")
+    }
+
+    fn pki(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.dir.join("pids")
+    }
+
+    /// True when every process this plane started is still alive.
+    pub fn is_running(&self) -> bool {
+        let Ok(pids) = fs::read_to_string(self.pid_file()) else {
+            return false;
+        };
+        let pids: Vec<&str> = pids.split_whitespace().collect();
+        !pids.is_empty() && pids.iter().all(|pid| is_alive(pid)) && self.kubeconfig().exists()
+    }
+
+    /// Starts the plane unless it already runs, and waits until the API server is ready.
+    /// A failed start stops whatever it had started.
+    pub fn up(&self) -> Result<()> {
+        if self.is_running() {
+            eprintln!("control plane already running ({})", self.kubeconfig().display());
+            return Ok(());
+        }
+        self.down()?;
+        let started = self.start();
+        if started.is_err() {
+            let _ = self.down();
+        }
+        started
+    }
+
+    fn start(&self) -> Result<()> {
+        for bin in ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"] {
+            if !self.bin_dir.join(bin).exists() {
+                bail!(
+                    "{} is missing: run e2e/controlplane/build.sh (make testplane-bins) first",
+                    self.bin_dir.join(bin).display()
+                );
+            }
+        }
+        fs::create_dir_all(self.dir.join("logs"))?;
+        fs::create_dir_all(self.pki())?;
+        self.write_pki()?;
+        fs::write(self.dir.join("audit-policy.yaml"), AUDIT_POLICY)?;
+
+        let etcd_client = free_port()?;
+        let etcd_peer = free_port()?;
+        let api_port = free_port()?;
+        let mut children: Vec<(&str, Child)> = Vec::new();
+
+        let etcd_url = format!("http://127.0.0.1:{etcd_client}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer}");
+        children.push(self.spawn(
+            "etcd",
+            &[
+                "--name=plane".into(),
+                format!("--data-dir={}", self.dir.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=plane={peer_url}"),
+                // Test data is thrown away; fsync only slows the plane down.
+                "--unsafe-no-fsync".into(),
+                "--log-level=warn".into(),
+            ],
+        )?);
+
+        let pki = self.pki();
+        let p = |f: &str| pki.join(f).display().to_string();
+        children.push(self.spawn(
+            "kube-apiserver",
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                format!("--cert-dir={}", p("")),
+                format!("--tls-cert-file={}", p("apiserver.crt")),
+                format!("--tls-private-key-file={}", p("apiserver.key")),
+                format!("--client-ca-file={}", p("ca.crt")),
+                format!("--secure-port={api_port}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                // Loopback may not be published as the `kubernetes` Service
+                // endpoint; nothing here needs that endpoint.
+                "--endpoint-reconciler-type=none".into(),
+                format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+                "--authorization-mode=RBAC".into(),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                format!("--service-account-key-file={}", p("sa.pub")),
+                format!("--service-account-signing-key-file={}", p("sa.key")),
+                "--allow-privileged=true".into(),
+                format!("--audit-policy-file={}", self.dir.join("audit-policy.yaml").display()),
+                format!("--audit-log-path={}", self.audit_log().display()),
+                "--audit-log-format=json".into(),
+                "--audit-log-maxsize=200".into(),
+                "--profiling=false".into(),
+            ],
+        )?);
+        let server = format!("https://127.0.0.1:{api_port}");
+        self.write_kubeconfig(&server)?;
+
+        // Record what runs so far, so a failed start can still be cleaned up.
+        fs::write(self.pid_file(), join_pids(&children))?;
+        self.wait_for(&mut children, "kube-apiserver /readyz", Duration::from_secs(180), || {
+            Ok(self.kubectl(&["get", "--raw=/readyz"])?.status.success())
+        })?;
+
+        children.push(self.spawn(
+            "kube-controller-manager",
+            &[
+                format!("--kubeconfig={}", self.kubeconfig().display()),
+                format!("--service-account-private-key-file={}", p("sa.key")),
+                format!("--root-ca-file={}", p("ca.crt")),
+                "--leader-elect=false".into(),
+                "--use-service-account-credentials=false".into(),
+                format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+                "--secure-port=0".into(),
+                "--profiling=false".into(),
+            ],
+        )?);
+        fs::write(self.pid_file(), join_pids(&children))?;
+        // The controller manager is up once it has made the default ServiceAccount.
+        self.wait_for(&mut children, "the default ServiceAccount", Duration::from_secs(120), || {
+            Ok(self
+                .kubectl(&["get", "serviceaccount", "default", "-n", "default"])?
+                .status
+                .success())
+        })?;
+        eprintln!("control plane ready: KUBECONFIG={}", self.kubeconfig().display());
+        Ok(())
+    }
+
+    /// Stops the processes of this plane and removes its data.
+    pub fn down(&self) -> Result<()> {
+        if let Ok(pids) = fs::read_to_string(self.pid_file()) {
+            // Reverse order: controllers first, storage last.
+            let pids: Vec<&str> = pids.split_whitespace().rev().collect();
+            for pid in &pids {
+                let _ = Command::new("kill").arg(pid).stderr(Stdio::null()).status();
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while pids.iter().any(|pid| is_alive(pid))
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            for pid in &pids {
+                let _ = Command::new("kill")
+                    .args(["-9", pid])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            fs::remove_file(self.pid_file())?;
+        }
+        for gone in ["etcd", "kubeconfig"] {
+            let path = self.dir.join(gone);
+            if path.is_dir() {
+                fs::remove_dir_all(&path)?;
+            } else if path.exists() {
+                fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn<'b>(&self, bin: &'b str, args: &[String]) -> Result<(&'b str, Child)> {
+        let log = fs::File::create(self.dir.join("logs").join(format!("{bin}.log")))?;
+        let child = Command::new(self.bin_dir.join(bin))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Own process group: the plane outlives the command that started it
+            // and is not hit by the terminal's Ctrl-C.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {bin}"))?;
+        Ok((bin, child))
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(Command::new(self.bin_dir.join("kubectl"))
+            .arg(format!("--kubeconfig={}", self.kubeconfig().display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?)
+    }
+
+    /// Polls `ready` until it holds; fails early, naming the log, when a process exits.
+    fn wait_for(
+        &self,
+        children: &mut [(&str, Child)],
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn() -> Result<bool>,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if ready()? {
+                return Ok(());
+            }
+            for (bin, child) in children.iter_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "{bin} exited ({status}) while waiting for {what}; last lines of its log:\n{}",
+                        self.log_tail(bin)
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no {what} after {timeout:?}; logs in {}", self.dir.join("logs").display());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn log_tail(&self, bin: &str) -> String {
+        let log = fs::read_to_string(self.dir.join("logs").join(format!("{bin}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    fn write_pki(&self) -> Result<()> {
+        let dir = self.pki();
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.distinguished_name = name("iotposture-testplane-ca", None);
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let ca = Issuer::new(ca_params, ca_key);
+        fs::write(dir.join("ca.crt"), ca_cert.pem())?;
+
+        let mut serving = CertificateParams::new(vec![
+            "localhost".to_string(),
+            "kubernetes".to_string(),
+            "kubernetes.default".to_string(),
+            "kubernetes.default.svc".to_string(),
+            "kubernetes.default.svc.cluster.local".to_string(),
+        ])?;
+        serving
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        serving
+            .subject_alt_names
+            .push(SanType::IpAddress(SERVICE_API_IP.into()));
+        serving.distinguished_name = name("kube-apiserver", None);
+        serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let serving_key = KeyPair::generate()?;
+        fs::write(
+            dir.join("apiserver.crt"),
+            serving.signed_by(&serving_key, &ca)?.pem(),
+        )?;
+        fs::write(dir.join("apiserver.key"), serving_key.serialize_pem())?;
+
+        // The admin identity of tests and the demo: group system:masters.
+        let mut admin = CertificateParams::new(Vec::<String>::new())?;
+        admin.distinguished_name = name("iotposture-admin", Some("system:masters"));
+        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let admin_key = KeyPair::generate()?;
+        fs::write(dir.join("admin.crt"), admin.signed_by(&admin_key, &ca)?.pem())?;
+        fs::write(dir.join("admin.key"), admin_key.serialize_pem())?;
+
+        let sa = KeyPair::generate()?;
+        fs::write(dir.join("sa.key"), sa.serialize_pem())?;
+        fs::write(dir.join("sa.pub"), sa.public_key_pem())?;
+        Ok(())
+    }
+
+    fn write_kubeconfig(&self, server: &str) -> Result<()> {
+        let pki = self.pki();
+        let b64 = |f: &str| -> Result<String> {
+            let out = Command::new("base64")
+                .args(["-w0"])
+                .arg(pki.join(f))
+                .output()?;
+            Ok(String::from_utf8(out.stdout)?)
+        };
+        let kubeconfig = format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: iotposture-testplane
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: admin
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+contexts:
+- name: iotposture-testplane
+  context:
+    cluster: iotposture-testplane
+    user: admin
+current-context: iotposture-testplane
+",
+            ca = b64("ca.crt")?,
+            cert = b64("admin.crt")?,
+            key = b64("admin.key")?,
+        );
+        fs::write(self.kubeconfig(), kubeconfig)?;
+        Ok(())
+    }
+}
+
+fn name(common_name: &str, organization: Option<&str>) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    if let Some(org) = organization {
+        dn.push(DnType::OrganizationName, org);
+    }
+    dn
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn join_pids(children: &[(&str, Child)]) -> String {
+    children.iter().map(|(_, c)| c.id().to_string()).collect::<Vec<_>>().join(" ")
+}
+
+/// Alive and not a zombie: a process whose parent has not reaped it still has
+/// a /proc entry.
+fn is_alive(pid: &str) -> bool {
+    fs::read_to_string(Path::new("/proc").join(pid).join("stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().to_string()))
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+}

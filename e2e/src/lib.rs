@@ -1,0 +1,2 @@
+//! Test support: the local control plane and helpers for tests that need one.
+pub mod controlplane;

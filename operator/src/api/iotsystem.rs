@@ -1,0 +1,334 @@
+//! The `IoTSystem` custom resource: one IoT application, its components (each a
+//! checklist role), the flows between them and who may administer it.
+//!
+//! What the API server can judge alone is written here as OpenAPI bounds and CEL
+//! rules, so bad specs are refused at `kubectl apply` with a readable message.
+//! What needs other objects (pods, other systems) is judged in
+//! `controller::validate`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Longest component name: child object names are `<system>-<component>-<suffix>`
+/// and must stay within 63 characters together with a hash when shortened.
+pub const MAX_COMPONENT_NAME: usize = 40;
+pub const MAX_COMPONENTS: usize = 64;
+pub const MAX_FLOWS: usize = 256;
+pub const MAX_PORTS: usize = 16;
+pub const MAX_SUBJECTS: usize = 32;
+
+/// Desired state of one IoT application.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "iotposture.dev",
+    version = "v1alpha1",
+    kind = "IoTSystem",
+    plural = "iotsystems",
+    namespaced,
+    shortname = "iots",
+    category = "iotposture",
+    status = "IoTSystemStatus",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(
+        name = "Components",
+        type_ = "integer",
+        json_path = ".status.componentCount"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = "1"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+// Messages are fixed strings: message expressions that name the culprit cost more
+// than the API server allows for lists this long. The controller's validation
+// names it in the Ready condition.
+#[x_kube(validation = Rule::new(
+    "self.components.all(c, self.components.exists_one(d, d.name == c.name))"
+).message("component names must be unique within the system").reason(Reason::FieldValueDuplicate).field_path(".components"))]
+#[x_kube(validation = Rule::new(
+    "self.flows.all(f, self.components.exists(c, c.name == f.to))"
+).message("every flow's 'to' must name a component of spec.components").field_path(".flows"))]
+#[x_kube(validation = Rule::new(
+    "self.flows.all(f, !has(f.from.component) || self.components.exists(c, c.name == f.from.component))"
+).message("every flow's 'from.component' must name a component of spec.components").field_path(".flows"))]
+#[x_kube(validation = Rule::new(
+    "self.flows.all(f, !self.components.exists(c, c.name == f.to) || self.components.exists(c, c.name == f.to && c.ports.exists(p, p.name == f.port)))"
+).message("every flow's 'port' must name a port that its target component declares in ports").field_path(".flows"))]
+pub struct IoTSystemSpec {
+    /// Enforce: create and keep the objects that make the checklist true.
+    /// Audit: change nothing; only report what Enforce would create.
+    #[serde(default)]
+    pub mode: Mode,
+
+    /// The parts of the application, each a checklist role selected by pod labels.
+    #[schemars(length(min = 1, max = 64))]
+    pub components: Vec<Component>,
+
+    /// The traffic the application needs (the Communication Channel). Everything
+    /// else to and from component pods is denied.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub flows: Vec<Flow>,
+
+    /// Who administers, operates and views the system (RBAC subjects).
+    #[serde(default)]
+    pub access: Access,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+/// A checklist primitive. The Communication Channel is not a component: it is
+/// described by `flows`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Role {
+    Sensor,
+    Aggregator,
+    EUtility,
+    DecisionTrigger,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Sensor => "Sensor",
+            Role::Aggregator => "Aggregator",
+            Role::EUtility => "EUtility",
+            Role::DecisionTrigger => "DecisionTrigger",
+        }
+    }
+}
+
+/// One part of the application.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "self.ports.all(p, self.ports.exists_one(q, q.name == p.name))"
+).message("port names must be unique within a component").reason(Reason::FieldValueDuplicate).field_path(".ports"))]
+#[x_kube(validation = Rule::new(
+    "self.ports.all(p, self.ports.exists_one(q, q.port == p.port && q.protocol == p.protocol))"
+).message("port numbers must be unique per protocol within a component").reason(Reason::FieldValueDuplicate).field_path(".ports"))]
+#[x_kube(validation = Rule::new(
+    "self.upnp || !self.ports.exists(p, p.port == 1900 && p.protocol == 'UDP')"
+).message("UDP port 1900 is SSDP (UPnP, checklist item V-2): set upnp: true on the component to declare it").reason(Reason::FieldValueForbidden).field_path(".ports"))]
+pub struct Component {
+    /// Unique within the system; names the component's ServiceAccount and policies.
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+
+    /// Which checklist primitive this component is.
+    pub role: Role,
+
+    /// Pods of this component. Must not be empty: an empty selector would take
+    /// every pod in the namespace.
+    #[x_kube(validation = Rule::new(
+        "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)"
+    ).message("selector must have matchLabels or matchExpressions: an empty selector would match every pod in the namespace"))]
+    pub selector: LabelSelector,
+
+    /// Ports the component serves. Only these are reachable, and only by the flows
+    /// that name them.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub ports: Vec<Port>,
+
+    /// For sensors: longest silence before the sensor counts as down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<Heartbeat>,
+
+    /// For HTTP components: login endpoint and lockout policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSettings>,
+
+    /// Declares that this component uses UPnP/SSDP (UDP 1900). Without it SSDP is
+    /// never opened (checklist item V-2).
+    #[serde(default)]
+    pub upnp: bool,
+
+    /// Mount the ServiceAccount token into the component's pods. Off unless the
+    /// component talks to the Kubernetes API (checklist item I-10).
+    #[serde(default)]
+    pub automount_service_account_token: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Port {
+    /// IANA-style service name, referenced by flows.
+    #[schemars(length(min = 1, max = 15), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// The port speaks TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// The port speaks HTTP (fronted by the WAF gateway).
+    #[serde(default)]
+    pub http: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Protocol {
+    #[default]
+    TCP,
+    UDP,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::TCP => "TCP",
+            Protocol::UDP => "UDP",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    /// A duration such as `60s`, `5m` or `1h`.
+    #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
+    pub max_silence: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpSettings {
+    /// Path of the login endpoint, used for lockout counting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/"))]
+    pub login_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lockout: Option<Lockout>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Lockout {
+    #[schemars(range(min = 1, max = 100))]
+    pub max_failures: i32,
+    /// Window over which failures count, e.g. `5m`.
+    #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
+    pub window: String,
+    /// How long a locked-out client stays refused, e.g. `15m`.
+    #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
+    pub duration: String,
+}
+
+/// Allowed traffic from a component (or from outside the system) to a named port
+/// of a component.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Flow {
+    pub from: FlowSource,
+    /// Name of the target component.
+    #[schemars(length(min = 1, max = 40))]
+    pub to: String,
+    /// Name of a port the target component declares.
+    #[schemars(length(min = 1, max = 15))]
+    pub port: String,
+}
+
+/// Exactly one of `component` or `ingress: true`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "has(self.component) != (has(self.ingress) && self.ingress)"
+).message("from must name either a component or set ingress: true, not both"))]
+pub struct FlowSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 40))]
+    pub component: Option<String>,
+    /// From outside the system (any source, e.g. an ingress controller or users).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<bool>,
+}
+
+/// RBAC subjects per access level (checklist items I-7, I-8, I-9).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Access {
+    /// Full control of the system's objects, Secrets included.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub admins: Vec<Subject>,
+    /// Read, scale and restart; no Secrets.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub operators: Vec<Subject>,
+    /// Read only; no Secrets, no logs, no exec.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub viewers: Vec<Subject>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Subject {
+    pub kind: SubjectKind,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// For ServiceAccounts; defaults to the system's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SubjectKind {
+    User,
+    Group,
+    ServiceAccount,
+}
+
+impl SubjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubjectKind::User => "User",
+            SubjectKind::Group => "Group",
+            SubjectKind::ServiceAccount => "ServiceAccount",
+        }
+    }
+}
+
+/// Observed state, written by the operator only.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IoTSystemStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Number of components in the spec (printer column).
+    #[serde(default)]
+    pub component_count: i32,
+    /// Objects the operator keeps for this system (Enforce), or would keep (Audit).
+    #[serde(default)]
+    pub managed_objects: Vec<ManagedObject>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedObject {
+    pub kind: String,
+    pub name: String,
+    /// False in Audit mode: planned, not created.
+    pub applied: bool,
+}

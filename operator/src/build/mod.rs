@@ -1,0 +1,38 @@
+//! Step 3 of the pipeline: the desired objects of a system, from pure functions
+//! of a `ValidatedSystem`. One module per managed kind; no network here.
+
+pub mod meta;
+pub mod network_policy;
+pub mod rbac;
+pub mod service_account;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+
+use k8s_openapi::api::{
+    core::v1::ServiceAccount,
+    networking::v1::NetworkPolicy,
+    rbac::v1::{Role, RoleBinding},
+};
+
+use crate::controller::validate::ValidatedSystem;
+
+/// Everything the operator keeps for one system. Consumers destructure it
+/// without `..`, so adding a kind here fails to compile until it is applied,
+/// pruned and reported.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DesiredObjects {
+    pub service_accounts: Vec<ServiceAccount>,
+    pub roles: Vec<Role>,
+    pub role_bindings: Vec<RoleBinding>,
+    pub network_policies: Vec<NetworkPolicy>,
+}
+
+pub fn build_all(system: &ValidatedSystem) -> DesiredObjects {
+    DesiredObjects {
+        service_accounts: service_account::build_service_accounts(system),
+        roles: rbac::build_roles(system),
+        role_bindings: rbac::build_role_bindings(system),
+        network_policies: network_policy::build_network_policies(system),
+    }
+}

@@ -1,0 +1,517 @@
+//! Step 2 of the pipeline: turn a fetched `IoTSystem` into a `ValidatedSystem`,
+//! the builders' only input. The CRD's CEL rules already refuse most bad specs;
+//! this repeats the cheap ones (an older CRD may be installed) and adds what needs
+//! other objects: pods claimed twice, selectors that take another system's pods,
+//! subjects that must never be bound.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{core::v1::Pod, rbac::v1::Subject as RbacSubject},
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference},
+};
+use kube::{
+    Resource, ResourceExt,
+    core::{PartialObjectMeta, Selector, SelectorExt},
+};
+
+use crate::api::{
+    Access, Component, IoTSystem, Mode, Port, Protocol, Role, Subject, SubjectKind,
+};
+
+/// SSDP, the discovery protocol of UPnP (checklist item V-2).
+pub const SSDP_PORT: i32 = 1900;
+
+/// Groups that stand for "everybody": binding them would hand the system to any
+/// user or to anonymous requests.
+const EVERYBODY_GROUPS: [&str; 3] = [
+    "system:authenticated",
+    "system:unauthenticated",
+    "system:anonymous",
+];
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ValidationError {
+    #[error("the object has no {0}")]
+    MissingMetadata(&'static str),
+    #[error("component name {0:?} is used more than once")]
+    DuplicateComponent(String),
+    #[error("component {component:?} has an invalid selector: {reason}")]
+    InvalidSelector { component: String, reason: String },
+    #[error(
+        "component {0:?} has an empty selector, which would match every pod in the namespace"
+    )]
+    EmptySelector(String),
+    #[error("flow {index} names component {name:?}, which spec.components does not declare")]
+    UnknownFlowComponent { index: usize, name: String },
+    #[error("flow {index} uses port {port:?}, which component {component:?} does not declare")]
+    UnknownFlowPort {
+        index: usize,
+        component: String,
+        port: String,
+    },
+    #[error("flow {index} must come from either a component or ingress: true")]
+    InvalidFlowSource { index: usize },
+    #[error(
+        "component {0:?} declares UDP port 1900 (SSDP/UPnP) without upnp: true (checklist item V-2)"
+    )]
+    UndeclaredSsdp(String),
+    #[error("{kind} {name:?} cannot be bound: {why}")]
+    UnbindableSubject {
+        kind: &'static str,
+        name: String,
+        why: &'static str,
+    },
+    #[error("pod {pod:?} is selected by both component {first:?} and component {second:?}")]
+    ComponentOverlap {
+        pod: String,
+        first: String,
+        second: String,
+    },
+    #[error(
+        "component {component:?} selects pod {pod:?}, which belongs to IoTSystem {other:?} (created first)"
+    )]
+    SelectorConflict {
+        component: String,
+        pod: String,
+        other: String,
+    },
+}
+
+impl ValidationError {
+    /// Fixed reason for the Ready condition, Events and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ValidationError::UnbindableSubject { .. } => "UnbindableSubject",
+            ValidationError::ComponentOverlap { .. } => "ComponentOverlap",
+            ValidationError::SelectorConflict { .. } => "SelectorConflict",
+            _ => "InvalidSpec",
+        }
+    }
+}
+
+/// An `IoTSystem` that the builders can trust.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedSystem {
+    pub name: String,
+    pub namespace: String,
+    pub owner: OwnerReference,
+    pub mode: Mode,
+    pub components: Vec<ValidComponent>,
+    pub flows: Vec<ValidFlow>,
+    pub access: ValidAccess,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidComponent {
+    pub name: String,
+    pub role: Role,
+    pub selector: LabelSelector,
+    pub ports: Vec<Port>,
+    pub upnp: bool,
+    pub automount_service_account_token: bool,
+}
+
+/// Where a flow comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FlowSource {
+    /// Index into `ValidatedSystem::components`.
+    Component(usize),
+    /// Anything outside the system.
+    Ingress,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidFlow {
+    pub source: FlowSource,
+    /// Index into `ValidatedSystem::components`.
+    pub target: usize,
+    pub port: Port,
+}
+
+/// RBAC subjects with namespaces filled in.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ValidAccess {
+    pub admins: Vec<RbacSubject>,
+    pub operators: Vec<RbacSubject>,
+    pub viewers: Vec<RbacSubject>,
+}
+
+/// What validation needs to know about the rest of the namespace.
+pub struct Neighbourhood<'a> {
+    /// Pods in the system's namespace (metadata only).
+    pub pods: &'a [std::sync::Arc<PartialObjectMeta<Pod>>],
+    /// The other IoTSystems in the system's namespace.
+    pub systems: &'a [std::sync::Arc<IoTSystem>],
+}
+
+pub fn validate(
+    system: &IoTSystem,
+    around: &Neighbourhood<'_>,
+) -> Result<ValidatedSystem, ValidationError> {
+    let name = system.metadata.name.clone().ok_or(ValidationError::MissingMetadata("name"))?;
+    let namespace = system
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(ValidationError::MissingMetadata("namespace"))?;
+    let owner = system
+        .controller_owner_ref(&())
+        .ok_or(ValidationError::MissingMetadata("uid"))?;
+
+    let mut components: Vec<ValidComponent> = Vec::with_capacity(system.spec.components.len());
+    for c in &system.spec.components {
+        if components.iter().any(|v| v.name == c.name) {
+            return Err(ValidationError::DuplicateComponent(c.name.clone()));
+        }
+        components.push(validate_component(c)?);
+    }
+
+    let index_of = |name: &str| components.iter().position(|c| c.name == name);
+    let mut flows = Vec::with_capacity(system.spec.flows.len());
+    for (index, f) in system.spec.flows.iter().enumerate() {
+        let source = match (&f.from.component, f.from.ingress.unwrap_or(false)) {
+            (Some(from), false) => FlowSource::Component(index_of(from).ok_or_else(|| {
+                ValidationError::UnknownFlowComponent {
+                    index,
+                    name: from.clone(),
+                }
+            })?),
+            (None, true) => FlowSource::Ingress,
+            _ => return Err(ValidationError::InvalidFlowSource { index }),
+        };
+        let target = index_of(&f.to).ok_or_else(|| ValidationError::UnknownFlowComponent {
+            index,
+            name: f.to.clone(),
+        })?;
+        let port = components[target]
+            .ports
+            .iter()
+            .find(|p| p.name == f.port)
+            .cloned()
+            .ok_or_else(|| ValidationError::UnknownFlowPort {
+                index,
+                component: f.to.clone(),
+                port: f.port.clone(),
+            })?;
+        flows.push(ValidFlow {
+            source,
+            target,
+            port,
+        });
+    }
+
+    let access = validate_access(&system.spec.access, &namespace)?;
+    check_pod_ownership(system, &components, around)?;
+
+    Ok(ValidatedSystem {
+        name,
+        namespace,
+        owner,
+        mode: system.spec.mode,
+        components,
+        flows,
+        access,
+    })
+}
+
+fn validate_component(c: &Component) -> Result<ValidComponent, ValidationError> {
+    let has_labels = c.selector.match_labels.as_ref().is_some_and(|m| !m.is_empty());
+    let has_exprs = c
+        .selector
+        .match_expressions
+        .as_ref()
+        .is_some_and(|m| !m.is_empty());
+    if !has_labels && !has_exprs {
+        return Err(ValidationError::EmptySelector(c.name.clone()));
+    }
+    selector_of(&c.name, &c.selector)?;
+    if !c.upnp
+        && c
+            .ports
+            .iter()
+            .any(|p| p.port == SSDP_PORT && p.protocol == Protocol::UDP)
+    {
+        return Err(ValidationError::UndeclaredSsdp(c.name.clone()));
+    }
+    Ok(ValidComponent {
+        name: c.name.clone(),
+        role: c.role,
+        selector: c.selector.clone(),
+        ports: c.ports.clone(),
+        upnp: c.upnp,
+        automount_service_account_token: c.automount_service_account_token,
+    })
+}
+
+fn selector_of(component: &str, selector: &LabelSelector) -> Result<Selector, ValidationError> {
+    Selector::try_from(selector.clone()).map_err(|e| ValidationError::InvalidSelector {
+        component: component.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn validate_access(access: &Access, namespace: &str) -> Result<ValidAccess, ValidationError> {
+    let convert = |subjects: &[Subject]| -> Result<Vec<RbacSubject>, ValidationError> {
+        subjects.iter().map(|s| to_rbac_subject(s, namespace)).collect()
+    };
+    Ok(ValidAccess {
+        admins: convert(&access.admins)?,
+        operators: convert(&access.operators)?,
+        viewers: convert(&access.viewers)?,
+    })
+}
+
+fn to_rbac_subject(s: &Subject, namespace: &str) -> Result<RbacSubject, ValidationError> {
+    let unbindable = |why| ValidationError::UnbindableSubject {
+        kind: s.kind.as_str(),
+        name: s.name.clone(),
+        why,
+    };
+    if s.name.trim().is_empty() {
+        return Err(unbindable("the name is empty"));
+    }
+    match s.kind {
+        SubjectKind::Group if EVERYBODY_GROUPS.contains(&s.name.as_str()) => Err(unbindable(
+            "this group means every user (or anonymous requests); name a real group",
+        )),
+        SubjectKind::User if s.name == "system:anonymous" => {
+            Err(unbindable("this user stands for unauthenticated requests"))
+        }
+        SubjectKind::ServiceAccount => {
+            if !is_dns_subdomain(&s.name) {
+                return Err(unbindable(
+                    "ServiceAccount names are lowercase DNS names (a-z, 0-9, '-', '.')",
+                ));
+            }
+            let ns = s.namespace.clone().unwrap_or_else(|| namespace.to_string());
+            if !is_dns_label(&ns) {
+                return Err(unbindable("the namespace is not a valid namespace name"));
+            }
+            Ok(RbacSubject {
+                kind: "ServiceAccount".into(),
+                name: s.name.clone(),
+                namespace: Some(ns),
+                api_group: Some(String::new()),
+            })
+        }
+        SubjectKind::User | SubjectKind::Group => {
+            if s.namespace.is_some() {
+                return Err(unbindable("users and groups have no namespace; remove it"));
+            }
+            Ok(RbacSubject {
+                kind: s.kind.as_str().into(),
+                name: s.name.clone(),
+                namespace: None,
+                api_group: Some("rbac.authorization.k8s.io".into()),
+            })
+        }
+    }
+}
+
+/// A pod belongs to at most one component of at most one system. Between two
+/// systems the one created first keeps the pod, so the outcome does not depend on
+/// which system happens to be reconciled first.
+fn check_pod_ownership(
+    system: &IoTSystem,
+    components: &[ValidComponent],
+    around: &Neighbourhood<'_>,
+) -> Result<(), ValidationError> {
+    let ours: Vec<(&str, Selector)> = components
+        .iter()
+        .map(|c| Ok((c.name.as_str(), selector_of(&c.name, &c.selector)?)))
+        .collect::<Result<_, ValidationError>>()?;
+    let elders: Vec<(&IoTSystem, Vec<Selector>)> = around
+        .systems
+        .iter()
+        .filter(|other| other.metadata.uid != system.metadata.uid && is_older(other, system))
+        .map(|other| {
+            let sels = other
+                .spec
+                .components
+                .iter()
+                .filter_map(|c| Selector::try_from(c.selector.clone()).ok())
+                .collect();
+            (other.as_ref(), sels)
+        })
+        .collect();
+
+    let empty = BTreeMap::new();
+    for pod in around.pods {
+        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+        let mut matched = ours.iter().filter(|(_, sel)| sel.matches(labels));
+        let Some((first, _)) = matched.next() else {
+            continue;
+        };
+        if let Some((second, _)) = matched.next() {
+            return Err(ValidationError::ComponentOverlap {
+                pod: pod.name_any(),
+                first: first.to_string(),
+                second: second.to_string(),
+            });
+        }
+        if let Some((other, _)) = elders
+            .iter()
+            .find(|(_, sels)| sels.iter().any(|s| s.matches(labels)))
+        {
+            return Err(ValidationError::SelectorConflict {
+                component: first.to_string(),
+                pod: pod.name_any(),
+                other: other.name_any(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn is_older(a: &IoTSystem, b: &IoTSystem) -> bool {
+    let key = |s: &IoTSystem| (s.metadata.creation_timestamp.clone(), s.name_any());
+    key(a) < key(b)
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn system(yaml: &str) -> IoTSystem {
+        let mut s: IoTSystem = serde_yaml::from_str(yaml).unwrap();
+        s.metadata.uid.get_or_insert_with(|| format!("uid-{}", s.name_any()));
+        s
+    }
+
+    fn pod(name: &str, labels: &[(&str, &str)]) -> Arc<PartialObjectMeta<Pod>> {
+        let mut p = PartialObjectMeta::<Pod>::default();
+        p.metadata.name = Some(name.into());
+        p.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        Arc::new(p)
+    }
+
+    const FACTORY: &str = r#"
+apiVersion: iotposture.dev/v1alpha1
+kind: IoTSystem
+metadata: {name: factory, namespace: plant, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  components:
+    - {name: sensor, role: Sensor, selector: {matchLabels: {app: sensor}}}
+    - name: gateway
+      role: Aggregator
+      selector: {matchLabels: {app: gateway}}
+      ports: [{name: mqtts, port: 8883, tls: true}]
+  flows:
+    - {from: {component: sensor}, to: gateway, port: mqtts}
+    - {from: {ingress: true}, to: gateway, port: mqtts}
+  access:
+    admins: [{kind: Group, name: plant-admins}]
+    viewers: [{kind: ServiceAccount, name: grafana}]
+"#;
+
+    fn alone() -> Neighbourhood<'static> {
+        Neighbourhood {
+            pods: &[],
+            systems: &[],
+        }
+    }
+
+    #[test]
+    fn valid_system_resolves_flows_and_subjects() {
+        let v = validate(&system(FACTORY), &alone()).unwrap();
+        assert_eq!(v.flows[0].source, FlowSource::Component(0));
+        assert_eq!(v.flows[0].target, 1);
+        assert_eq!(v.flows[0].port.port, 8883);
+        assert_eq!(v.flows[1].source, FlowSource::Ingress);
+        assert_eq!(v.access.viewers[0].namespace.as_deref(), Some("plant"));
+        assert_eq!(v.access.admins[0].namespace, None);
+        assert_eq!(v.owner.kind, "IoTSystem");
+        assert_eq!(v.owner.controller, Some(true));
+    }
+
+    #[test]
+    fn flow_to_undeclared_port_is_refused() {
+        let yaml = FACTORY.replace("port: mqtts}\n    - {from: {ingress", "port: mqtt}\n    - {from: {ingress");
+        let err = validate(&system(&yaml), &alone()).unwrap_err();
+        assert_eq!(
+            err,
+            ValidationError::UnknownFlowPort {
+                index: 0,
+                component: "gateway".into(),
+                port: "mqtt".into()
+            }
+        );
+        assert_eq!(err.reason(), "InvalidSpec");
+    }
+
+    #[test]
+    fn everybody_groups_are_unbindable() {
+        let yaml = FACTORY.replace("name: plant-admins", "name: system:authenticated");
+        let err = validate(&system(&yaml), &alone()).unwrap_err();
+        assert_eq!(err.reason(), "UnbindableSubject");
+        assert!(err.to_string().contains("system:authenticated"), "{err}");
+    }
+
+    #[test]
+    fn ssdp_needs_upnp_declared() {
+        let yaml = FACTORY.replace("port: 8883, tls: true}", "port: 8883, tls: true}, {name: ssdp, port: 1900, protocol: UDP}");
+        let err = validate(&system(&yaml), &alone()).unwrap_err();
+        assert_eq!(err, ValidationError::UndeclaredSsdp("gateway".into()));
+    }
+
+    #[test]
+    fn pod_claimed_by_two_components_is_refused() {
+        let pods = [pod("both", &[("app", "sensor")]), pod("x", &[])];
+        let yaml = FACTORY.replace("{app: gateway}", "{app: sensor}");
+        let err = validate(
+            &system(&yaml),
+            &Neighbourhood {
+                pods: &pods,
+                systems: &[],
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "ComponentOverlap");
+    }
+
+    #[test]
+    fn the_younger_system_loses_a_contested_pod() {
+        let elder = Arc::new(system(FACTORY));
+        let younger = system(
+            &FACTORY
+                .replace("name: factory", "name: intruder")
+                .replace("2026-01-01", "2026-02-01"),
+        );
+        let pods = [pod("s-1", &[("app", "sensor")])];
+        let systems = [elder.clone(), Arc::new(younger.clone())];
+        let around = Neighbourhood {
+            pods: &pods,
+            systems: &systems,
+        };
+        let err = validate(&younger, &around).unwrap_err();
+        assert_eq!(
+            err,
+            ValidationError::SelectorConflict {
+                component: "sensor".into(),
+                pod: "s-1".into(),
+                other: "factory".into()
+            }
+        );
+        // The elder keeps its pods.
+        validate(&elder, &around).unwrap();
+    }
+}

@@ -1,0 +1,3 @@
+//! iotposture: makes the IoT security checklist true for applications on
+//! Kubernetes, and proves it.
+pub mod api;
