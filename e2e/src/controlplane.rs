@@ -81,7 +81,10 @@ impl Plane {
     /// A failed start stops whatever it had started.
     pub fn up(&self) -> Result<()> {
         if self.is_running() {
-            eprintln!("control plane already running ({})", self.kubeconfig().display());
+            eprintln!(
+                "control plane already running ({})",
+                self.kubeconfig().display()
+            );
             return Ok(());
         }
         self.down()?;
@@ -93,7 +96,12 @@ impl Plane {
     }
 
     fn start(&self) -> Result<()> {
-        for bin in ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"] {
+        for bin in [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kubectl",
+        ] {
             if !self.bin_dir.join(bin).exists() {
                 bail!(
                     "{} is missing: run e2e/controlplane/build.sh (make testplane-bins) first",
@@ -151,7 +159,10 @@ impl Plane {
                 format!("--service-account-key-file={}", p("sa.pub")),
                 format!("--service-account-signing-key-file={}", p("sa.key")),
                 "--allow-privileged=true".into(),
-                format!("--audit-policy-file={}", self.dir.join("audit-policy.yaml").display()),
+                format!(
+                    "--audit-policy-file={}",
+                    self.dir.join("audit-policy.yaml").display()
+                ),
                 format!("--audit-log-path={}", self.audit_log().display()),
                 "--audit-log-format=json".into(),
                 "--audit-log-maxsize=200".into(),
@@ -163,9 +174,12 @@ impl Plane {
 
         // Record what runs so far, so a failed start can still be cleaned up.
         fs::write(self.pid_file(), join_pids(&children))?;
-        self.wait_for(&mut children, "kube-apiserver /readyz", Duration::from_secs(180), || {
-            Ok(self.kubectl(&["get", "--raw=/readyz"])?.status.success())
-        })?;
+        self.wait_for(
+            &mut children,
+            "kube-apiserver /readyz",
+            Duration::from_secs(180),
+            || Ok(self.kubectl(&["get", "--raw=/readyz"])?.status.success()),
+        )?;
 
         children.push(self.spawn(
             "kube-controller-manager",
@@ -182,13 +196,21 @@ impl Plane {
         )?);
         fs::write(self.pid_file(), join_pids(&children))?;
         // The controller manager is up once it has made the default ServiceAccount.
-        self.wait_for(&mut children, "the default ServiceAccount", Duration::from_secs(120), || {
-            Ok(self
-                .kubectl(&["get", "serviceaccount", "default", "-n", "default"])?
-                .status
-                .success())
-        })?;
-        eprintln!("control plane ready: KUBECONFIG={}", self.kubeconfig().display());
+        self.wait_for(
+            &mut children,
+            "the default ServiceAccount",
+            Duration::from_secs(120),
+            || {
+                Ok(self
+                    .kubectl(&["get", "serviceaccount", "default", "-n", "default"])?
+                    .status
+                    .success())
+            },
+        )?;
+        eprintln!(
+            "control plane ready: KUBECONFIG={}",
+            self.kubeconfig().display()
+        );
         Ok(())
     }
 
@@ -201,9 +223,7 @@ impl Plane {
                 let _ = Command::new("kill").arg(pid).stderr(Stdio::null()).status();
             }
             let deadline = Instant::now() + Duration::from_secs(20);
-            while pids.iter().any(|pid| is_alive(pid))
-                && Instant::now() < deadline
-            {
+            while pids.iter().any(|pid| is_alive(pid)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
             }
             for pid in &pids {
@@ -270,14 +290,18 @@ impl Plane {
                 }
             }
             if Instant::now() > deadline {
-                bail!("no {what} after {timeout:?}; logs in {}", self.dir.join("logs").display());
+                bail!(
+                    "no {what} after {timeout:?}; logs in {}",
+                    self.dir.join("logs").display()
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
     }
 
     fn log_tail(&self, bin: &str) -> String {
-        let log = fs::read_to_string(self.dir.join("logs").join(format!("{bin}.log"))).unwrap_or_default();
+        let log = fs::read_to_string(self.dir.join("logs").join(format!("{bin}.log")))
+            .unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
@@ -320,7 +344,10 @@ impl Plane {
         admin.distinguished_name = name("iotposture-admin", Some("system:masters"));
         admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let admin_key = KeyPair::generate()?;
-        fs::write(dir.join("admin.crt"), admin.signed_by(&admin_key, &ca)?.pem())?;
+        fs::write(
+            dir.join("admin.crt"),
+            admin.signed_by(&admin_key, &ca)?.pem(),
+        )?;
         fs::write(dir.join("admin.key"), admin_key.serialize_pem())?;
 
         let sa = KeyPair::generate()?;
@@ -381,7 +408,11 @@ fn free_port() -> Result<u16> {
 }
 
 fn join_pids(children: &[(&str, Child)]) -> String {
-    children.iter().map(|(_, c)| c.id().to_string()).collect::<Vec<_>>().join(" ")
+    children
+        .iter()
+        .map(|(_, c)| c.id().to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Alive and not a zombie: a process whose parent has not reaped it still has
@@ -389,6 +420,9 @@ fn join_pids(children: &[(&str, Child)]) -> String {
 fn is_alive(pid: &str) -> bool {
     fs::read_to_string(Path::new("/proc").join(pid).join("stat"))
         .ok()
-        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().to_string()))
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
         .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
 }

@@ -1,3 +1,8 @@
 //! iotposture: makes the IoT security checklist true for applications on
 //! Kubernetes, and proves it.
 pub mod api;
+pub mod build;
+pub mod controller;
+pub mod http;
+pub mod metrics;
+pub mod telemetry;

@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "iotposture", version, about = "Enforce and prove the IoT security checklist on Kubernetes")]
+#[command(
+    name = "iotposture",
+    version,
+    about = "Enforce and prove the IoT security checklist on Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

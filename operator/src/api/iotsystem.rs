@@ -20,6 +20,8 @@ pub const MAX_PORTS: usize = 16;
 pub const MAX_SUBJECTS: usize = 32;
 
 /// Desired state of one IoT application.
+// Several printer columns share a type, which clippy mistakes for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "iotposture.dev",
@@ -47,7 +49,11 @@ pub const MAX_SUBJECTS: usize = 32;
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
         priority = "1"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 // Messages are fixed strings: message expressions that name the culprit cost more
@@ -128,7 +134,10 @@ impl Role {
 ).message("UDP port 1900 is SSDP (UPnP, checklist item V-2): set upnp: true on the component to declare it").reason(Reason::FieldValueForbidden).field_path(".ports"))]
 pub struct Component {
     /// Unique within the system; names the component's ServiceAccount and policies.
-    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// Which checklist primitive this component is.
@@ -170,7 +179,10 @@ pub struct Component {
 #[serde(rename_all = "camelCase")]
 pub struct Port {
     /// IANA-style service name, referenced by flows.
-    #[schemars(length(min = 1, max = 15), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 15),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,

@@ -68,7 +68,10 @@ mod tests {
 
     #[test]
     fn short_names_are_joined() {
-        assert_eq!(child_name("factory", &["gateway", "allow"]), "factory-gateway-allow");
+        assert_eq!(
+            child_name("factory", &["gateway", "allow"]),
+            "factory-gateway-allow"
+        );
     }
 
     #[test]
@@ -77,7 +80,10 @@ mod tests {
         let b = child_name(&"s".repeat(40), &[&"c".repeat(39), "default-deny"]);
         assert_eq!(a.len(), 63);
         assert_ne!(a, b);
-        assert_eq!(a, child_name(&"s".repeat(40), &[&"c".repeat(40), "default-deny"]));
+        assert_eq!(
+            a,
+            child_name(&"s".repeat(40), &[&"c".repeat(40), "default-deny"])
+        );
         assert!(!a.contains("--"));
     }
 }

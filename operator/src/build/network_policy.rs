@@ -66,9 +66,7 @@ pub fn build_allow(system: &ValidatedSystem, index: usize) -> NetworkPolicy {
         let port = vec![policy_port(flow.port.port, flow.port.protocol)];
         if flow.target == index {
             let from = match flow.source {
-                FlowSource::Component(src) => {
-                    Some(vec![pods_of(&system.components[src].selector)])
-                }
+                FlowSource::Component(src) => Some(vec![pods_of(&system.components[src].selector)]),
                 // No peer list: any source may connect, on this port only.
                 FlowSource::Ingress => None,
             };
@@ -214,14 +212,25 @@ mod tests {
         assert_eq!(ports(&ingress[0].ports), [(8883, "TCP".to_string())]);
         let from = &ingress[0].from.as_ref().unwrap()[0];
         assert_eq!(
-            from.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["app"],
+            from.pod_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["app"],
             "line-sensor"
         );
 
         let sensor = policy(&all, "factory-line-sensor-allow");
-        assert!(sensor.ingress.is_none(), "nothing may connect to the sensor");
+        assert!(
+            sensor.ingress.is_none(),
+            "nothing may connect to the sensor"
+        );
         let egress = sensor.egress.as_ref().unwrap();
-        assert_eq!(ports(&egress[0].ports), [(53, "UDP".to_string()), (53, "TCP".to_string())]);
+        assert_eq!(
+            ports(&egress[0].ports),
+            [(53, "UDP".to_string()), (53, "TCP".to_string())]
+        );
         assert_eq!(ports(&egress[1].ports), [(8883, "TCP".to_string())]);
         assert_eq!(egress.len(), 2);
     }
@@ -242,14 +251,25 @@ mod tests {
         let ssdp = (1900, "UDP".to_string());
         for c in ["line-sensor", "dashboard"] {
             let spec = policy(&all, &format!("factory-{c}-allow"));
-            let opened = spec.egress.iter().flatten().flat_map(|r| ports(&r.ports))
+            let opened = spec
+                .egress
+                .iter()
+                .flatten()
+                .flat_map(|r| ports(&r.ports))
                 .chain(spec.ingress.iter().flatten().flat_map(|r| ports(&r.ports)));
             assert!(opened.clone().all(|p| p != ssdp), "{c} opens SSDP");
         }
         let gateway = policy(&all, "factory-gateway-allow");
         let egress = gateway.egress.as_ref().unwrap().last().unwrap();
         assert_eq!(ports(&egress.ports), [ssdp]);
-        assert_eq!(egress.to.as_ref().unwrap()[0].ip_block.as_ref().unwrap().cidr, SSDP_GROUP);
+        assert_eq!(
+            egress.to.as_ref().unwrap()[0]
+                .ip_block
+                .as_ref()
+                .unwrap()
+                .cidr,
+            SSDP_GROUP
+        );
     }
 
     #[test]
@@ -259,7 +279,21 @@ mod tests {
             "    - {from: {component: line-sensor}, to: gateway, port: mqtts}\n  access:",
         );
         let all = build_network_policies(&validated(&yaml));
-        assert_eq!(policy(&all, "factory-gateway-allow").ingress.as_ref().unwrap().len(), 3);
-        assert_eq!(policy(&all, "factory-line-sensor-allow").egress.as_ref().unwrap().len(), 2);
+        assert_eq!(
+            policy(&all, "factory-gateway-allow")
+                .ingress
+                .as_ref()
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(
+            policy(&all, "factory-line-sensor-allow")
+                .egress
+                .as_ref()
+                .unwrap()
+                .len(),
+            2
+        );
     }
 }

@@ -18,7 +18,11 @@ pub enum AccessLevel {
 }
 
 impl AccessLevel {
-    pub const ALL: [AccessLevel; 3] = [AccessLevel::Admin, AccessLevel::Operator, AccessLevel::Viewer];
+    pub const ALL: [AccessLevel; 3] = [
+        AccessLevel::Admin,
+        AccessLevel::Operator,
+        AccessLevel::Viewer,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -31,14 +35,27 @@ impl AccessLevel {
 
 const READ: &[&str] = &["get", "list", "watch"];
 const ALL_VERBS: &[&str] = &[
-    "get", "list", "watch", "create", "update", "patch", "delete", "deletecollection",
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
 ];
 /// Workload kinds of the apps group, shared by all levels.
 const APPS_WORKLOADS: &[&str] = &["deployments", "statefulsets", "daemonsets", "replicasets"];
 const BATCH_WORKLOADS: &[&str] = &["jobs", "cronjobs"];
 /// Core kinds every level may read. ConfigMaps and Secrets are missing on
 /// purpose: system data is for admins only (III-6).
-const CORE_READABLE: &[&str] = &["pods", "services", "endpoints", "events", "persistentvolumeclaims"];
+const CORE_READABLE: &[&str] = &[
+    "pods",
+    "services",
+    "endpoints",
+    "events",
+    "persistentvolumeclaims",
+];
 
 fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
     PolicyRule {
@@ -108,7 +125,11 @@ pub fn rules_for(level: AccessLevel) -> Vec<PolicyRule> {
                 rule("", &["pods"], &["delete"]),
                 rule("", &["pods/log"], READ),
                 // `kubectl rollout restart` patches the pod template.
-                rule("apps", &["deployments", "statefulsets", "daemonsets"], &["patch"]),
+                rule(
+                    "apps",
+                    &["deployments", "statefulsets", "daemonsets"],
+                    &["patch"],
+                ),
                 rule(
                     "apps",
                     &["deployments/scale", "statefulsets/scale"],
@@ -149,7 +170,7 @@ pub fn build_role_bindings(system: &ValidatedSystem) -> Vec<RoleBinding> {
             (!subjects.is_empty()).then(|| RoleBinding {
                 metadata: child_meta(system, role_name(system, level), None),
                 role_ref: RoleRef {
-                    api_group: "rbac.authorization.k8s.io".into(),
+                    api_group: Some("rbac.authorization.k8s.io".into()),
                     kind: "Role".into(),
                     name: role_name(system, level),
                 },
@@ -197,7 +218,12 @@ mod tests {
     fn no_wildcards_anywhere() {
         for level in AccessLevel::ALL {
             for r in rules_for(level) {
-                let all = r.api_groups.iter().flatten().chain(r.resources.iter().flatten()).chain(r.verbs.iter());
+                let all = r
+                    .api_groups
+                    .iter()
+                    .flatten()
+                    .chain(r.resources.iter().flatten())
+                    .chain(r.verbs.iter());
                 assert!(all.clone().all(|s| s != "*"), "{level:?} has a wildcard");
             }
         }
@@ -207,11 +233,17 @@ mod tests {
     fn bindings_only_for_levels_with_subjects() {
         let system = validated(FACTORY);
         let bindings = build_role_bindings(&system);
-        let names: Vec<_> = bindings.iter().map(|b| b.metadata.name.clone().unwrap()).collect();
+        let names: Vec<_> = bindings
+            .iter()
+            .map(|b| b.metadata.name.clone().unwrap())
+            .collect();
         assert_eq!(names, ["factory-admin", "factory-viewer"]);
         assert_eq!(bindings[0].role_ref.name, "factory-admin");
         let subject = &bindings[0].subjects.as_ref().unwrap()[0];
-        assert_eq!((subject.kind.as_str(), subject.name.as_str()), ("Group", "factory-admins"));
+        assert_eq!(
+            (subject.kind.as_str(), subject.name.as_str()),
+            ("Group", "factory-admins")
+        );
         assert_eq!(build_roles(&system).len(), 3);
     }
 }

@@ -32,8 +32,18 @@ mod tests {
     fn one_account_per_component_without_token_by_default() {
         let system = validated(crate::build::fixtures::FACTORY);
         let accounts = build_service_accounts(&system);
-        let names: Vec<_> = accounts.iter().map(|a| a.metadata.name.clone().unwrap()).collect();
-        assert_eq!(names, ["factory-line-sensor", "factory-gateway", "factory-dashboard"]);
+        let names: Vec<_> = accounts
+            .iter()
+            .map(|a| a.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "factory-line-sensor",
+                "factory-gateway",
+                "factory-dashboard"
+            ]
+        );
         assert_eq!(accounts[0].automount_service_account_token, Some(false));
         // The dashboard declares that it talks to the API.
         assert_eq!(accounts[2].automount_service_account_token, Some(true));

@@ -15,9 +15,7 @@ use kube::{
     core::{PartialObjectMeta, Selector, SelectorExt},
 };
 
-use crate::api::{
-    Access, Component, IoTSystem, Mode, Port, Protocol, Role, Subject, SubjectKind,
-};
+use crate::api::{Access, Component, IoTSystem, Mode, Port, Protocol, Role, Subject, SubjectKind};
 
 /// SSDP, the discovery protocol of UPnP (checklist item V-2).
 pub const SSDP_PORT: i32 = 1900;
@@ -38,9 +36,7 @@ pub enum ValidationError {
     DuplicateComponent(String),
     #[error("component {component:?} has an invalid selector: {reason}")]
     InvalidSelector { component: String, reason: String },
-    #[error(
-        "component {0:?} has an empty selector, which would match every pod in the namespace"
-    )]
+    #[error("component {0:?} has an empty selector, which would match every pod in the namespace")]
     EmptySelector(String),
     #[error("flow {index} names component {name:?}, which spec.components does not declare")]
     UnknownFlowComponent { index: usize, name: String },
@@ -149,7 +145,11 @@ pub fn validate(
     system: &IoTSystem,
     around: &Neighbourhood<'_>,
 ) -> Result<ValidatedSystem, ValidationError> {
-    let name = system.metadata.name.clone().ok_or(ValidationError::MissingMetadata("name"))?;
+    let name = system
+        .metadata
+        .name
+        .clone()
+        .ok_or(ValidationError::MissingMetadata("name"))?;
     let namespace = system
         .metadata
         .namespace
@@ -216,7 +216,11 @@ pub fn validate(
 }
 
 fn validate_component(c: &Component) -> Result<ValidComponent, ValidationError> {
-    let has_labels = c.selector.match_labels.as_ref().is_some_and(|m| !m.is_empty());
+    let has_labels = c
+        .selector
+        .match_labels
+        .as_ref()
+        .is_some_and(|m| !m.is_empty());
     let has_exprs = c
         .selector
         .match_expressions
@@ -227,8 +231,7 @@ fn validate_component(c: &Component) -> Result<ValidComponent, ValidationError> 
     }
     selector_of(&c.name, &c.selector)?;
     if !c.upnp
-        && c
-            .ports
+        && c.ports
             .iter()
             .any(|p| p.port == SSDP_PORT && p.protocol == Protocol::UDP)
     {
@@ -253,7 +256,10 @@ fn selector_of(component: &str, selector: &LabelSelector) -> Result<Selector, Va
 
 fn validate_access(access: &Access, namespace: &str) -> Result<ValidAccess, ValidationError> {
     let convert = |subjects: &[Subject]| -> Result<Vec<RbacSubject>, ValidationError> {
-        subjects.iter().map(|s| to_rbac_subject(s, namespace)).collect()
+        subjects
+            .iter()
+            .map(|s| to_rbac_subject(s, namespace))
+            .collect()
     };
     Ok(ValidAccess {
         admins: convert(&access.admins)?,
@@ -372,7 +378,8 @@ fn is_older(a: &IoTSystem, b: &IoTSystem) -> bool {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -388,7 +395,8 @@ mod tests {
 
     fn system(yaml: &str) -> IoTSystem {
         let mut s: IoTSystem = serde_yaml::from_str(yaml).unwrap();
-        s.metadata.uid.get_or_insert_with(|| format!("uid-{}", s.name_any()));
+        let uid = format!("uid-{}", s.name_any());
+        s.metadata.uid.get_or_insert(uid);
         s
     }
 
@@ -445,7 +453,10 @@ spec:
 
     #[test]
     fn flow_to_undeclared_port_is_refused() {
-        let yaml = FACTORY.replace("port: mqtts}\n    - {from: {ingress", "port: mqtt}\n    - {from: {ingress");
+        let yaml = FACTORY.replace(
+            "port: mqtts}\n    - {from: {ingress",
+            "port: mqtt}\n    - {from: {ingress",
+        );
         let err = validate(&system(&yaml), &alone()).unwrap_err();
         assert_eq!(
             err,
@@ -468,7 +479,10 @@ spec:
 
     #[test]
     fn ssdp_needs_upnp_declared() {
-        let yaml = FACTORY.replace("port: 8883, tls: true}", "port: 8883, tls: true}, {name: ssdp, port: 1900, protocol: UDP}");
+        let yaml = FACTORY.replace(
+            "port: 8883, tls: true}",
+            "port: 8883, tls: true}, {name: ssdp, port: 1900, protocol: UDP}",
+        );
         let err = validate(&system(&yaml), &alone()).unwrap_err();
         assert_eq!(err, ValidationError::UndeclaredSsdp("gateway".into()));
     }

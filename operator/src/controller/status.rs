@@ -1,0 +1,235 @@
+//! Step 5 of the pipeline: the status a reconcile leads to, computed by a pure
+//! function with an injected clock, and written only when it differs from what
+//! the object already says.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+
+use super::{apply::ApplyReport, validate::ValidationError};
+use crate::{
+    api::{IoTSystem, IoTSystemStatus, ManagedObject},
+    build::DesiredObjects,
+    controller::apply::{ApplyError, ObjectKey},
+};
+
+pub const READY: &str = "Ready";
+
+/// Reasons of the Ready condition besides the validation and apply reasons.
+pub const REASON_RECONCILED: &str = "Reconciled";
+pub const REASON_AUDIT_ONLY: &str = "AuditOnly";
+
+/// How a reconcile ended, as far as status is concerned.
+pub enum Outcome<'a> {
+    /// Enforce mode: these objects are in place.
+    Enforced {
+        report: &'a ApplyReport,
+    },
+    /// Audit mode: nothing applied; these would be.
+    Audited {
+        planned: &'a DesiredObjects,
+    },
+    Invalid(&'a ValidationError),
+    ApplyFailed(&'a ApplyError),
+}
+
+pub fn desired_status(system: &IoTSystem, outcome: &Outcome<'_>, now: &Time) -> IoTSystemStatus {
+    let old = system.status.clone().unwrap_or_default();
+    let (status, reason, message, managed) = match outcome {
+        Outcome::Enforced { report } => {
+            let mut objects: Vec<ManagedObject> = report
+                .applied
+                .iter()
+                .chain(&report.kept)
+                .map(|k| managed(k, true))
+                .collect();
+            objects.sort();
+            let message = format!("{} objects in place", objects.len());
+            ("True", REASON_RECONCILED, message, objects)
+        }
+        Outcome::Audited { planned } => {
+            let mut objects: Vec<ManagedObject> = planned_keys(planned)
+                .iter()
+                .map(|k| managed(k, false))
+                .collect();
+            objects.sort();
+            let message = format!(
+                "Audit mode: {} objects planned, none applied; set spec.mode to Enforce to apply them",
+                objects.len()
+            );
+            ("True", REASON_AUDIT_ONLY, message, objects)
+        }
+        // On failure the last good objects stay in place, and status keeps listing them.
+        Outcome::Invalid(e) => (
+            "False",
+            e.reason(),
+            e.to_string(),
+            old.managed_objects.clone(),
+        ),
+        Outcome::ApplyFailed(e) => (
+            "False",
+            e.reason(),
+            e.to_string(),
+            old.managed_objects.clone(),
+        ),
+    };
+    let ready = condition(
+        old.conditions.iter().find(|c| c.type_ == READY),
+        status,
+        reason,
+        message,
+        system.metadata.generation,
+        now,
+    );
+    IoTSystemStatus {
+        observed_generation: system.metadata.generation,
+        conditions: vec![ready],
+        component_count: system.spec.components.len() as i32,
+        managed_objects: managed,
+    }
+}
+
+fn managed(key: &ObjectKey, applied: bool) -> ManagedObject {
+    ManagedObject {
+        kind: key.kind.to_string(),
+        name: key.name.clone(),
+        applied,
+    }
+}
+
+fn planned_keys(planned: &DesiredObjects) -> Vec<ObjectKey> {
+    let DesiredObjects {
+        service_accounts,
+        roles,
+        role_bindings,
+        network_policies,
+    } = planned;
+    let keys = |kind: &'static str, names: Vec<String>| {
+        names.into_iter().map(move |name| ObjectKey { kind, name })
+    };
+    keys(
+        "ServiceAccount",
+        service_accounts.iter().map(|o| o.name_any()).collect(),
+    )
+    .chain(keys("Role", roles.iter().map(|o| o.name_any()).collect()))
+    .chain(keys(
+        "RoleBinding",
+        role_bindings.iter().map(|o| o.name_any()).collect(),
+    ))
+    .chain(keys(
+        "NetworkPolicy",
+        network_policies.iter().map(|o| o.name_any()).collect(),
+    ))
+    .collect()
+}
+
+/// The transition time moves only when the condition's status changes.
+fn condition(
+    old: Option<&Condition>,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let last_transition_time = match old {
+        Some(o) if o.status == status => o.last_transition_time.clone(),
+        _ => now.clone(),
+    };
+    Condition {
+        type_: READY.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Writes `status` unless the object already carries it. Returns whether it wrote.
+pub async fn write_if_changed(
+    api: &Api<IoTSystem>,
+    system: &IoTSystem,
+    status: IoTSystemStatus,
+) -> Result<bool, kube::Error> {
+    if system.status.as_ref() == Some(&status) {
+        return Ok(false);
+    }
+    api.patch_status(
+        &system.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::fixtures::FACTORY;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    fn system() -> IoTSystem {
+        let mut s: IoTSystem = serde_yaml::from_str(FACTORY).unwrap();
+        s.metadata.generation = Some(4);
+        s
+    }
+
+    #[test]
+    fn reconciled_system_is_ready_and_lists_its_objects() {
+        let report = ApplyReport {
+            applied: vec![ObjectKey {
+                kind: "Role",
+                name: "factory-admin".into(),
+            }],
+            kept: vec![ObjectKey {
+                kind: "ServiceAccount",
+                name: "factory-gateway".into(),
+            }],
+            pruned: vec![],
+        };
+        let status = desired_status(&system(), &Outcome::Enforced { report: &report }, &at(100));
+        assert_eq!(status.observed_generation, Some(4));
+        assert_eq!(status.component_count, 3);
+        let ready = &status.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Reconciled")
+        );
+        assert_eq!(ready.last_transition_time, at(100));
+        assert_eq!(status.managed_objects[0].kind, "Role");
+        assert!(status.managed_objects.iter().all(|m| m.applied));
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let report = ApplyReport::default();
+        let mut s = system();
+        s.status = Some(desired_status(
+            &s,
+            &Outcome::Enforced { report: &report },
+            &at(100),
+        ));
+        let again = desired_status(&s, &Outcome::Enforced { report: &report }, &at(200));
+        assert_eq!(
+            Some(&again),
+            s.status.as_ref(),
+            "nothing changed, nothing to write"
+        );
+
+        let invalid = ValidationError::EmptySelector("gateway".into());
+        let failed = desired_status(&s, &Outcome::Invalid(&invalid), &at(300));
+        assert_eq!(failed.conditions[0].status, "False");
+        assert_eq!(failed.conditions[0].reason, "InvalidSpec");
+        assert!(failed.conditions[0].message.contains("gateway"));
+        assert_eq!(failed.conditions[0].last_transition_time, at(300));
+    }
+}
