@@ -61,7 +61,7 @@ pub const MAX_SUBJECTS: usize = 32;
 // names it in the Ready condition.
 #[x_kube(validation = Rule::new(
     "self.components.all(c, self.components.exists_one(d, d.name == c.name))"
-).message("component names must be unique within the system").reason(Reason::FieldValueDuplicate).field_path(".components"))]
+).message("component names must be unique within the system").field_path(".components"))]
 #[x_kube(validation = Rule::new(
     "self.flows.all(f, self.components.exists(c, c.name == f.to))"
 ).message("every flow's 'to' must name a component of spec.components").field_path(".flows"))]
@@ -125,10 +125,10 @@ impl Role {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(
     "self.ports.all(p, self.ports.exists_one(q, q.name == p.name))"
-).message("port names must be unique within a component").reason(Reason::FieldValueDuplicate).field_path(".ports"))]
+).message("port names must be unique within a component").field_path(".ports"))]
 #[x_kube(validation = Rule::new(
     "self.ports.all(p, self.ports.exists_one(q, q.port == p.port && q.protocol == p.protocol))"
-).message("port numbers must be unique per protocol within a component").reason(Reason::FieldValueDuplicate).field_path(".ports"))]
+).message("port numbers must be unique per protocol within a component").field_path(".ports"))]
 #[x_kube(validation = Rule::new(
     "self.upnp || !self.ports.exists(p, p.port == 1900 && p.protocol == 'UDP')"
 ).message("UDP port 1900 is SSDP (UPnP, checklist item V-2): set upnp: true on the component to declare it").reason(Reason::FieldValueForbidden).field_path(".ports"))]

@@ -53,7 +53,7 @@ use crate::{
 };
 use apply::{ApplyError, ApplyReport};
 use status::Outcome;
-use validate::{Neighbourhood, validate};
+use validate::{Neighbourhood, ValidationError, validate};
 
 /// The one field manager for every object we apply.
 pub const FIELD_MANAGER: &str = "iotposture";
@@ -62,6 +62,12 @@ pub const MANAGED_KINDS: [&str; 4] = ["ServiceAccount", "Role", "RoleBinding", "
 /// A safety net behind the watches: look again now and then even if nothing moved.
 const RESYNC: Duration = Duration::from_secs(600);
 const RETRY: Duration = Duration::from_secs(15);
+/// A refused selector depends on other systems and pods; look again soon even
+/// if the event that settles it was missed.
+const RECHECK_CONFLICT: Duration = Duration::from_secs(30);
+/// Coalesces bursts of events, and lets every cache catch up with an event that
+/// several watches see.
+const DEBOUNCE: Duration = Duration::from_millis(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -141,27 +147,17 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let scoped = |c: &Client| -> Box<dyn Fn() -> (Client, Option<String>)> {
-        let (c, ns) = (c.clone(), namespace.clone());
-        Box::new(move || (c.clone(), ns.clone()))
+    let scope = Scope {
+        client: client.clone(),
+        namespace,
     };
-    let scope = scoped(&client);
-    fn api<K>(scope: &dyn Fn() -> (Client, Option<String>)) -> Api<K>
-    where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-    {
-        match scope() {
-            (c, Some(ns)) => Api::namespaced(c, &ns),
-            (c, None) => Api::all(c),
-        }
-    }
 
     // Only our own objects: the label filter keeps caches small at cluster scale.
     let owned = watcher::Config::default().labels(&managed_selector());
     macro_rules! owned_cache {
         ($kind:ty) => {{
             let (store, writer) = reflector::store::<$kind>();
-            let stream = reflector(writer, watcher(api::<$kind>(&*scope), owned.clone()))
+            let stream = reflector(writer, watcher(scope.api::<$kind>(), owned.clone()))
                 .default_backoff()
                 .touched_objects();
             (store, stream)
@@ -177,7 +173,7 @@ pub async fn run(
     let pod_stream = reflector(
         pod_writer,
         watcher(
-            api::<PartialObjectMeta<Pod>>(&*scope),
+            scope.api::<PartialObjectMeta<Pod>>(),
             watcher::Config::default(),
         ),
     )
@@ -185,13 +181,14 @@ pub async fn run(
     .touched_objects();
     // A change to one system can settle a selector conflict of a sibling.
     let sibling_stream = watcher(
-        api::<PartialObjectMeta<IoTSystem>>(&*scope),
+        scope.api::<PartialObjectMeta<IoTSystem>>(),
         watcher::Config::default(),
     )
     .default_backoff()
     .touched_objects();
 
-    let controller = Controller::new(api::<IoTSystem>(&*scope), watcher::Config::default());
+    let controller = Controller::new(scope.api::<IoTSystem>(), watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE));
     let systems = controller.store();
     let caches = Caches {
         systems: systems.clone(),
@@ -261,6 +258,25 @@ pub async fn run(
             future::ready(())
         })
         .await;
+}
+
+/// All namespaces, or the one the operator was told to manage.
+struct Scope {
+    client: Client,
+    namespace: Option<String>,
+}
+
+impl Scope {
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
 }
 
 /// The systems in the pod's namespace with a component selecting the pod.
@@ -365,8 +381,9 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
     };
     publish_events(&ctx, &system, &outcome, report, status_changed).await;
 
-    match applied {
-        Some((_, _, Err(e))) => Err(Error::Apply(e)),
+    match (validated, applied) {
+        (_, Some((_, _, Err(e)))) => Err(Error::Apply(e)),
+        (Err(ValidationError::SelectorConflict { .. }), _) => Ok(Action::requeue(RECHECK_CONFLICT)),
         _ => Ok(Action::requeue(RESYNC)),
     }
 }

@@ -1,0 +1,48 @@
+# iotposture: the two commands are `make demo` and `make test`.
+# Everything they need is built here on first use and reused afterwards.
+
+CARGO ?= cargo
+PLANE_BIN := target/testplane/bin
+TESTPLANE := $(CARGO) run -q -p iotposture-e2e --bin testplane --
+
+.PHONY: all build test lint unit e2e crds crds-check testplane-bins testplane-up testplane-down demo demo-down clean-planes help
+
+all: build
+
+help:
+	@echo "make demo            start a local control plane and the operator, apply the examples, show the result"
+	@echo "make demo-down       stop the demo"
+	@echo "make test            lint, unit tests and tests against a real local control plane"
+	@echo "make crds            regenerate crds/ from the Rust types"
+	@echo "make testplane-up    start the test control plane (target/testplane/kubeconfig)"
+	@echo "make testplane-down  stop it"
+
+build:
+	$(CARGO) build --workspace
+
+# kube-apiserver, kube-controller-manager, etcd and kubectl from the Go module proxy (cached).
+testplane-bins:
+	bash e2e/controlplane/build.sh $(PLANE_BIN)
+
+testplane-up: testplane-bins
+	$(TESTPLANE) --dir target/testplane --bin-dir $(PLANE_BIN) up
+
+testplane-down:
+	$(TESTPLANE) --dir target/testplane --bin-dir $(PLANE_BIN) down
+
+crds:
+	$(CARGO) run -q -p iotposture -- crd > crds/iotsystem.yaml
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Everything, including the tests against the real control plane.
+test:
+	bash scripts/test.sh
+
+demo:
+	bash scripts/demo.sh up
+
+demo-down:
+	bash scripts/demo.sh down

@@ -1,0 +1,152 @@
+//! Bad input never stops the controller: an invalid system gets Ready=False with
+//! a reason and a Warning Event, while a valid one beside it is reconciled.
+use iotposture::api::{IoTSystem, Subject, SubjectKind};
+use iotposture_e2e::{RunningOperator, TestNamespace, wait_until};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+};
+
+use crate::support::{factory, ready_condition, wait_event, wait_ready};
+
+const SENSOR_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: line-sensor-0, labels: {app: line-sensor}}
+spec:
+  containers: [{name: sensor, image: registry.example.com/sensor:1.0}]
+"#;
+
+#[tokio::test]
+async fn invalid_systems_do_not_stop_valid_ones() {
+    let ns = TestNamespace::new("bad").await;
+    let operator = RunningOperator::start(&ns).await;
+    let systems: Api<IoTSystem> = ns.api();
+    ns.apply_yaml::<Pod>(SENSOR_POD).await;
+
+    // The first system takes the sensor pod.
+    systems
+        .create(&PostParams::default(), &factory("first"))
+        .await
+        .unwrap();
+    wait_ready(&ns, "first", "True").await;
+
+    // A later system whose selector takes the same pod is refused...
+    let mut intruder = factory("intruder");
+    intruder.spec.components.truncate(1);
+    intruder.spec.flows.clear();
+    systems
+        .create(&PostParams::default(), &intruder)
+        .await
+        .unwrap();
+    // ...and so is one that would hand the system to every authenticated user.
+    let mut open = factory("open");
+    for c in &mut open.spec.components {
+        c.selector.match_labels = Some([("app".to_string(), format!("open-{}", c.name))].into());
+        c.selector.match_expressions = None;
+    }
+    open.spec.access.admins = vec![Subject {
+        kind: SubjectKind::Group,
+        name: "system:authenticated".into(),
+        namespace: None,
+    }];
+    systems.create(&PostParams::default(), &open).await.unwrap();
+    // A valid system created after the bad ones is reconciled normally.
+    let mut good = factory("good");
+    for c in &mut good.spec.components {
+        c.selector.match_labels = Some([("app".to_string(), format!("good-{}", c.name))].into());
+        c.selector.match_expressions = None;
+    }
+    systems.create(&PostParams::default(), &good).await.unwrap();
+
+    let intruder = wait_ready(&ns, "intruder", "False").await;
+    let ready = ready_condition(&intruder);
+    assert_eq!(ready.reason, "SelectorConflict");
+    assert!(
+        ready.message.contains("line-sensor-0") && ready.message.contains("\"first\""),
+        "{}",
+        ready.message
+    );
+    assert!(
+        wait_event(&ns, "intruder", "SelectorConflict")
+            .await
+            .contains("line-sensor-0")
+    );
+
+    let open = wait_ready(&ns, "open", "False").await;
+    assert_eq!(ready_condition(&open).reason, "UnbindableSubject");
+    assert!(
+        ready_condition(&open)
+            .message
+            .contains("system:authenticated")
+    );
+    wait_event(&ns, "open", "UnbindableSubject").await;
+
+    let good = wait_ready(&ns, "good", "True").await;
+    assert_eq!(ready_condition(&good).reason, "Reconciled");
+    let accounts: Api<ServiceAccount> = ns.api();
+    assert!(accounts.get_opt("good-gateway").await.unwrap().is_some());
+    // The refused systems created nothing.
+    assert!(
+        accounts
+            .get_opt("intruder-line-sensor")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(accounts.get_opt("open-gateway").await.unwrap().is_none());
+
+    // Once the first system is gone, the intruder's claim is no longer contested.
+    systems
+        .delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
+    let intruder = wait_ready(&ns, "intruder", "True").await;
+    assert_eq!(ready_condition(&intruder).reason, "Reconciled");
+
+    operator.stop().await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn objects_of_others_are_not_taken_over() {
+    let ns = TestNamespace::new("conflict").await;
+    let operator = RunningOperator::start(&ns).await;
+    // Someone else's ServiceAccount with the name the operator would use.
+    ns.apply_yaml::<ServiceAccount>(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: taken-gateway}\n",
+    )
+    .await;
+    let systems: Api<IoTSystem> = ns.api();
+    systems
+        .create(&PostParams::default(), &factory("taken"))
+        .await
+        .unwrap();
+
+    let system = wait_ready(&ns, "taken", "False").await;
+    let ready = ready_condition(&system);
+    assert_eq!(ready.reason, "NameConflict");
+    assert!(ready.message.contains("taken-gateway"), "{}", ready.message);
+    wait_event(&ns, "taken", "NameConflict").await;
+    let sa = ns
+        .api::<ServiceAccount>()
+        .get("taken-gateway")
+        .await
+        .unwrap();
+    assert!(sa.metadata.owner_references.is_none(), "left as it was");
+
+    // Removing the foreign object lets the system converge on the next retry.
+    ns.api::<ServiceAccount>()
+        .delete("taken-gateway", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until("the system converges", || async {
+        let s = systems.get("taken").await.ok()?;
+        (ready_condition(&s).status == "True").then_some(())
+    })
+    .await;
+
+    operator.stop().await;
+    ns.delete().await;
+}

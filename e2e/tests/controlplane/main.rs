@@ -1,0 +1,10 @@
+//! Tests against the real local control plane (`make testplane-up`). Each test
+//! has its own namespace and, where it needs one, its own operator watching
+//! only that namespace, so tests run in parallel without seeing each other.
+
+mod bad_input;
+mod crd_validation;
+mod noop;
+mod rbac;
+mod reconcile;
+mod support;

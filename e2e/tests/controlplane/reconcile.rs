@@ -1,0 +1,220 @@
+//! The operator creates, keeps and prunes a system's objects on the real API server.
+use std::collections::BTreeSet;
+
+use iotposture::api::{IoTSystem, Mode};
+use iotposture_e2e::{RunningOperator, TestNamespace, wait_until};
+use k8s_openapi::api::{
+    core::v1::ServiceAccount,
+    networking::v1::NetworkPolicy,
+    rbac::v1::{PolicyRule, Role, RoleBinding},
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+use crate::support::{factory, ready_condition, wait_event, wait_ready};
+
+async fn names<K>(api: &Api<K>, system: &str) -> BTreeSet<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let lp = ListParams::default().labels(&format!("iotposture.dev/system={system}"));
+    api.list(&lp)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn creates_restores_and_prunes_children() {
+    let ns = TestNamespace::new("reconcile").await;
+    let operator = RunningOperator::start(&ns).await;
+    let systems: Api<IoTSystem> = ns.api();
+    systems
+        .create(&PostParams::default(), &factory("factory"))
+        .await
+        .unwrap();
+
+    let system = wait_ready(&ns, "factory", "True").await;
+    let ready = ready_condition(&system);
+    assert_eq!(ready.reason, "Reconciled");
+    let status = system.status.as_ref().unwrap();
+    assert_eq!(status.component_count, 3);
+    assert_eq!(status.managed_objects.len(), 3 + 3 + 2 + 6);
+    assert!(
+        wait_event(&ns, "factory", "Applied")
+            .await
+            .contains("14 applied")
+    );
+
+    let accounts: Api<ServiceAccount> = ns.api();
+    let roles: Api<Role> = ns.api();
+    let bindings: Api<RoleBinding> = ns.api();
+    let policies: Api<NetworkPolicy> = ns.api();
+    assert_eq!(
+        names(&accounts, "factory").await,
+        set(&[
+            "factory-line-sensor",
+            "factory-gateway",
+            "factory-dashboard"
+        ])
+    );
+    assert_eq!(
+        names(&roles, "factory").await,
+        set(&["factory-admin", "factory-operator", "factory-viewer"])
+    );
+    assert_eq!(
+        names(&bindings, "factory").await,
+        set(&["factory-admin", "factory-viewer"])
+    );
+    assert_eq!(names(&policies, "factory").await.len(), 6);
+
+    // Every child is owned by the system, so the garbage collector removes it with it.
+    let sa = accounts.get("factory-gateway").await.unwrap();
+    let owner = &sa.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("IoTSystem", system.uid().unwrap().as_str())
+    );
+    assert_eq!(owner.controller, Some(true));
+    assert_eq!(sa.automount_service_account_token, Some(false));
+    assert!(
+        sa.managed_fields()
+            .iter()
+            .any(|f| f.manager.as_deref() == Some("iotposture")
+                && f.operation.as_deref() == Some("Apply")),
+        "applied server-side by the iotposture field manager"
+    );
+
+    // A deleted child comes back.
+    policies
+        .delete("factory-gateway-default-deny", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until("the deleted NetworkPolicy restored", || async {
+        let p = policies
+            .get_opt("factory-gateway-default-deny")
+            .await
+            .ok()??;
+        p.metadata.deletion_timestamp.is_none().then_some(())
+    })
+    .await;
+
+    // An edited child is put back as built.
+    let mut viewer = roles.get("factory-viewer").await.unwrap();
+    viewer.rules.get_or_insert_with(Vec::new).push(PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec!["secrets".into()]),
+        verbs: vec!["get".into()],
+        ..PolicyRule::default()
+    });
+    roles
+        .replace("factory-viewer", &PostParams::default(), &viewer)
+        .await
+        .unwrap();
+    wait_until("the viewer Role restored without Secrets", || async {
+        let r = roles.get("factory-viewer").await.ok()?;
+        let grants_secrets = r
+            .rules
+            .iter()
+            .flatten()
+            .any(|rule| rule.resources.iter().flatten().any(|x| x == "secrets"));
+        (!grants_secrets).then_some(())
+    })
+    .await;
+
+    // A component removed from the spec loses its objects; a flow removed loses its rule.
+    systems
+        .patch(
+            "factory",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "components": factory("x").spec.components[1..].to_vec(),
+                "flows": factory("x").spec.flows[1..].to_vec(),
+                "access": {"admins": [{"kind": "Group", "name": "factory-admins"}], "viewers": []},
+            }})),
+        )
+        .await
+        .unwrap();
+    let system = wait_ready(&ns, "factory", "True").await;
+    assert_eq!(system.status.unwrap().component_count, 2);
+    wait_until("the sensor's objects pruned", || async {
+        let left = names(&accounts, "factory").await;
+        let pols = names(&policies, "factory").await;
+        let binds = names(&bindings, "factory").await;
+        (left == set(&["factory-gateway", "factory-dashboard"])
+            && pols.len() == 4
+            && binds == set(&["factory-admin"]))
+        .then_some(())
+    })
+    .await;
+    assert!(
+        wait_event(&ns, "factory", "Pruned")
+            .await
+            .contains("ServiceAccount/factory-line-sensor")
+    );
+
+    operator.stop().await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn audit_mode_plans_without_applying() {
+    let ns = TestNamespace::new("audit").await;
+    let operator = RunningOperator::start(&ns).await;
+    let systems: Api<IoTSystem> = ns.api();
+    let mut audited = factory("audited");
+    audited.spec.mode = Mode::Audit;
+    systems
+        .create(&PostParams::default(), &audited)
+        .await
+        .unwrap();
+
+    let system = wait_ready(&ns, "audited", "True").await;
+    assert_eq!(ready_condition(&system).reason, "AuditOnly");
+    let planned = &system.status.as_ref().unwrap().managed_objects;
+    assert_eq!(planned.len(), 14);
+    assert!(planned.iter().all(|m| !m.applied));
+    let accounts: Api<ServiceAccount> = ns.api();
+    let policies: Api<NetworkPolicy> = ns.api();
+    assert!(names(&accounts, "audited").await.is_empty());
+    assert!(names(&policies, "audited").await.is_empty());
+
+    // Enforce applies, and going back to Audit removes what Enforce made.
+    let set_mode = |mode: &'static str| {
+        let systems = systems.clone();
+        async move {
+            systems
+                .patch(
+                    "audited",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"mode": mode}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    set_mode("Enforce").await;
+    let system = wait_ready(&ns, "audited", "True").await;
+    assert_eq!(ready_condition(&system).reason, "Reconciled");
+    assert_eq!(names(&policies, "audited").await.len(), 6);
+    set_mode("Audit").await;
+    wait_until("Audit removes the enforced objects", || async {
+        (names(&policies, "audited").await.is_empty()
+            && names(&accounts, "audited").await.is_empty())
+        .then_some(())
+    })
+    .await;
+
+    operator.stop().await;
+    ns.delete().await;
+}

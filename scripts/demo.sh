@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# make demo / make demo-down. `up` builds what is missing, starts a local control
+# plane and the operator (both left running, logs in target/demo/), applies
+# manifests/examples/ and shows what the operator made. Running it again while
+# the demo is up reuses the plane and the operator.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/prerequisites.sh
+
+dir=target/demo
+bins=target/testplane/bin
+kubectl="$bins/kubectl --kubeconfig $dir/kubeconfig"
+operator_pid="$dir/operator.pid"
+http_addr="${IOTPOSTURE_DEMO_HTTP_ADDR:-127.0.0.1:18080}"
+testplane() { cargo run -q -p iotposture-e2e --bin testplane -- --dir "$dir" --bin-dir "$bins" "$@"; }
+operator_running() { [[ -f "$operator_pid" ]] && kill -0 "$(cat "$operator_pid")" 2>/dev/null; }
+
+case "${1:-up}" in
+down)
+  if operator_running; then kill "$(cat "$operator_pid")"; echo "operator stopped"; fi
+  rm -f "$operator_pid"
+  testplane down
+  echo "demo stopped"
+  exit 0
+  ;;
+up) ;;
+*) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
+
+echo "==> building (first run: several minutes for the control plane, then cached)"
+bash e2e/controlplane/build.sh "$bins"
+cargo build -q -p iotposture -p iotposture-e2e
+
+echo "==> control plane"
+mkdir -p "$dir"
+testplane up
+
+echo "==> CRDs and examples"
+$kubectl apply --server-side -f crds/
+$kubectl wait --for=condition=Established crd/iotsystems.iotposture.dev --timeout=60s >/dev/null
+$kubectl apply --server-side -f manifests/examples/
+
+echo "==> operator"
+if operator_running; then
+  echo "already running (pid $(cat "$operator_pid"))"
+else
+  KUBECONFIG="$dir/kubeconfig" nohup target/debug/iotposture run --http-addr "$http_addr" \
+    >"$dir/operator.log" 2>&1 </dev/null &
+  echo $! >"$operator_pid"
+  echo "started (pid $!), log: $dir/operator.log"
+fi
+
+echo "==> waiting for the example system to be Ready"
+if ! $kubectl wait -n smart-factory iotsystem/line-1 --for=condition=Ready --timeout=90s >/dev/null; then
+  echo "line-1 did not become Ready; operator log:" >&2
+  tail -20 "$dir/operator.log" >&2
+  exit 1
+fi
+
+echo
+$kubectl get iotsystems -A -o wide
+echo
+echo "==> objects the operator keeps for smart-factory/line-1"
+$kubectl get serviceaccounts,roles,rolebindings,networkpolicies -n smart-factory -l iotposture.dev/system=line-1
+echo
+echo "==> status"
+$kubectl get iotsystem line-1 -n smart-factory -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
+echo
+echo "==> events"
+$kubectl get events -n smart-factory --field-selector involvedObject.kind=IoTSystem
+cat <<MSG
+
+The control plane and the operator keep running. Look around with:
+  export KUBECONFIG=$PWD/$dir/kubeconfig
+  $bins/kubectl get iots -A
+  $bins/kubectl describe iotsystem line-1 -n smart-factory
+  $bins/kubectl get networkpolicy line-1-dashboard-allow -n smart-factory -o yaml
+  curl -s http://$http_addr/metrics
+Try a bad spec (the API server refuses it):
+  $bins/kubectl apply -f - <<<'{"apiVersion":"iotposture.dev/v1alpha1","kind":"IoTSystem","metadata":{"name":"bad","namespace":"smart-factory"},"spec":{"components":[{"name":"x","role":"Toaster","selector":{"matchLabels":{"app":"x"}}}]}}'
+Stop everything with: make demo-down
+MSG

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# make test: lint, unit tests, and the tests against a real local control plane.
+# Starts the test plane when none runs, and stops it again at the end if it
+# started it (a plane from `make testplane-up` is left running).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/prerequisites.sh
+
+echo "==> control plane binaries (built once, then cached)"
+bash e2e/controlplane/build.sh target/testplane/bin
+
+echo "==> lint"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+testplane() { cargo run -q -p iotposture-e2e --bin testplane -- --dir target/testplane --bin-dir target/testplane/bin "$@"; }
+if testplane status >/dev/null; then
+  echo "==> using the running test control plane"
+else
+  echo "==> starting a test control plane"
+  testplane up
+  trap 'testplane down' EXIT
+fi
+
+echo "==> tests"
+cargo test --workspace
