@@ -2,6 +2,8 @@
 //! Kubernetes, and proves it.
 pub mod api;
 pub mod build;
+pub mod check;
+pub mod checklist;
 pub mod controller;
 pub mod http;
 pub mod metrics;

@@ -31,12 +31,105 @@ enum Command {
     },
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
+    /// Print the checklist catalog: the 39 items and what the operator does for each.
+    Checklist {
+        #[arg(short, long, value_enum, default_value_t = CatalogFormat::Table)]
+        output: CatalogFormat,
+    },
+    /// Judge YAML manifests offline, with the controller's rules. Exit 0: nothing
+    /// fails; 1: an item fails; 2: unreadable or invalid input.
+    Check {
+        /// Files or folders (searched for *.yaml and *.yml).
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        paths: Vec<std::path::PathBuf>,
+        #[arg(short, long, value_enum, default_value_t = ReportFormat::Table)]
+        output: ReportFormat,
+        /// Namespace of objects that name none.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CatalogFormat {
+    Table,
+    Json,
+    Markdown,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Table,
+    Json,
+    Sarif,
+    Junit,
+}
+
+/// Prints a report; a closed pipe (`| head`) is not an error.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{}", text.trim_end());
+}
+
+/// Exit codes of `check`.
+const EXIT_FAIL: i32 = 1;
+const EXIT_INPUT: i32 = 2;
+
+fn check(paths: &[std::path::PathBuf], output: ReportFormat, namespace: &str) -> i32 {
+    use iotposture::check::{self, output as out};
+    let today = k8s_openapi::jiff::Zoned::now().date();
+    let reports = check::collect_files(paths)
+        .and_then(|files| check::load_files(&files, namespace))
+        .and_then(|m| {
+            if m.systems.is_empty() {
+                eprintln!("warning: no IoTSystem in the input: nothing to judge");
+            }
+            check::evaluate(&m, today)
+        });
+    let reports = match reports {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_INPUT;
+        }
+    };
+    let text = match output {
+        ReportFormat::Table => {
+            let mut t = out::table(&reports);
+            t.push_str(&format!("compliant: {}\n", out::totals(&reports)));
+            t
+        }
+        ReportFormat::Json => out::json(&reports),
+        ReportFormat::Sarif => out::sarif(&reports),
+        ReportFormat::Junit => out::junit(&reports),
+    };
+    print_out(&text);
+    if reports.iter().any(|r| r.failed()) {
+        EXIT_FAIL
+    } else {
+        0
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => print!("{}", iotposture::api::crd_yaml()?),
+        Command::Checklist { output } => {
+            use iotposture::check::output as out;
+            let text = match output {
+                CatalogFormat::Table => out::catalog_table(),
+                CatalogFormat::Json => out::catalog_json(),
+                CatalogFormat::Markdown => out::catalog_markdown(),
+            };
+            print_out(&text);
+        }
+        Command::Check {
+            paths,
+            output,
+            namespace,
+        } => std::process::exit(check(&paths, output, &namespace)),
         Command::Run {
             namespace,
             http_addr,

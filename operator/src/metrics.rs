@@ -2,20 +2,48 @@
 //! kind names, verbs), never from object names, so series stay bounded.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    collections::{HashMap, HashSet},
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
+};
+
+use crate::{
+    api::{ItemStatus, Verdict},
+    checklist::catalog,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub reason: &'static str,
 }
+
+/// Per system and item. Systems are the operator's own objects, so the count is
+/// bounded by the cluster's IoTSystems, and capped by MAX_SYSTEMS besides.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub namespace: String,
+    pub system: String,
+    pub item: &'static str,
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SystemLabels {
+    pub namespace: String,
+    pub system: String,
+}
+
+/// Systems beyond this many get no per-system series (counted instead).
+pub const MAX_SYSTEMS: usize = 2000;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
@@ -32,6 +60,13 @@ pub struct Metrics {
     /// nothing to change adds none.
     pub api_writes: Family<WriteLabels, Counter>,
     writes_total: AtomicU64,
+    /// 1 for the current verdict of each item of each system.
+    pub item_verdict: Family<VerdictLabels, Gauge>,
+    /// Items that pass or are attested over the items that apply.
+    pub compliance_ratio: Family<SystemLabels, Gauge<f64, AtomicU64>>,
+    pub systems_without_series: Gauge,
+    /// The label sets currently exported per system, to remove them on change.
+    exported: Mutex<HashMap<(String, String), Vec<VerdictLabels>>>,
 }
 
 impl Default for Metrics {
@@ -63,8 +98,30 @@ impl Default for Metrics {
             "Write requests sent to the API server, by kind and verb",
             api_writes.clone(),
         );
+        let item_verdict = Family::<VerdictLabels, Gauge>::default();
+        let compliance_ratio = Family::<SystemLabels, Gauge<f64, AtomicU64>>::default();
+        let systems_without_series = Gauge::default();
+        registry.register(
+            "checklist_item_verdict",
+            "1 for the current verdict of a checklist item of an IoTSystem",
+            item_verdict.clone(),
+        );
+        registry.register(
+            "checklist_compliance_ratio",
+            "Checklist items that pass or are attested, over the items that apply",
+            compliance_ratio.clone(),
+        );
+        registry.register(
+            "checklist_systems_without_series",
+            "IoTSystems beyond the per-system series limit",
+            systems_without_series.clone(),
+        );
         Self {
             registry,
+            item_verdict,
+            compliance_ratio,
+            systems_without_series,
+            exported: Mutex::new(HashMap::new()),
             reconciliations,
             reconcile_errors,
             reconcile_duration,
@@ -94,6 +151,73 @@ impl Metrics {
     /// Write requests so far, all kinds together.
     pub fn writes_total(&self) -> u64 {
         self.writes_total.load(Ordering::Relaxed)
+    }
+
+    /// Exports the verdicts of one system, replacing what it had.
+    pub fn record_verdicts(&self, namespace: &str, system: &str, items: &[ItemStatus]) {
+        let key = (namespace.to_string(), system.to_string());
+        let mut exported = self.exported.lock().unwrap_or_else(|e| e.into_inner());
+        if !exported.contains_key(&key) && exported.len() >= MAX_SYSTEMS {
+            self.systems_without_series.inc();
+            return;
+        }
+        let labels: Vec<VerdictLabels> = items
+            .iter()
+            .filter_map(|i| {
+                Some(VerdictLabels {
+                    namespace: namespace.to_string(),
+                    system: system.to_string(),
+                    item: catalog::item(&i.id)?.id,
+                    verdict: i.verdict.as_str(),
+                })
+            })
+            .collect();
+        for old in exported.get(&key).into_iter().flatten() {
+            if !labels.contains(old) {
+                self.item_verdict.remove(old);
+            }
+        }
+        for l in &labels {
+            self.item_verdict.get_or_create(l).set(1);
+        }
+        let applicable = items
+            .iter()
+            .filter(|i| i.verdict != Verdict::NotApplicable)
+            .count();
+        let good = items
+            .iter()
+            .filter(|i| matches!(i.verdict, Verdict::Pass | Verdict::Attested))
+            .count();
+        let ratio = if applicable == 0 {
+            1.0
+        } else {
+            good as f64 / applicable as f64
+        };
+        self.compliance_ratio
+            .get_or_create(&SystemLabels {
+                namespace: namespace.to_string(),
+                system: system.to_string(),
+            })
+            .set(ratio);
+        exported.insert(key, labels);
+    }
+
+    /// Drops the series of systems that no longer exist.
+    pub fn retain_systems(&self, live: &HashSet<(String, String)>) {
+        let mut exported = self.exported.lock().unwrap_or_else(|e| e.into_inner());
+        exported.retain(|key, labels| {
+            if live.contains(key) {
+                return true;
+            }
+            for l in labels.iter() {
+                self.item_verdict.remove(l);
+            }
+            self.compliance_ratio.remove(&SystemLabels {
+                namespace: key.0.clone(),
+                system: key.1.clone(),
+            });
+            false
+        });
     }
 
     pub fn encode(&self) -> String {

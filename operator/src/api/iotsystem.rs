@@ -90,6 +90,80 @@ pub struct IoTSystemSpec {
     /// Who administers, operates and views the system (RBAC subjects).
     #[serde(default)]
     pub access: Access,
+
+    /// Which container images the components may run (checklist item II-3).
+    #[serde(default)]
+    pub images: ImagePolicy,
+
+    /// Statements by people for items no machine can check (verdict Attested).
+    #[serde(default)]
+    #[schemars(length(max = 39))]
+    pub attestations: Vec<Attestation>,
+}
+
+/// Image rules for every container of every component (checklist item II-3).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagePolicy {
+    /// Registries images may come from, e.g. `registry.example.com`. Empty: any.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub allowed_registries: Vec<String>,
+    /// Images must be pinned by digest (`@sha256:…`).
+    #[serde(default)]
+    pub require_digest: bool,
+    /// Tags that never pass. An image without tag or digest counts as `latest`.
+    #[serde(default = "default_forbidden_tags")]
+    #[schemars(length(max = 32))]
+    pub forbid_tags: Vec<String>,
+    /// Lowest acceptable version per image repository.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub minimum_versions: Vec<MinimumVersion>,
+}
+
+impl Default for ImagePolicy {
+    fn default() -> Self {
+        Self {
+            allowed_registries: Vec::new(),
+            require_digest: false,
+            forbid_tags: default_forbidden_tags(),
+            minimum_versions: Vec::new(),
+        }
+    }
+}
+
+fn default_forbidden_tags() -> Vec<String> {
+    vec!["latest".into()]
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MinimumVersion {
+    /// Repository without tag, e.g. `registry.example.com/factory/mqtt-broker`.
+    #[schemars(length(min = 1, max = 255))]
+    pub image: String,
+    /// Dotted numeric version, e.g. `2.0.18`; tags compare number by number.
+    #[schemars(regex(pattern = r"^v?[0-9]+(\.[0-9]+)*$"))]
+    pub version: String,
+}
+
+/// A person's statement that an item is met where no machine can check it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Attestation {
+    /// Checklist item ID, e.g. `IV-3`.
+    #[schemars(regex(pattern = r"^(I|II|III|IV|V|VI|VII|VIII)-[0-9]{1,2}$"))]
+    pub item: String,
+    /// What is in place, in a sentence or two.
+    #[schemars(length(min = 1, max = 1024))]
+    pub statement: String,
+    /// Who vouches for it.
+    #[schemars(length(min = 1, max = 256))]
+    pub by: String,
+    /// Last day the statement holds (YYYY-MM-DD); after it the item fails.
+    #[schemars(regex(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"))]
+    pub expires: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -173,6 +247,12 @@ pub struct Component {
     /// component talks to the Kubernetes API (checklist item I-10).
     #[serde(default)]
     pub automount_service_account_token: bool,
+
+    /// Device resources (extended resources such as `squat.ai/serial`) the
+    /// component's pods may request; any other device fails item IV-1.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub devices: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -334,6 +414,72 @@ pub struct IoTSystemStatus {
     /// Objects the operator keeps for this system (Enforce), or would keep (Audit).
     #[serde(default)]
     pub managed_objects: Vec<ManagedObject>,
+    /// Items that pass or are attested, of the items that apply, e.g. `24/31`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compliant: Option<String>,
+    /// Count of checklist items per verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<VerdictSummary>,
+    /// One verdict per checklist item, with evidence.
+    #[serde(default)]
+    pub items: Vec<ItemStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerdictSummary {
+    pub pass: i32,
+    pub fail: i32,
+    pub attested: i32,
+    pub not_applicable: i32,
+    pub unknown: i32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemStatus {
+    pub id: String,
+    pub verdict: Verdict,
+    /// What was seen: which objects, which values.
+    pub evidence: String,
+    /// What to change, for failing items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remediation: Option<String>,
+}
+
+/// The outcome of one checklist item.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Verdict {
+    /// Enforced or verified.
+    Pass,
+    /// Not met; the evidence names the offending objects.
+    Fail,
+    /// A person vouches for it, until the attestation expires.
+    Attested,
+    /// No component of a role the item applies to.
+    NotApplicable,
+    /// Could not be evaluated; the evidence says why.
+    Unknown,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 5] = [
+        Verdict::Pass,
+        Verdict::Fail,
+        Verdict::Attested,
+        Verdict::NotApplicable,
+        Verdict::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "Pass",
+            Verdict::Fail => "Fail",
+            Verdict::Attested => "Attested",
+            Verdict::NotApplicable => "NotApplicable",
+            Verdict::Unknown => "Unknown",
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]

@@ -9,6 +9,7 @@
 //! Only steps 4 and 5 (and Events) talk to the API server.
 
 pub mod apply;
+pub mod cache;
 pub mod status;
 pub mod validate;
 
@@ -25,16 +26,16 @@ use std::{
 use futures::{StreamExt, future};
 use k8s_openapi::{
     api::{
-        core::v1::{Pod, ServiceAccount},
+        core::v1::{Pod, Secret, Service, ServiceAccount},
         networking::v1::NetworkPolicy,
-        rbac::v1::{Role, RoleBinding},
+        rbac::v1::{ClusterRole, Role, RoleBinding},
     },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    core::{PartialObjectMeta, Selector, SelectorExt},
+    core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
@@ -48,10 +49,12 @@ use tracing::{info, instrument, warn};
 
 use crate::{
     api::{IoTSystem, Mode},
-    build::{DesiredObjects, build_all, meta::managed_selector},
+    build::{DesiredObjects, build_all},
+    checklist,
     metrics::{ErrorLabels, Metrics},
 };
 use apply::{ApplyError, ApplyReport};
+use cache::Caches;
 use status::Outcome;
 use validate::{Neighbourhood, ValidationError, validate};
 
@@ -87,17 +90,6 @@ impl Error {
             Error::NoNamespace => "InvalidSpec",
         }
     }
-}
-
-/// Watch caches the pipeline reads instead of the API server.
-#[derive(Clone)]
-pub struct Caches {
-    pub systems: Store<IoTSystem>,
-    pub pods: Store<PartialObjectMeta<Pod>>,
-    pub service_accounts: Store<ServiceAccount>,
-    pub roles: Store<Role>,
-    pub role_bindings: Store<RoleBinding>,
-    pub network_policies: Store<NetworkPolicy>,
 }
 
 pub struct Context {
@@ -152,52 +144,52 @@ pub async fn run(
         namespace,
     };
 
-    // Only our own objects: the label filter keeps caches small at cluster scale.
-    let owned = watcher::Config::default().labels(&managed_selector());
-    macro_rules! owned_cache {
-        ($kind:ty) => {{
-            let (store, writer) = reflector::store::<$kind>();
-            let stream = reflector(writer, watcher(scope.api::<$kind>(), owned.clone()))
-                .default_backoff()
-                .touched_objects();
-            (store, stream)
-        }};
-    }
-    let (service_accounts, sa_stream) = owned_cache!(ServiceAccount);
-    let (roles, role_stream) = owned_cache!(Role);
-    let (role_bindings, binding_stream) = owned_cache!(RoleBinding);
-    let (network_policies, netpol_stream) = owned_cache!(NetworkPolicy);
-
-    // Pod labels decide which component a pod belongs to; metadata is enough.
-    let (pods, pod_writer) = reflector::store();
-    let pod_stream = reflector(
-        pod_writer,
-        watcher(
-            scope.api::<PartialObjectMeta<Pod>>(),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    // A change to one system can settle a selector conflict of a sibling.
-    let sibling_stream = watcher(
-        scope.api::<PartialObjectMeta<IoTSystem>>(),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .touched_objects();
-
-    let controller = Controller::new(scope.api::<IoTSystem>(), watcher::Config::default())
+    // One cache per kind. Any change in a namespace re-runs the systems there:
+    // children are restored, and the checklist is judged again.
+    let every = watcher::Config::default();
+    let controller = Controller::new(scope.api::<IoTSystem>(), every.clone())
         .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE));
     let systems = controller.store();
+    let mut streams = Vec::new();
+    macro_rules! cache {
+        ($api:expr) => {{
+            let (store, writer) = reflector::store();
+            let systems = systems.clone();
+            let stream = reflector(writer, watcher($api, every.clone()))
+                .default_backoff()
+                .touched_objects()
+                .map(move |event| {
+                    event.map(|obj| systems_in_namespace(&systems, obj.namespace().as_deref()))
+                })
+                .boxed();
+            streams.push(stream);
+            store
+        }};
+    }
     let caches = Caches {
         systems: systems.clone(),
-        pods: pods.clone(),
-        service_accounts: service_accounts.clone(),
-        roles: roles.clone(),
-        role_bindings: role_bindings.clone(),
-        network_policies: network_policies.clone(),
+        pods: cache!(scope.api::<Pod>()),
+        services: cache!(scope.api::<Service>()),
+        network_policies: cache!(scope.api::<NetworkPolicy>()),
+        service_accounts: cache!(scope.api::<ServiceAccount>()),
+        roles: cache!(scope.api::<Role>()),
+        role_bindings: cache!(scope.api::<RoleBinding>()),
+        secrets: cache!(scope.api::<PartialObjectMeta<Secret>>()),
+        // Cluster-wide; a change re-judges every system (bindings may refer to it).
+        cluster_roles: cache!(Api::<ClusterRole>::all(client.clone())),
     };
+    // A change to one system can settle a selector conflict of a sibling.
+    {
+        let systems = systems.clone();
+        streams.push(
+            watcher(scope.api::<PartialObjectMeta<IoTSystem>>(), every.clone())
+                .default_backoff()
+                .touched_objects()
+                .map(move |event| event.map(|changed| siblings_of(&systems, &changed)))
+                .boxed(),
+        );
+    }
+
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -212,42 +204,21 @@ pub async fn run(
         recorder,
         clock: now,
     });
+    tokio::spawn(async move {
+        caches.wait_until_ready().await;
+        ready.store(true, Ordering::Relaxed);
+        info!("caches filled; reconciling");
+    });
 
-    let readiness = {
-        let caches = caches.clone();
-        async move {
-            let _ = future::join(
-                future::join4(
-                    caches.systems.wait_until_ready(),
-                    caches.pods.wait_until_ready(),
-                    caches.service_accounts.wait_until_ready(),
-                    caches.roles.wait_until_ready(),
-                ),
-                future::join(
-                    caches.role_bindings.wait_until_ready(),
-                    caches.network_policies.wait_until_ready(),
-                ),
-            )
-            .await;
-            ready.store(true, Ordering::Relaxed);
-            info!("caches filled; reconciling");
-        }
-    };
-    tokio::spawn(readiness);
-
-    let systems_for_pods = systems.clone();
-    let systems_for_siblings = systems.clone();
+    // Every trigger stream yields the systems to look at again.
+    let triggers = futures::stream::select_all(streams).flat_map(|event| {
+        futures::stream::iter(match event {
+            Ok(refs) => refs.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        })
+    });
     controller
-        .owns_stream(sa_stream)
-        .owns_stream(role_stream)
-        .owns_stream(binding_stream)
-        .owns_stream(netpol_stream)
-        .watches_stream(pod_stream, move |pod| {
-            systems_selecting(&systems_for_pods, &pod)
-        })
-        .watches_stream(sibling_stream, move |sys| {
-            siblings_of(&systems_for_siblings, &sys)
-        })
+        .reconcile_on(triggers.filter_map(|r| future::ready(r.ok())))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
@@ -279,22 +250,12 @@ impl Scope {
     }
 }
 
-/// The systems in the pod's namespace with a component selecting the pod.
-fn systems_selecting(
-    systems: &Store<IoTSystem>,
-    pod: &PartialObjectMeta<Pod>,
-) -> Vec<ObjectRef<IoTSystem>> {
-    let ns = pod.namespace();
-    let labels = pod.labels();
+/// The systems of a namespace (all systems for cluster-scoped objects).
+fn systems_in_namespace(systems: &Store<IoTSystem>, ns: Option<&str>) -> Vec<ObjectRef<IoTSystem>> {
     systems
         .state()
         .into_iter()
-        .filter(|s| s.namespace() == ns)
-        .filter(|s| {
-            s.spec.components.iter().any(|c| {
-                Selector::try_from(c.selector.clone()).is_ok_and(|sel| sel.matches(labels))
-            })
-        })
+        .filter(|s| ns.is_none() || s.namespace().as_deref() == ns)
         .map(|s| ObjectRef::from_obj(s.as_ref()))
         .collect()
 }
@@ -322,22 +283,10 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
     }
 
     // 1. fetch (from caches)
-    let pods: Vec<_> = ctx
-        .caches
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
-        .collect();
-    let systems: Vec<_> = ctx
-        .caches
-        .systems
-        .state()
-        .into_iter()
-        .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()))
-        .collect();
+    let pods = cache::in_namespace(&ctx.caches.pods, &namespace);
+    let systems = cache::in_namespace(&ctx.caches.systems, &namespace);
 
-    // 2. validate → 3. build → 4. apply
+    // 2. validate
     let validated = validate(
         &system,
         &Neighbourhood {
@@ -345,30 +294,50 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
             systems: &systems,
         },
     );
-    let applied = match &validated {
-        Err(_) => None,
-        Ok(valid) => {
-            let desired = build_all(valid);
-            // Audit changes nothing of its own: it removes what Enforce had made.
-            let to_apply = match valid.mode {
-                Mode::Enforce => &desired,
-                Mode::Audit => &DesiredObjects::default(),
-            };
-            let result = apply::apply_all(&ctx, valid, to_apply).await;
-            Some((valid.mode, desired, result))
+
+    // 3. build → 4. apply, then judge the checklist on the state that leaves
+    let now = (ctx.clock)();
+    let mut report = ApplyReport::default();
+    let mut planned = DesiredObjects::default();
+    let mut apply_error = None;
+    let mut verdicts = None;
+    if let Ok(valid) = &validated {
+        planned = build_all(valid);
+        // Audit changes nothing of its own: it removes what Enforce had made.
+        let to_apply = match valid.mode {
+            Mode::Enforce => planned.clone(),
+            Mode::Audit => DesiredObjects::default(),
+        };
+        let mut snapshot = ctx.caches.snapshot(&namespace);
+        match apply::apply_all(&ctx, valid, &to_apply).await {
+            Ok(r) => {
+                report = r;
+                snapshot = snapshot.with_desired(&valid.name, &to_apply);
+            }
+            Err(e) => apply_error = Some(e),
         }
-    };
-    let empty = ApplyReport::default();
-    let (outcome, report) = match (&validated, &applied) {
-        (Err(invalid), _) => (Outcome::Invalid(invalid), &empty),
-        (Ok(_), Some((_, _, Err(e)))) => (Outcome::ApplyFailed(e), &empty),
-        (Ok(_), Some((Mode::Enforce, _, Ok(report)))) => (Outcome::Enforced { report }, report),
-        (Ok(_), Some((Mode::Audit, planned, Ok(report)))) => (Outcome::Audited { planned }, report),
-        (Ok(_), None) => unreachable!("a valid system is always applied"),
+        let today = now.0.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC).date();
+        let items = checklist::evaluate(valid, &snapshot, today);
+        ctx.metrics.record_verdicts(&namespace, &valid.name, &items);
+        verdicts = Some(items);
+    }
+    ctx.metrics.retain_systems(
+        &ctx.caches
+            .systems
+            .state()
+            .iter()
+            .map(|s| (s.namespace().unwrap_or_default(), s.name_any()))
+            .collect(),
+    );
+    let outcome = match (&validated, &apply_error) {
+        (Err(invalid), _) => Outcome::Invalid(invalid),
+        (Ok(_), Some(e)) => Outcome::ApplyFailed(e),
+        (Ok(valid), None) if valid.mode == Mode::Enforce => Outcome::Enforced { report: &report },
+        (Ok(_), None) => Outcome::Audited { planned: &planned },
     };
 
     // 5. status, and Events for what changed
-    let new_status = status::desired_status(&system, &outcome, &(ctx.clock)());
+    let new_status = status::desired_status(&system, &outcome, verdicts.as_deref(), &now);
     let api: Api<IoTSystem> = Api::namespaced(ctx.client.clone(), &namespace);
     let status_changed = {
         let would_write = system.status.as_ref() != Some(&new_status);
@@ -379,10 +348,10 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
             .await
             .map_err(Error::Status)?
     };
-    publish_events(&ctx, &system, &outcome, report, status_changed).await;
+    publish_events(&ctx, &system, &outcome, &report, status_changed).await;
 
-    match (validated, applied) {
-        (_, Some((_, _, Err(e)))) => Err(Error::Apply(e)),
+    match (validated, apply_error) {
+        (_, Some(e)) => Err(Error::Apply(e)),
         (Err(ValidationError::SelectorConflict { .. }), _) => Ok(Action::requeue(RECHECK_CONFLICT)),
         _ => Ok(Action::requeue(RESYNC)),
     }

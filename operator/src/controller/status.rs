@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{apply::ApplyReport, validate::ValidationError};
 use crate::{
-    api::{IoTSystem, IoTSystemStatus, ManagedObject},
+    api::{IoTSystem, IoTSystemStatus, ItemStatus, ManagedObject},
     build::DesiredObjects,
     controller::apply::{ApplyError, ObjectKey},
 };
@@ -36,7 +36,14 @@ pub enum Outcome<'a> {
     ApplyFailed(&'a ApplyError),
 }
 
-pub fn desired_status(system: &IoTSystem, outcome: &Outcome<'_>, now: &Time) -> IoTSystemStatus {
+/// `checklist` is the fresh evaluation; without one (the spec could not be
+/// validated) the previous verdicts stay.
+pub fn desired_status(
+    system: &IoTSystem,
+    outcome: &Outcome<'_>,
+    checklist: Option<&[ItemStatus]>,
+    now: &Time,
+) -> IoTSystemStatus {
     let old = system.status.clone().unwrap_or_default();
     let (status, reason, message, managed) = match outcome {
         Outcome::Enforced { report } => {
@@ -84,11 +91,21 @@ pub fn desired_status(system: &IoTSystem, outcome: &Outcome<'_>, now: &Time) -> 
         system.metadata.generation,
         now,
     );
+    let (compliant, summary, items) = match checklist {
+        Some(items) => {
+            let (summary, compliant) = crate::checklist::summarize(items);
+            (Some(compliant), Some(summary), items.to_vec())
+        }
+        None => (old.compliant, old.summary, old.items),
+    };
     IoTSystemStatus {
         observed_generation: system.metadata.generation,
         conditions: vec![ready],
         component_count: system.spec.components.len() as i32,
         managed_objects: managed,
+        compliant,
+        summary,
+        items,
     }
 }
 
@@ -196,7 +213,12 @@ mod tests {
             }],
             pruned: vec![],
         };
-        let status = desired_status(&system(), &Outcome::Enforced { report: &report }, &at(100));
+        let status = desired_status(
+            &system(),
+            &Outcome::Enforced { report: &report },
+            None,
+            &at(100),
+        );
         assert_eq!(status.observed_generation, Some(4));
         assert_eq!(status.component_count, 3);
         let ready = &status.conditions[0];
@@ -216,9 +238,10 @@ mod tests {
         s.status = Some(desired_status(
             &s,
             &Outcome::Enforced { report: &report },
+            None,
             &at(100),
         ));
-        let again = desired_status(&s, &Outcome::Enforced { report: &report }, &at(200));
+        let again = desired_status(&s, &Outcome::Enforced { report: &report }, None, &at(200));
         assert_eq!(
             Some(&again),
             s.status.as_ref(),
@@ -226,7 +249,7 @@ mod tests {
         );
 
         let invalid = ValidationError::EmptySelector("gateway".into());
-        let failed = desired_status(&s, &Outcome::Invalid(&invalid), &at(300));
+        let failed = desired_status(&s, &Outcome::Invalid(&invalid), None, &at(300));
         assert_eq!(failed.conditions[0].status, "False");
         assert_eq!(failed.conditions[0].reason, "InvalidSpec");
         assert!(failed.conditions[0].message.contains("gateway"));

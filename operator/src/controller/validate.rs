@@ -12,10 +12,13 @@ use k8s_openapi::{
 };
 use kube::{
     Resource, ResourceExt,
-    core::{PartialObjectMeta, Selector, SelectorExt},
+    core::{Selector, SelectorExt},
 };
 
-use crate::api::{Access, Component, IoTSystem, Mode, Port, Protocol, Role, Subject, SubjectKind};
+use crate::api::{
+    Access, Attestation, Component, ImagePolicy, IoTSystem, Mode, Port, Protocol, Role, Subject,
+    SubjectKind,
+};
 
 /// SSDP, the discovery protocol of UPnP (checklist item V-2).
 pub const SSDP_PORT: i32 = 1900;
@@ -58,6 +61,10 @@ pub enum ValidationError {
         name: String,
         why: &'static str,
     },
+    #[error("attestation for {0:?} names no checklist item (items are I-1 … VIII-2)")]
+    UnknownAttestedItem(String),
+    #[error("attestation for {item} expires on {expires:?}, which is not a date (YYYY-MM-DD)")]
+    BadAttestationDate { item: String, expires: String },
     #[error("pod {pod:?} is selected by both component {first:?} and component {second:?}")]
     ComponentOverlap {
         pod: String,
@@ -96,6 +103,8 @@ pub struct ValidatedSystem {
     pub components: Vec<ValidComponent>,
     pub flows: Vec<ValidFlow>,
     pub access: ValidAccess,
+    pub images: ImagePolicy,
+    pub attestations: Vec<Attestation>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -106,6 +115,8 @@ pub struct ValidComponent {
     pub ports: Vec<Port>,
     pub upnp: bool,
     pub automount_service_account_token: bool,
+    pub devices: Vec<String>,
+    pub heartbeat: bool,
 }
 
 /// Where a flow comes from.
@@ -136,7 +147,7 @@ pub struct ValidAccess {
 /// What validation needs to know about the rest of the namespace.
 pub struct Neighbourhood<'a> {
     /// Pods in the system's namespace (metadata only).
-    pub pods: &'a [std::sync::Arc<PartialObjectMeta<Pod>>],
+    pub pods: &'a [std::sync::Arc<Pod>],
     /// The other IoTSystems in the system's namespace.
     pub systems: &'a [std::sync::Arc<IoTSystem>],
 }
@@ -202,6 +213,17 @@ pub fn validate(
     }
 
     let access = validate_access(&system.spec.access, &namespace)?;
+    for a in &system.spec.attestations {
+        if crate::checklist::catalog::item(&a.item).is_none() {
+            return Err(ValidationError::UnknownAttestedItem(a.item.clone()));
+        }
+        if a.expires.parse::<k8s_openapi::jiff::civil::Date>().is_err() {
+            return Err(ValidationError::BadAttestationDate {
+                item: a.item.clone(),
+                expires: a.expires.clone(),
+            });
+        }
+    }
     check_pod_ownership(system, &components, around)?;
 
     Ok(ValidatedSystem {
@@ -212,6 +234,8 @@ pub fn validate(
         components,
         flows,
         access,
+        images: system.spec.images.clone(),
+        attestations: system.spec.attestations.clone(),
     })
 }
 
@@ -244,6 +268,8 @@ fn validate_component(c: &Component) -> Result<ValidComponent, ValidationError> 
         ports: c.ports.clone(),
         upnp: c.upnp,
         automount_service_account_token: c.automount_service_account_token,
+        devices: c.devices.clone(),
+        heartbeat: c.heartbeat.is_some(),
     })
 }
 
@@ -400,8 +426,8 @@ mod tests {
         s
     }
 
-    fn pod(name: &str, labels: &[(&str, &str)]) -> Arc<PartialObjectMeta<Pod>> {
-        let mut p = PartialObjectMeta::<Pod>::default();
+    fn pod(name: &str, labels: &[(&str, &str)]) -> Arc<Pod> {
+        let mut p = Pod::default();
         p.metadata.name = Some(name.into());
         p.metadata.labels = Some(
             labels

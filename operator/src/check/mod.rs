@@ -1,0 +1,412 @@
+//! `iotposture check`: the checklist engine on YAML files, before anything is
+//! deployed. Workload pod templates are judged as the pods they will create, and
+//! in Enforce mode the objects the operator would create are added, so the
+//! verdicts are those the controller reaches once the manifests are applied.
+
+pub mod output;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
+        batch::v1::{CronJob, Job},
+        core::v1::{Pod, PodTemplateSpec, Secret, Service, ServiceAccount},
+        networking::v1::NetworkPolicy,
+        rbac::v1::{ClusterRole, Role, RoleBinding},
+    },
+    jiff::civil::Date,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use crate::{
+    api::{IoTSystem, ItemStatus, Mode, Verdict},
+    build::build_all,
+    checklist::{self, Snapshot},
+    controller::validate::{Neighbourhood, validate},
+};
+
+/// Where a document came from, for error messages.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Origin {
+    pub file: PathBuf,
+    /// 1-based position in a multi-document file.
+    pub document: usize,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (document {})", self.file.display(), self.document)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: not valid YAML: {message}")]
+    Yaml { origin: Origin, message: String },
+    #[error("{origin}: {message}")]
+    Invalid { origin: Origin, message: String },
+    #[error("no YAML files found in {0}")]
+    Empty(String),
+}
+
+/// The objects of all files, grouped by namespace.
+#[derive(Default)]
+pub struct Manifests {
+    pub systems: Vec<(Origin, IoTSystem)>,
+    pub namespaces: BTreeMap<String, Snapshot>,
+    /// Documents of kinds the checklist does not read.
+    pub ignored: usize,
+}
+
+/// The verdicts for one system.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemReport {
+    pub namespace: String,
+    pub name: String,
+    pub file: String,
+    pub items: Vec<ItemStatus>,
+}
+
+impl SystemReport {
+    pub fn failed(&self) -> bool {
+        self.items.iter().any(|i| i.verdict == Verdict::Fail)
+    }
+}
+
+/// Files named, and `.yaml`/`.yml` files under folders named, in a stable order.
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CheckError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|source| CheckError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            let before = out.len();
+            walk(path, &mut out)?;
+            if out.len() == before {
+                return Err(CheckError::Empty(path.display().to_string()));
+            }
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CheckError> {
+    let read = |p: &Path| {
+        std::fs::read_dir(p).map_err(|source| CheckError::Read {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let mut entries: Vec<PathBuf> = read(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+pub fn load_files(files: &[PathBuf], default_namespace: &str) -> Result<Manifests, CheckError> {
+    let mut manifests = Manifests::default();
+    for file in files {
+        let text = std::fs::read_to_string(file).map_err(|source| CheckError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        load_text(&mut manifests, file, &text, default_namespace)?;
+    }
+    Ok(manifests)
+}
+
+/// Adds every document of one YAML stream.
+pub fn load_text(
+    manifests: &mut Manifests,
+    file: &Path,
+    text: &str,
+    default_namespace: &str,
+) -> Result<(), CheckError> {
+    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let origin = Origin {
+            file: file.to_path_buf(),
+            document: index + 1,
+        };
+        let value: Value = serde::Deserialize::deserialize(doc).map_err(|e| CheckError::Yaml {
+            origin: origin.clone(),
+            message: e.to_string(),
+        })?;
+        if value.is_null() {
+            continue; // an empty document, e.g. after a trailing `---`
+        }
+        add_document(manifests, origin, value, default_namespace)?;
+    }
+    Ok(())
+}
+
+fn parse<K: DeserializeOwned>(origin: &Origin, kind: &str, value: Value) -> Result<K, CheckError> {
+    serde_json::from_value(value).map_err(|e| CheckError::Invalid {
+        origin: origin.clone(),
+        message: format!("not a valid {kind}: {e}"),
+    })
+}
+
+/// The pod a template will create, named after its workload for the evidence.
+fn pod_from_template(
+    kind: &str,
+    name: Option<String>,
+    namespace: Option<String>,
+    template: PodTemplateSpec,
+) -> Pod {
+    let mut metadata = template.metadata.unwrap_or_default();
+    metadata.name = Some(format!(
+        "{}/{}",
+        kind.to_lowercase(),
+        name.unwrap_or_default()
+    ));
+    metadata.namespace = namespace;
+    Pod {
+        metadata,
+        spec: template.spec,
+        status: None,
+    }
+}
+
+fn add_document(
+    m: &mut Manifests,
+    origin: Origin,
+    value: Value,
+    default_namespace: &str,
+) -> Result<(), CheckError> {
+    let (Some(api_version), Some(kind)) = (
+        value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .map(String::from),
+        value.get("kind").and_then(Value::as_str).map(String::from),
+    ) else {
+        return Err(CheckError::Invalid {
+            origin,
+            message: "a Kubernetes object needs apiVersion and kind".into(),
+        });
+    };
+    let namespace = value
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or(default_namespace)
+        .to_string();
+    fn snap<'m>(m: &'m mut Manifests, namespace: &str) -> &'m mut Snapshot {
+        m.namespaces.entry(namespace.to_string()).or_default()
+    }
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    match (group, kind.as_str()) {
+        ("iotposture.dev", "IoTSystem") => {
+            let mut system: IoTSystem = parse(&origin, &kind, value)?;
+            system.metadata.namespace = Some(namespace.clone());
+            // Stand-ins for what the API server would assign.
+            let name = system.metadata.name.clone().unwrap_or_default();
+            system
+                .metadata
+                .uid
+                .get_or_insert_with(|| format!("offline-{namespace}-{name}"));
+            snap(m, &namespace);
+            m.systems.push((origin, system));
+        }
+        ("", "Pod") => {
+            let mut pod: Pod = parse(&origin, &kind, value)?;
+            pod.metadata.namespace = Some(namespace.clone());
+            snap(m, &namespace).pods.push(pod);
+        }
+        ("apps", "Deployment") => {
+            let d: Deployment = parse(&origin, &kind, value)?;
+            let template = d.spec.template;
+            snap(m, &namespace).pods.push(pod_from_template(
+                &kind,
+                d.metadata.name,
+                Some(namespace.clone()),
+                template,
+            ));
+        }
+        ("apps", "StatefulSet") => {
+            let d: StatefulSet = parse(&origin, &kind, value)?;
+            let template = d.spec.template;
+            snap(m, &namespace).pods.push(pod_from_template(
+                &kind,
+                d.metadata.name,
+                Some(namespace.clone()),
+                template,
+            ));
+        }
+        ("apps", "DaemonSet") => {
+            let d: DaemonSet = parse(&origin, &kind, value)?;
+            let template = d.spec.template;
+            snap(m, &namespace).pods.push(pod_from_template(
+                &kind,
+                d.metadata.name,
+                Some(namespace.clone()),
+                template,
+            ));
+        }
+        ("apps", "ReplicaSet") => {
+            let d: ReplicaSet = parse(&origin, &kind, value)?;
+            let template = d.spec.template.unwrap_or_default();
+            snap(m, &namespace).pods.push(pod_from_template(
+                &kind,
+                d.metadata.name,
+                Some(namespace.clone()),
+                template,
+            ));
+        }
+        ("batch", "Job") => {
+            let d: Job = parse(&origin, &kind, value)?;
+            let template = d.spec.map(|s| s.template).unwrap_or_default();
+            snap(m, &namespace).pods.push(pod_from_template(
+                &kind,
+                d.metadata.name,
+                Some(namespace.clone()),
+                template,
+            ));
+        }
+        ("batch", "CronJob") => {
+            let d: CronJob = parse(&origin, &kind, value)?;
+            let template = d
+                .spec
+                .job_template
+                .spec
+                .map(|s| s.template)
+                .unwrap_or_default();
+            snap(m, &namespace).pods.push(pod_from_template(
+                &kind,
+                d.metadata.name,
+                Some(namespace.clone()),
+                template,
+            ));
+        }
+        ("", "Service") => {
+            let o: Service = parse(&origin, &kind, value)?;
+            snap(m, &namespace)
+                .services
+                .push(with_namespace(o, &namespace));
+        }
+        ("", "ServiceAccount") => {
+            let o: ServiceAccount = parse(&origin, &kind, value)?;
+            snap(m, &namespace)
+                .service_accounts
+                .push(with_namespace(o, &namespace));
+        }
+        ("", "Secret") => {
+            // Metadata only, as in the cluster: values are never read.
+            let o: Secret = parse(&origin, &kind, value)?;
+            let mut meta = o.metadata;
+            meta.namespace = Some(namespace.clone());
+            snap(m, &namespace).secrets.push(meta);
+        }
+        ("networking.k8s.io", "NetworkPolicy") => {
+            let o: NetworkPolicy = parse(&origin, &kind, value)?;
+            snap(m, &namespace)
+                .network_policies
+                .push(with_namespace(o, &namespace));
+        }
+        ("rbac.authorization.k8s.io", "Role") => {
+            let o: Role = parse(&origin, &kind, value)?;
+            snap(m, &namespace)
+                .roles
+                .push(with_namespace(o, &namespace));
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding") => {
+            let o: RoleBinding = parse(&origin, &kind, value)?;
+            snap(m, &namespace)
+                .role_bindings
+                .push(with_namespace(o, &namespace));
+        }
+        ("rbac.authorization.k8s.io", "ClusterRole") => {
+            let o: ClusterRole = parse(&origin, &kind, value)?;
+            // Cluster-wide: visible from every namespace.
+            m.namespaces
+                .entry(String::new())
+                .or_default()
+                .cluster_roles
+                .push(o);
+        }
+        _ => m.ignored += 1,
+    }
+    Ok(())
+}
+
+fn with_namespace<K: kube::Resource>(mut o: K, namespace: &str) -> K {
+    o.meta_mut().namespace = Some(namespace.to_string());
+    o
+}
+
+/// Judges every IoTSystem of the manifests. An IoTSystem the controller would
+/// refuse is an input error, named by file and document.
+pub fn evaluate(manifests: &Manifests, today: Date) -> Result<Vec<SystemReport>, CheckError> {
+    let cluster_roles: Vec<ClusterRole> = manifests
+        .namespaces
+        .get("")
+        .map(|s| s.cluster_roles.clone())
+        .unwrap_or_default();
+    let mut reports = Vec::new();
+    for (origin, system) in &manifests.systems {
+        let namespace = system.metadata.namespace.clone().unwrap_or_default();
+        let mut snapshot = manifests
+            .namespaces
+            .get(&namespace)
+            .cloned()
+            .unwrap_or_default();
+        snapshot.cluster_roles = cluster_roles.clone();
+        let pods: Vec<Arc<Pod>> = snapshot.pods.iter().cloned().map(Arc::new).collect();
+        let siblings: Vec<Arc<IoTSystem>> = manifests
+            .systems
+            .iter()
+            .filter(|(_, s)| s.metadata.namespace == system.metadata.namespace)
+            .map(|(_, s)| Arc::new(s.clone()))
+            .collect();
+        let valid = validate(
+            system,
+            &Neighbourhood {
+                pods: &pods,
+                systems: &siblings,
+            },
+        )
+        .map_err(|e| CheckError::Invalid {
+            origin: origin.clone(),
+            message: format!(
+                "IoTSystem {}: {e}",
+                system.metadata.name.as_deref().unwrap_or("?")
+            ),
+        })?;
+        let desired = match valid.mode {
+            Mode::Enforce => build_all(&valid),
+            Mode::Audit => Default::default(),
+        };
+        let snapshot = snapshot.with_desired(&valid.name, &desired);
+        reports.push(SystemReport {
+            namespace,
+            name: valid.name.clone(),
+            file: origin.file.display().to_string(),
+            items: checklist::evaluate(&valid, &snapshot, today),
+        });
+    }
+    Ok(reports)
+}

@@ -1,0 +1,117 @@
+//! Chapter IV, physical and wireless access: IV-1, IV-2.
+
+use super::{Scope, evidence::Check, evidence::Offences, pod_name, user_management::containers};
+use crate::checklist::network_ports::services_of;
+
+/// Default ports of SSH, Telnet (and its IoT alternate), VNC over HTTP, RDP, VNC, TeamViewer.
+pub const REMOTE_ACCESS_PORTS: [i32; 7] = [22, 23, 2323, 3389, 5800, 5900, 5938];
+
+/// IV-1: no privileged mode, host namespaces, host root or devices, undeclared device resources.
+pub fn check_physical_access(s: &Scope<'_>) -> Check {
+    let pods = match s.pods() {
+        Ok(p) => p,
+        Err(unknown) => return unknown,
+    };
+    let mut offences = Offences::default();
+    for (component, pod) in &pods {
+        let Some(spec) = &pod.spec else { continue };
+        let name = pod_name(pod);
+        for (on, what) in [
+            (spec.host_pid, "the host PID namespace"),
+            (spec.host_ipc, "the host IPC namespace"),
+            (spec.host_network, "the host network"),
+        ] {
+            if on == Some(true) {
+                offences.add(format!("pod {name} shares {what}"));
+            }
+        }
+        for v in spec.volumes.iter().flatten() {
+            if let Some(host) = &v.host_path {
+                let path = host.path.trim_end_matches('/');
+                if path.is_empty() || path == "/dev" || path.starts_with("/dev/") {
+                    offences.add(format!("pod {name} mounts host path {}", host.path));
+                }
+            }
+        }
+        for c in containers(spec) {
+            if c.security_context.as_ref().and_then(|x| x.privileged) == Some(true) {
+                offences.add(format!("pod {name} container {} is privileged", c.name));
+            }
+            let resources = c.resources.as_ref();
+            let asked = resources
+                .iter()
+                .flat_map(|r| r.limits.iter().flatten().chain(r.requests.iter().flatten()))
+                .map(|(k, _)| k);
+            for resource in asked {
+                // Extended resources (vendor/name) are devices; cpu, memory and hugepages are not.
+                if resource.contains('/') && !component.devices.contains(resource) {
+                    offences.add(format!(
+                        "pod {name} container {} requests device {resource}, which component {} does not declare",
+                        c.name, component.name
+                    ));
+                }
+            }
+        }
+    }
+    offences.verdict(format!(
+        "{} pods run unprivileged, without host namespaces, host root or device mounts, and request only declared devices",
+        pods.len()
+    ))
+}
+
+/// IV-2: no container or Service port on a remote-access default port.
+pub fn check_remote_access_ports(s: &Scope<'_>) -> Check {
+    let pods = match s.pods() {
+        Ok(p) => p,
+        Err(unknown) => return unknown,
+    };
+    let mut offences = Offences::default();
+    for (_, pod) in &pods {
+        let Some(spec) = &pod.spec else { continue };
+        for c in containers(spec) {
+            for p in c.ports.iter().flatten() {
+                for (port, what) in [(Some(p.container_port), "port"), (p.host_port, "host port")] {
+                    if let Some(port) = port.filter(|n| REMOTE_ACCESS_PORTS.contains(n)) {
+                        offences.add(format!(
+                            "pod {} container {} opens remote-access {what} {port}",
+                            pod_name(pod),
+                            c.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for (service, _) in services_of(s) {
+        let Some(spec) = &service.spec else { continue };
+        let exposed = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+        for p in spec.ports.iter().flatten() {
+            let target = match &p.target_port {
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => Some(*n),
+                _ => None,
+            };
+            for port in [Some(p.port), target, p.node_port].into_iter().flatten() {
+                if REMOTE_ACCESS_PORTS.contains(&port) {
+                    offences.add(format!(
+                        "Service {} {} remote-access port {port}{}",
+                        service.metadata.name.as_deref().unwrap_or("?"),
+                        if exposed {
+                            "exposes outside the cluster"
+                        } else {
+                            "serves"
+                        },
+                        if exposed {
+                            format!(" as {}", spec.type_.as_deref().unwrap_or_default())
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+            }
+        }
+    }
+    offences.verdict(format!(
+        "no container or Service of the components uses a remote-access default port ({})",
+        REMOTE_ACCESS_PORTS.map(|p| p.to_string()).join(", ")
+    ))
+}

@@ -1,0 +1,64 @@
+//! The cluster state the checks read: one namespace's objects, from the
+//! controller's watch caches or from YAML files (`iotposture check`). Secrets
+//! appear as metadata only: no check ever sees a secret value.
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Pod, Service, ServiceAccount},
+        networking::v1::NetworkPolicy,
+        rbac::v1::{ClusterRole, Role, RoleBinding},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+use crate::build::{
+    DesiredObjects,
+    meta::{MANAGED_BY, MANAGED_BY_LABEL, SYSTEM_LABEL},
+};
+
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub pods: Vec<Pod>,
+    pub services: Vec<Service>,
+    pub network_policies: Vec<NetworkPolicy>,
+    pub service_accounts: Vec<ServiceAccount>,
+    pub roles: Vec<Role>,
+    pub role_bindings: Vec<RoleBinding>,
+    /// Cluster-wide: RoleBindings may refer to them.
+    pub cluster_roles: Vec<ClusterRole>,
+    pub secrets: Vec<ObjectMeta>,
+}
+
+impl Snapshot {
+    /// The state once the operator's apply step has run: this system's own
+    /// objects replaced by `desired` (empty in Audit mode). Both the controller
+    /// and `iotposture check` judge this state, so they agree.
+    pub fn with_desired(mut self, system: &str, desired: &DesiredObjects) -> Self {
+        let DesiredObjects {
+            service_accounts,
+            roles,
+            role_bindings,
+            network_policies,
+        } = desired;
+        let ours = |meta: &ObjectMeta| {
+            meta.labels.as_ref().is_some_and(|l| {
+                l.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+                    && l.get(SYSTEM_LABEL).map(String::as_str) == Some(system)
+            })
+        };
+        fn replace<K: kube::Resource<DynamicType = ()> + Clone>(
+            existing: &mut Vec<K>,
+            desired: &[K],
+            ours: &dyn Fn(&ObjectMeta) -> bool,
+        ) {
+            let names: Vec<_> = desired.iter().map(|d| d.meta().name.clone()).collect();
+            existing.retain(|e| !ours(e.meta()) && !names.contains(&e.meta().name));
+            existing.extend(desired.iter().cloned());
+        }
+        replace(&mut self.service_accounts, service_accounts, &ours);
+        replace(&mut self.roles, roles, &ours);
+        replace(&mut self.role_bindings, role_bindings, &ours);
+        replace(&mut self.network_policies, network_policies, &ours);
+        self
+    }
+}

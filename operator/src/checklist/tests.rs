@@ -1,0 +1,205 @@
+//! The engine on YAML fixtures: the example system passes every check this
+//! version implements, the sloppy one fails each of them for the right reason.
+
+use std::path::Path;
+
+use k8s_openapi::jiff::civil::date;
+
+use crate::{
+    api::{ItemStatus, Verdict},
+    check::{Manifests, SystemReport, evaluate, load_text},
+};
+
+const GOOD: &str = include_str!("../../../manifests/examples/smart-factory.yaml");
+const BAD: &str = include_str!("../../tests/fixtures/bad-workloads.yaml");
+
+/// Items with a real check in this version.
+const CHECKED: [&str; 15] = [
+    "I-2", "I-5", "I-6", "I-7", "I-8", "I-9", "I-10", "II-2", "II-3", "II-5", "IV-1", "IV-2",
+    "V-1", "V-2", "VII-1",
+];
+
+fn judge(yaml: &str) -> SystemReport {
+    let mut m = Manifests::default();
+    load_text(&mut m, Path::new("fixture.yaml"), yaml, "default").unwrap();
+    let mut reports = evaluate(&m, date(2026, 11, 26)).unwrap();
+    assert_eq!(reports.len(), 1);
+    reports.remove(0)
+}
+
+fn item<'a>(r: &'a SystemReport, id: &str) -> &'a ItemStatus {
+    r.items.iter().find(|i| i.id == id).unwrap()
+}
+
+#[test]
+fn every_item_gets_a_verdict() {
+    let r = judge(GOOD);
+    assert_eq!(r.items.len(), 39);
+}
+
+#[test]
+fn the_example_passes_every_implemented_check() {
+    let r = judge(GOOD);
+    for id in CHECKED {
+        let i = item(&r, id);
+        assert_eq!(i.verdict, Verdict::Pass, "{id}: {}", i.evidence);
+        assert!(!i.evidence.is_empty() && i.remediation.is_none());
+    }
+}
+
+#[test]
+fn nothing_unimplemented_claims_pass() {
+    for yaml in [GOOD, BAD] {
+        for i in &judge(yaml).items {
+            if !CHECKED.contains(&i.id.as_str()) {
+                assert_ne!(i.verdict, Verdict::Pass, "{} passes without a check", i.id);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_sloppy_system_fails_each_check_for_its_reason() {
+    let r = judge(BAD);
+    let expect = [
+        (
+            "I-2",
+            "Secret shared-token is a never-expiring token of ServiceAccount shared",
+        ),
+        ("I-5", "runAsNonRoot is not true"),
+        (
+            "I-6",
+            "ServiceAccount shared is shared by dashboard and gateway",
+        ),
+        ("I-7", "names nobody"),
+        ("I-8", "Role sloppy-operator is missing"),
+        (
+            "I-9",
+            "RoleBinding everyone-admin gives ClusterRole cluster-admin to User intern",
+        ),
+        ("I-10", "takes Secret gateway-db into its environment"),
+        ("II-2", "no NetworkPolicy selects it for Ingress"),
+        ("II-3", "eclipse-mosquitto:latest uses the tag latest"),
+        ("II-5", "has no cpu limit"),
+        ("IV-1", "is privileged"),
+        ("IV-2", "remote-access port 22"),
+        (
+            "V-1",
+            "opens 22/TCP, which component gateway does not declare",
+        ),
+        ("V-2", "uses the host network"),
+        (
+            "VII-1",
+            "pod sensor-0 container sensor has no liveness probe",
+        ),
+        (
+            "VI-2",
+            "flow sensor → gateway uses port mqtt (1883), which is not declared tls",
+        ),
+    ];
+    for (id, evidence) in expect {
+        let i = item(&r, id);
+        assert_eq!(i.verdict, Verdict::Fail, "{id}: {}", i.evidence);
+        assert!(
+            i.evidence.contains(evidence),
+            "{id}: {:?} lacks {evidence:?}",
+            i.evidence
+        );
+        assert!(i.remediation.is_some(), "{id} has no remediation");
+    }
+    // Findings the evidence lists beside the first.
+    assert!(
+        item(&r, "I-6")
+            .evidence
+            .contains("Secret gateway-db is used by dashboard and gateway")
+    );
+    assert!(item(&r, "IV-1").evidence.contains("mounts host path /"));
+    assert!(item(&r, "IV-1").evidence.contains("squat.ai/serial"));
+    assert!(
+        item(&r, "IV-2")
+            .evidence
+            .contains("exposes outside the cluster")
+    );
+    assert!(
+        item(&r, "II-3")
+            .evidence
+            .contains("not an allowed registry")
+    );
+}
+
+#[test]
+fn audit_mode_loses_what_only_enforce_provides() {
+    let r = judge(&GOOD.replace("mode: Enforce", "mode: Audit"));
+    for id in ["II-2", "I-7", "I-8"] {
+        assert_eq!(item(&r, id).verdict, Verdict::Fail, "{id}");
+    }
+}
+
+#[test]
+fn one_bad_container_flips_least_privilege() {
+    let r = judge(&GOOD.replacen(
+        "readOnlyRootFilesystem: true",
+        "readOnlyRootFilesystem: false",
+        2,
+    ));
+    let i = item(&r, "I-5");
+    assert_eq!(i.verdict, Verdict::Fail);
+    assert!(
+        i.evidence
+            .contains("deployment/mqtt-gateway container broker: root filesystem is not read-only"),
+        "{}",
+        i.evidence
+    );
+}
+
+#[test]
+fn minimum_versions_are_enforced() {
+    let policy = "  images:\n    minimumVersions: [{image: registry.example.com/factory/mqtt-broker, version: 2.1.0}]\n";
+    let r = judge(&GOOD.replace("  access:\n", &format!("{policy}  access:\n")));
+    let i = item(&r, "II-3");
+    assert_eq!(i.verdict, Verdict::Fail);
+    assert!(
+        i.evidence.contains("older than the minimum version 2.1.0"),
+        "{}",
+        i.evidence
+    );
+}
+
+#[test]
+fn attestations_count_until_they_expire() {
+    let attest = |expires: &str, item: &str| {
+        GOOD.replace(
+            "  access:\n",
+            &format!("  attestations:\n    - {{item: {item}, statement: WPA3-SAE only, by: plant security, expires: {expires}}}\n  access:\n"),
+        )
+    };
+    let r = judge(&attest("2027-06-30", "IV-3"));
+    assert_eq!(item(&r, "IV-3").verdict, Verdict::Attested);
+    assert!(
+        item(&r, "IV-3")
+            .evidence
+            .contains("attested by plant security until 2027-06-30")
+    );
+
+    let r = judge(&attest("2026-01-31", "IV-3"));
+    assert_eq!(item(&r, "IV-3").verdict, Verdict::Fail);
+    assert!(item(&r, "IV-3").evidence.contains("expired on 2026-01-31"));
+
+    // A machine check that passes is stronger than a statement; one that fails is not hidden.
+    let r = judge(&attest("2027-06-30", "I-5"));
+    assert_eq!(item(&r, "I-5").verdict, Verdict::Pass);
+}
+
+#[test]
+fn items_without_a_targeted_component_do_not_apply() {
+    let without_sensor = GOOD
+        .replace("    - name: temp-sensor\n      role: Sensor\n      selector: {matchLabels: {app: temp-sensor}}\n      heartbeat: {maxSilence: 60s}\n", "")
+        .replace("    - {from: {component: temp-sensor}, to: gateway, port: mqtts}\n", "");
+    let r = judge(&without_sensor);
+    for id in ["VII-1", "VIII-1"] {
+        assert_eq!(item(&r, id).verdict, Verdict::NotApplicable, "{id}");
+    }
+    let (summary, compliant) = super::summarize(&r.items);
+    assert_eq!(summary.not_applicable, 2);
+    assert_eq!(compliant, format!("{}/37", summary.pass + summary.attested));
+}
