@@ -29,6 +29,7 @@ esac
 
 echo "==> building (first run: several minutes for the control plane, then cached)"
 bash e2e/controlplane/build.sh "$bins"
+bash e2e/thirdparty/fetch-crds.sh
 cargo build -q -p iotposture -p iotposture-e2e
 
 echo "==> control plane"
@@ -36,8 +37,8 @@ mkdir -p "$dir"
 testplane up
 
 echo "==> CRDs and examples"
-$kubectl apply --server-side -f crds/
-$kubectl wait --for=condition=Established crd/iotsystems.iotposture.dev --timeout=60s >/dev/null
+$kubectl apply --server-side -f crds/ -f target/thirdparty/crds/
+$kubectl wait --for=condition=Established crd/iotsystems.iotposture.dev crd/policyreports.wgpolicyk8s.io --timeout=60s >/dev/null
 $kubectl apply --server-side -f manifests/examples/
 
 echo "==> operator"
@@ -50,12 +51,20 @@ else
   echo "started (pid $!), log: $dir/operator.log"
 fi
 
-echo "==> waiting for the example system to be Ready"
+echo "==> waiting for the example system to be Ready and judged"
 if ! $kubectl wait -n smart-factory iotsystem/line-1 --for=condition=Ready --timeout=90s >/dev/null; then
   echo "line-1 did not become Ready; operator log:" >&2
   tail -20 "$dir/operator.log" >&2
   exit 1
 fi
+
+# Pods appear once the operator has made their ServiceAccounts; wait until the
+# checklist has seen them (I-5 needs pods to be decided).
+for _ in $(seq 1 60); do
+  verdict="$($kubectl get iotsystem line-1 -n smart-factory -o jsonpath='{.status.items[?(@.id=="I-5")].verdict}')"
+  [[ -n "$verdict" && "$verdict" != "Unknown" ]] && break
+  sleep 1
+done
 
 echo
 $kubectl get iotsystems -A -o wide
@@ -65,6 +74,12 @@ $kubectl get serviceaccounts,roles,rolebindings,networkpolicies -n smart-factory
 echo
 echo "==> status"
 $kubectl get iotsystem line-1 -n smart-factory -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
+echo
+echo "==> checklist (kubectl get iotsystem line-1 -n smart-factory -o yaml shows the evidence)"
+$kubectl get iotsystem line-1 -n smart-factory -o jsonpath='{range .status.items[*]}{.id}{"\t"}{.verdict}{"\t"}{.evidence}{"\n"}{end}' | cut -c1-150
+echo
+echo "==> PolicyReport"
+$kubectl get policyreports -n smart-factory
 echo
 echo "==> events"
 $kubectl get events -n smart-factory --field-selector involvedObject.kind=IoTSystem

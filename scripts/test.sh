@@ -6,8 +6,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prerequisites.sh
 
-echo "==> control plane binaries (built once, then cached)"
+echo "==> Prometheus (Debian package) for the metrics tests"
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "error: prometheus is missing; install Debian's package: sudo apt-get install prometheus" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+echo "==> control plane binaries (built once, then cached) and third-party CRDs"
 bash e2e/controlplane/build.sh target/testplane/bin
+bash e2e/thirdparty/fetch-crds.sh
 
 echo "==> lint"
 cargo fmt --all --check

@@ -8,6 +8,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 out="${1:-$root/target/testplane/bin}"
 mkdir -p "$out"
+out="$(cd "$out" && pwd)" # the build runs from this folder, so no relative paths
 
 kube_version="$(cd "$here" && go list -m -f "{{.Version}}" k8s.io/kubernetes)"
 stamp="$(cat "$here/go.mod" "$here/go.sum" "$0" | sha256sum | cut -c1-16)"

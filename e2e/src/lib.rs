@@ -58,15 +58,33 @@ pub async fn client() -> Client {
 
 static CRDS: OnceCell<()> = OnceCell::const_new();
 
-/// Installs the committed CRDs once per test process and waits until they serve.
+/// CRD files the tests install: ours, and the third-party ones that
+/// `e2e/thirdparty/fetch-crds.sh` fetched (make test runs it).
+fn crd_files() -> Vec<PathBuf> {
+    let third_party =
+        workspace_root().join("target/thirdparty/crds/wgpolicyk8s.io_policyreports.yaml");
+    assert!(
+        third_party.exists(),
+        "{} is missing: run e2e/thirdparty/fetch-crds.sh (make test does)",
+        third_party.display()
+    );
+    vec![workspace_root().join("crds/iotsystem.yaml"), third_party]
+}
+
+/// Installs the CRDs once per test process and waits until they serve.
 pub async fn ensure_crds(client: &Client) {
     CRDS.get_or_init(|| async {
-        let text = std::fs::read_to_string(workspace_root().join("crds/iotsystem.yaml"))
-            .expect("crds/iotsystem.yaml");
+        let text: String = crd_files()
+            .iter()
+            .map(|f| std::fs::read_to_string(f).expect("CRD file readable") + "\n---\n")
+            .collect();
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
         for doc in serde_yaml::Deserializer::from_str(&text) {
-            let crd: CustomResourceDefinition =
-                serde::Deserialize::deserialize(doc).expect("CRD parses");
+            let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("YAML");
+            if value.is_null() {
+                continue;
+            }
+            let crd: CustomResourceDefinition = serde_json::from_value(value).expect("CRD parses");
             let name = crd.metadata.name.clone().unwrap();
             crds.patch(
                 &name,
@@ -151,6 +169,35 @@ impl TestNamespace {
             );
         }
         out
+    }
+
+    /// Server-side applies every document of a YAML stream into this namespace,
+    /// whatever its kind (resolved through discovery). Namespace documents are skipped.
+    pub async fn apply_manifest(&self, yaml: &str) {
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("YAML");
+            if value.is_null() || value["kind"] == "Namespace" {
+                continue;
+            }
+            let mut object: kube::core::DynamicObject =
+                serde_json::from_value(value).expect("a Kubernetes object");
+            object.metadata.namespace = Some(self.name.clone());
+            let types = object.types.clone().expect("apiVersion and kind");
+            let gvk = kube::core::GroupVersionKind::try_from(&types).expect("valid apiVersion");
+            let (resource, _) = kube::discovery::pinned_kind(&self.client, &gvk)
+                .await
+                .unwrap_or_else(|e| panic!("{gvk:?} is not served: {e}"));
+            let api: Api<kube::core::DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &self.name, &resource);
+            let name = object.metadata.name.clone().expect("a name");
+            api.patch(
+                &name,
+                &PatchParams::apply("iotposture-e2e").force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("applying {} {name}: {e}", types.kind));
+        }
     }
 
     /// Deletes the namespace; the control plane's garbage collector does the rest.
@@ -240,6 +287,27 @@ where
     }
 }
 
+/// A plain HTTP/1.0 GET on loopback; returns the status code and body.
+pub async fn http_get(addr: std::net::SocketAddr, path_and_query: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path_and_query} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("response within 10s")
+        .expect("read");
+    let text = String::from_utf8_lossy(&response).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
 /// The API server's audit log of write requests (see the plane's audit policy).
 pub struct AuditLog {
     path: PathBuf,
@@ -268,5 +336,94 @@ impl AuditLog {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|e| e["objectRef"]["namespace"] == namespace)
             .collect()
+    }
+}
+
+/// A real Prometheus (Debian's package, installed by `make test`) scraping
+/// the given targets every second. Stopped when dropped.
+pub struct Prometheus {
+    pub addr: std::net::SocketAddr,
+    child: std::process::Child,
+    _dir: PathBuf,
+}
+
+impl Prometheus {
+    pub async fn start(job: &str, targets: &[std::net::SocketAddr]) -> Self {
+        let dir = plane_dir().join(format!(
+            "prometheus-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: {job}\n    static_configs: [{{targets: [{}]}}]\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let addr: std::net::SocketAddr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = std::process::Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus on PATH (make test installs Debian's package)");
+        let prometheus = Self {
+            addr,
+            child,
+            _dir: dir,
+        };
+        wait_until("Prometheus ready", || async {
+            let (code, _) = tokio::time::timeout(Duration::from_secs(2), async {
+                match tokio::net::TcpStream::connect(addr).await {
+                    Ok(_) => http_get(addr, "/-/ready").await,
+                    Err(_) => (0, String::new()),
+                }
+            })
+            .await
+            .unwrap_or((0, String::new()));
+            (code == 200).then_some(())
+        })
+        .await;
+        prometheus
+    }
+
+    /// Runs an instant query and returns `data.result`.
+    pub async fn query(&self, expr: &str) -> Vec<Value> {
+        let encoded: String = expr
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (code, body) = http_get(self.addr, &format!("/api/v1/query?query={encoded}")).await;
+        assert_eq!(code, 200, "query {expr}: {body}");
+        let v: Value = serde_json::from_str(&body).expect("JSON from Prometheus");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

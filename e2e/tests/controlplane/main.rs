@@ -3,6 +3,7 @@
 //! only that namespace, so tests run in parallel without seeing each other.
 
 mod bad_input;
+mod checklist;
 mod crd_validation;
 mod noop;
 mod rbac;

@@ -3,6 +3,7 @@
 
 pub mod meta;
 pub mod network_policy;
+pub mod policy_report;
 pub mod rbac;
 pub mod service_account;
 

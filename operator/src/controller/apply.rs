@@ -10,6 +10,7 @@ use k8s_openapi::NamespaceResourceScope;
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
+    core::DynamicObject,
     runtime::reflector::{ObjectRef, Store},
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -226,6 +227,61 @@ where
         report.pruned.push(ObjectKey { kind, name });
     }
     Ok(())
+}
+
+/// Writes the system's PolicyReport when it differs from the cached one.
+/// Returns whether it wrote; without the PolicyReport CRD there is nothing to do.
+pub async fn apply_report(
+    ctx: &Context,
+    system: &ValidatedSystem,
+    report: &DynamicObject,
+) -> Result<bool, ApplyError> {
+    const KIND: &str = "PolicyReport";
+    let Some(cache) = &ctx.caches.policy_reports else {
+        return Ok(false);
+    };
+    let resource = crate::build::policy_report::api_resource();
+    let name = report.name_any();
+    let failed = |source| ApplyError::Apply {
+        kind: KIND,
+        name: name.clone(),
+        source,
+    };
+    let encode = |o: &DynamicObject| {
+        serde_json::to_value(o).map_err(|source| ApplyError::Encode {
+            kind: KIND,
+            name: name.clone(),
+            source,
+        })
+    };
+    let api =
+        Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &system.namespace, &resource);
+    match cache.get(&ObjectRef::new_with(&name, resource.clone()).within(&system.namespace)) {
+        Some(current) => {
+            if !is_owned_by(current.as_ref(), &system.owner.uid) {
+                return Err(ApplyError::NotOurs { kind: KIND, name });
+            }
+            if is_subset(&encode(report)?, &encode(&current)?) {
+                return Ok(false);
+            }
+        }
+        None => {
+            if let Some(existing) = api.get_opt(&name).await.map_err(failed)?
+                && !is_owned_by(&existing, &system.owner.uid)
+            {
+                return Err(ApplyError::NotOurs { kind: KIND, name });
+            }
+        }
+    }
+    ctx.metrics.write(KIND, "apply");
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(report),
+    )
+    .await
+    .map_err(failed)?;
+    Ok(true)
 }
 
 pub fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {

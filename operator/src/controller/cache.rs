@@ -10,7 +10,11 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
     rbac::v1::{ClusterRole, Role, RoleBinding},
 };
-use kube::{Resource, ResourceExt, core::PartialObjectMeta, runtime::reflector::Store};
+use kube::{
+    Resource, ResourceExt,
+    core::{DynamicObject, PartialObjectMeta},
+    runtime::reflector::Store,
+};
 
 use crate::{api::IoTSystem, checklist::Snapshot};
 
@@ -26,6 +30,8 @@ pub struct Caches {
     pub cluster_roles: Store<ClusterRole>,
     /// Metadata only: secret values never reach the operator's memory.
     pub secrets: Store<PartialObjectMeta<Secret>>,
+    /// Our PolicyReports; None when the cluster has no PolicyReport CRD.
+    pub policy_reports: Option<Store<DynamicObject>>,
 }
 
 pub fn in_namespace<K>(store: &Store<K>, namespace: &str) -> Vec<Arc<K>>
@@ -76,7 +82,13 @@ impl Caches {
                 self.role_bindings.wait_until_ready(),
                 self.cluster_roles.wait_until_ready(),
             ),
-            self.secrets.wait_until_ready(),
+            async {
+                self.secrets.wait_until_ready().await?;
+                if let Some(reports) = &self.policy_reports {
+                    reports.wait_until_ready().await?;
+                }
+                Ok::<(), kube::runtime::reflector::store::WriterDropped>(())
+            },
         )
         .await;
     }

@@ -35,7 +35,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    core::PartialObjectMeta,
+    core::{DynamicObject, PartialObjectMeta},
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
@@ -49,7 +49,7 @@ use tracing::{info, instrument, warn};
 
 use crate::{
     api::{IoTSystem, Mode},
-    build::{DesiredObjects, build_all},
+    build::{DesiredObjects, build_all, meta::managed_selector},
     checklist,
     metrics::{ErrorLabels, Metrics},
 };
@@ -60,8 +60,6 @@ use validate::{Neighbourhood, ValidationError, validate};
 
 /// The one field manager for every object we apply.
 pub const FIELD_MANAGER: &str = "iotposture";
-/// Kinds the controller creates, keeps and prunes.
-pub const MANAGED_KINDS: [&str; 4] = ["ServiceAccount", "Role", "RoleBinding", "NetworkPolicy"];
 /// A safety net behind the watches: look again now and then even if nothing moved.
 const RESYNC: Duration = Duration::from_secs(600);
 const RETRY: Duration = Duration::from_secs(15);
@@ -177,6 +175,40 @@ pub async fn run(
         secrets: cache!(scope.api::<PartialObjectMeta<Secret>>()),
         // Cluster-wide; a change re-judges every system (bindings may refer to it).
         cluster_roles: cache!(Api::<ClusterRole>::all(client.clone())),
+        policy_reports: None,
+    };
+    // PolicyReports only where their CRD is installed; the rest works without.
+    let report_resource = crate::build::policy_report::api_resource();
+    let policy_reports = if serves_policy_reports(&client).await {
+        let writer = reflector::store::Writer::new(report_resource.clone());
+        let store = writer.as_reader();
+        let api = match &scope.namespace {
+            Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &report_resource),
+            None => Api::<DynamicObject>::all_with(client.clone(), &report_resource),
+        };
+        let systems = systems.clone();
+        streams.push(
+            reflector(
+                writer,
+                watcher(api, every.clone().labels(&managed_selector())),
+            )
+            .default_backoff()
+            .touched_objects()
+            .map(move |event| {
+                event.map(|obj| systems_in_namespace(&systems, obj.namespace().as_deref()))
+            })
+            .boxed(),
+        );
+        Some(store)
+    } else {
+        warn!(
+            "the PolicyReport CRD (wgpolicyk8s.io/v1alpha2) is not installed: verdicts go to status and metrics only"
+        );
+        None
+    };
+    let caches = Caches {
+        policy_reports,
+        ..caches
     };
     // A change to one system can settle a selector conflict of a sibling.
     {
@@ -250,6 +282,13 @@ impl Scope {
     }
 }
 
+async fn serves_policy_reports(client: &Client) -> bool {
+    client
+        .list_api_group_resources("wgpolicyk8s.io/v1alpha2")
+        .await
+        .is_ok_and(|list| list.resources.iter().any(|r| r.name == "policyreports"))
+}
+
 /// The systems of a namespace (all systems for cluster-scoped objects).
 fn systems_in_namespace(systems: &Store<IoTSystem>, ns: Option<&str>) -> Vec<ObjectRef<IoTSystem>> {
     systems
@@ -319,6 +358,12 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
         let today = now.0.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC).date();
         let items = checklist::evaluate(valid, &snapshot, today);
         ctx.metrics.record_verdicts(&namespace, &valid.name, &items);
+        if apply_error.is_none() {
+            let report = crate::build::policy_report::build_policy_report(valid, &items);
+            if let Err(e) = apply::apply_report(&ctx, valid, &report).await {
+                apply_error = Some(e);
+            }
+        }
         verdicts = Some(items);
     }
     ctx.metrics.retain_systems(

@@ -1,0 +1,211 @@
+//! Checklist verdicts on the real control plane: in status, in the one
+//! PolicyReport, in metrics scraped by a real Prometheus, and equal to what
+//! `iotposture check` says offline about the same manifests.
+use std::{path::Path, sync::Arc, time::Duration};
+
+use iotposture::{
+    api::{IoTSystem, ItemStatus, Verdict},
+    check,
+};
+use iotposture_e2e::{Prometheus, RunningOperator, TestNamespace, wait_until};
+use k8s_openapi::jiff::Zoned;
+use kube::{Api, core::DynamicObject};
+
+const GOOD: &str = include_str!("../../../manifests/examples/smart-factory.yaml");
+const BAD: &str = include_str!("../../../operator/tests/fixtures/bad-workloads.yaml");
+
+/// The manifests, moved into the test's namespace.
+fn in_namespace(yaml: &str, from: &str, ns: &str) -> String {
+    yaml.replace(&format!("namespace: {from}"), &format!("namespace: {ns}"))
+}
+
+fn offline(yaml: &str) -> Vec<ItemStatus> {
+    let mut m = check::Manifests::default();
+    check::load_text(&mut m, Path::new("manifests.yaml"), yaml, "default").unwrap();
+    check::evaluate(&m, Zoned::now().date())
+        .unwrap()
+        .remove(0)
+        .items
+}
+
+/// Waits until the system's verdicts were judged with its pods present.
+async fn judged(ns: &TestNamespace, name: &str, pods: usize) -> IoTSystem {
+    let systems: Api<IoTSystem> = ns.api();
+    let pod_api: Api<k8s_openapi::api::core::v1::Pod> = ns.api();
+    wait_until(
+        &format!("{pods} pods and the verdicts of {name}"),
+        || async {
+            let count = pod_api.list(&Default::default()).await.ok()?.items.len();
+            if count < pods {
+                return None;
+            }
+            let s = systems.get(name).await.ok()?;
+            let items = &s.status.as_ref()?.items;
+            // I-5 needs pods: once it is decided, the pods were seen.
+            let i5 = items.iter().find(|i| i.id == "I-5")?;
+            (i5.verdict != Verdict::Unknown).then_some(s)
+        },
+    )
+    .await
+}
+
+fn verdicts(items: &[ItemStatus]) -> Vec<(String, Verdict)> {
+    items.iter().map(|i| (i.id.clone(), i.verdict)).collect()
+}
+
+async fn policy_report(ns: &TestNamespace, system: &str) -> DynamicObject {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ns.client.clone(),
+        &ns.name,
+        &iotposture::build::policy_report::api_resource(),
+    );
+    wait_until("the PolicyReport", || async {
+        api.get_opt(&format!("iotposture-{system}")).await.ok()?
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_well_built_system_passes_and_offline_agrees() {
+    let ns = TestNamespace::new("good").await;
+    let operator = RunningOperator::start(&ns).await;
+    let yaml = in_namespace(GOOD, "smart-factory", &ns.name);
+    ns.apply_manifest(&yaml).await;
+    let system = judged(&ns, "line-1", 5).await;
+    let status = system.status.unwrap();
+
+    for id in [
+        "I-2", "I-5", "I-6", "I-7", "I-8", "I-9", "I-10", "II-2", "II-3", "II-5", "IV-1", "IV-2",
+        "V-1", "V-2", "VII-1",
+    ] {
+        let item = status.items.iter().find(|i| i.id == id).unwrap();
+        assert_eq!(item.verdict, Verdict::Pass, "{id}: {}", item.evidence);
+    }
+    assert_eq!(status.compliant.as_deref(), Some("15/39"));
+    assert_eq!(
+        verdicts(&status.items),
+        verdicts(&offline(&yaml)),
+        "in-cluster and offline verdicts differ"
+    );
+
+    let report = policy_report(&ns, "line-1").await;
+    assert_eq!(report.data["results"].as_array().unwrap().len(), 39);
+    assert_eq!(report.data["summary"]["fail"], 0);
+    assert_eq!(report.data["summary"]["pass"], 15);
+
+    operator.stop().await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn a_sloppy_system_fails_in_status_report_metrics_and_offline() {
+    let ns = TestNamespace::new("sloppy").await;
+    let operator = RunningOperator::start(&ns).await;
+    let yaml = in_namespace(BAD, "sloppy", &ns.name);
+    ns.apply_manifest(&yaml).await;
+    let system = judged(&ns, "sloppy", 3).await;
+    let status = system.status.unwrap();
+
+    let failing = [
+        "I-2", "I-5", "I-6", "I-7", "I-8", "I-9", "I-10", "II-2", "II-3", "II-5", "IV-1", "IV-2",
+        "V-1", "V-2", "VII-1", "VI-2",
+    ];
+    for id in failing {
+        let item = status.items.iter().find(|i| i.id == id).unwrap();
+        assert_eq!(item.verdict, Verdict::Fail, "{id}: {}", item.evidence);
+        assert!(item.remediation.is_some());
+    }
+    let i5 = status.items.iter().find(|i| i.id == "I-5").unwrap();
+    assert!(
+        i5.evidence
+            .contains("container broker: runAsNonRoot is not true"),
+        "{}",
+        i5.evidence
+    );
+    assert_eq!(status.summary.as_ref().unwrap().fail, failing.len() as i32);
+    assert_eq!(
+        verdicts(&status.items),
+        verdicts(&offline(&yaml)),
+        "in-cluster and offline verdicts differ"
+    );
+
+    // One PolicyReport, updated in place.
+    let report = policy_report(&ns, "sloppy").await;
+    let results = report.data["results"].as_array().unwrap();
+    assert_eq!(results.len(), 39);
+    let ssh = results.iter().find(|r| r["rule"] == "IV-2").unwrap();
+    assert_eq!(ssh["result"], "fail");
+    assert_eq!(ssh["severity"], "high");
+    assert_eq!(report.data["summary"]["fail"], failing.len());
+
+    // Fix one thing: the report changes in place, and the verdict flips.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = ns.api();
+    pods.delete("sensor-0", &Default::default()).await.unwrap();
+    ns.apply_manifest(&BAD_SENSOR_FIXED.replace("NS", &ns.name))
+        .await;
+    let systems: Api<IoTSystem> = ns.api();
+    wait_until("VII-1 passes once the sensor has probes", || async {
+        let s = systems.get("sloppy").await.ok()?;
+        let item = s.status?.items.into_iter().find(|i| i.id == "VII-1")?;
+        (item.verdict == Verdict::Pass).then_some(())
+    })
+    .await;
+    let report = policy_report(&ns, "sloppy").await;
+    assert_eq!(report.data["summary"]["fail"], failing.len() - 1);
+
+    // A real Prometheus scrapes the operator's /metrics and reads the verdicts back.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let server = tokio::spawn(iotposture::http::serve(
+        listener,
+        operator.metrics.clone(),
+        ready,
+    ));
+    let prometheus = Prometheus::start("iotposture", &[metrics_addr]).await;
+    let query = format!(
+        "iotposture_checklist_item_verdict{{namespace=\"{}\",system=\"sloppy\",item=\"IV-2\"}}",
+        ns.name
+    );
+    let series = wait_until("Prometheus has the IV-2 verdict", || async {
+        let result = prometheus.query(&query).await;
+        (!result.is_empty()).then_some(result)
+    })
+    .await;
+    assert_eq!(series.len(), 1, "one series per item: {series:?}");
+    assert_eq!(series[0]["metric"]["verdict"], "Fail");
+    assert_eq!(series[0]["value"][1], "1");
+    let ratio = prometheus
+        .query(&format!(
+            "iotposture_checklist_compliance_ratio{{namespace=\"{}\"}}",
+            ns.name
+        ))
+        .await;
+    let value: f64 = ratio[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(value < 0.2, "compliance ratio {value}");
+    let items = prometheus
+        .query(&format!(
+            "count(iotposture_checklist_item_verdict{{namespace=\"{}\"}})",
+            ns.name
+        ))
+        .await;
+    assert_eq!(items[0]["value"][1], "39");
+    drop(prometheus);
+    server.abort();
+
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    operator.stop().await;
+    ns.delete().await;
+}
+
+const BAD_SENSOR_FIXED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: sensor-1, namespace: NS, labels: {app: sensor}}
+spec:
+  containers:
+    - name: sensor
+      image: registry.example.com/sensor:1.0
+      livenessProbe: {exec: {command: [/bin/true]}}
+      readinessProbe: {exec: {command: [/bin/true]}}
+"#;

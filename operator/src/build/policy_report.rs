@@ -1,0 +1,132 @@
+//! The one PolicyReport (wgpolicyk8s.io/v1alpha2) per IoTSystem, so Policy
+//! Reporter and similar tools show the checklist. Updated in place, bounded in
+//! size (39 results, evidence capped), and without timestamps, so an unchanged
+//! verdict set gives an identical object and no write.
+
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use serde_json::{Value, json};
+
+use super::meta::{child_meta, child_name};
+use crate::{
+    api::{ItemStatus, Verdict},
+    checklist::catalog,
+    controller::validate::ValidatedSystem,
+};
+
+pub const POLICY: &str = "iotposture-checklist";
+
+pub fn api_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", "PolicyReport"),
+        "policyreports",
+    )
+}
+
+pub fn report_name(system: &ValidatedSystem) -> String {
+    child_name("iotposture", &[&system.name])
+}
+
+/// PolicyReport results: Attested counts as pass (its evidence says who
+/// vouches), Unknown as warn (looked at, not decided), NotApplicable as skip.
+pub fn result_of(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Pass | Verdict::Attested => "pass",
+        Verdict::Fail => "fail",
+        Verdict::Unknown => "warn",
+        Verdict::NotApplicable => "skip",
+    }
+}
+
+pub fn build_policy_report(system: &ValidatedSystem, items: &[ItemStatus]) -> DynamicObject {
+    let results: Vec<Value> = items
+        .iter()
+        .filter_map(|i| {
+            let entry = catalog::item(&i.id)?;
+            let mut properties = json!({ "verdict": i.verdict.as_str(), "item": entry.name_en });
+            if let Some(fix) = &i.remediation {
+                properties["remediation"] = json!(fix);
+            }
+            Some(json!({
+                "policy": POLICY,
+                "rule": i.id,
+                "category": format!("{} {}", chapter_number(&i.id), entry.chapter.title()),
+                "severity": entry.severity.as_str(),
+                "result": result_of(i.verdict),
+                "message": i.evidence,
+                "source": "iotposture",
+                "scored": true,
+                "properties": properties,
+            }))
+        })
+        .collect();
+    let count = |r: &str| items.iter().filter(|i| result_of(i.verdict) == r).count();
+    let mut report = DynamicObject::new(&report_name(system), &api_resource());
+    report.metadata = child_meta(system, report_name(system), None);
+    report.data = json!({
+        "scope": {
+            "apiVersion": system.owner.api_version,
+            "kind": system.owner.kind,
+            "name": system.name,
+            "namespace": system.namespace,
+            "uid": system.owner.uid,
+        },
+        "summary": {
+            "pass": count("pass"), "fail": count("fail"), "warn": count("warn"),
+            "error": 0, "skip": count("skip"),
+        },
+        "results": results,
+    });
+    report
+}
+
+fn chapter_number(id: &str) -> &str {
+    id.split('-').next().unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::fixtures::{FACTORY, validated};
+
+    fn item(id: &str, verdict: Verdict) -> ItemStatus {
+        ItemStatus {
+            id: id.into(),
+            verdict,
+            evidence: format!("seen for {id}"),
+            remediation: (verdict == Verdict::Fail).then(|| "fix it".into()),
+        }
+    }
+
+    #[test]
+    fn one_result_per_item_and_a_summary() {
+        let system = validated(FACTORY);
+        let items = [
+            item("I-5", Verdict::Fail),
+            item("I-6", Verdict::Pass),
+            item("IV-3", Verdict::Attested),
+            item("VII-1", Verdict::NotApplicable),
+            item("I-1", Verdict::Unknown),
+        ];
+        let report = build_policy_report(&system, &items);
+        assert_eq!(report.metadata.name.as_deref(), Some("iotposture-factory"));
+        assert_eq!(
+            report.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "uid-factory"
+        );
+        let data = &report.data;
+        assert_eq!(
+            data["summary"],
+            json!({"pass": 2, "fail": 1, "warn": 1, "error": 0, "skip": 1})
+        );
+        let first = &data["results"][0];
+        assert_eq!(first["rule"], "I-5");
+        assert_eq!(first["result"], "fail");
+        assert_eq!(first["severity"], "critical");
+        assert_eq!(first["category"], "I User management");
+        assert_eq!(first["properties"]["remediation"], "fix it");
+        assert_eq!(data["results"][2]["properties"]["verdict"], "Attested");
+        assert_eq!(data["scope"]["kind"], "IoTSystem");
+        // Deterministic: the same verdicts give the same object.
+        assert_eq!(report.data, build_policy_report(&system, &items).data);
+    }
+}
