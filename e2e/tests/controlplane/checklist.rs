@@ -93,6 +93,36 @@ async fn a_well_built_system_passes_and_offline_agrees() {
     assert_eq!(report.data["summary"]["fail"], 0);
     assert_eq!(report.data["summary"]["pass"], 15);
 
+    // The verdicts follow the namespace: RBAC and Service changes are seen from the watches.
+    ns.apply_manifest(GRANT_AND_EXPOSE).await;
+    let flipped = |id: &'static str, verdict: Verdict| {
+        let systems: Api<IoTSystem> = ns.api();
+        async move {
+            wait_until(&format!("{id} becomes {verdict:?}"), || async {
+                let s = systems.get("line-1").await.ok()?;
+                let item = s.status?.items.into_iter().find(|i| i.id == id)?;
+                (item.verdict == verdict).then_some(item.evidence)
+            })
+            .await
+        }
+    };
+    assert!(
+        flipped("I-9", Verdict::Fail)
+            .await
+            .contains("cluster-admin to User intern")
+    );
+    assert!(
+        flipped("IV-2", Verdict::Fail)
+            .await
+            .contains("Service dashboard-ssh")
+    );
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> = ns.api();
+    bindings
+        .delete("intern-admin", &Default::default())
+        .await
+        .unwrap();
+    flipped("I-9", Verdict::Pass).await;
+
     operator.stop().await;
     ns.delete().await;
 }
@@ -162,6 +192,14 @@ async fn a_sloppy_system_fails_in_status_report_metrics_and_offline() {
         operator.metrics.clone(),
         ready,
     ));
+    assert_eq!(
+        iotposture_e2e::http_get(metrics_addr, "/healthz").await.0,
+        200
+    );
+    assert_eq!(
+        iotposture_e2e::http_get(metrics_addr, "/readyz").await.0,
+        200
+    );
     let prometheus = Prometheus::start("iotposture", &[metrics_addr]).await;
     let query = format!(
         "iotposture_checklist_item_verdict{{namespace=\"{}\",system=\"sloppy\",item=\"IV-2\"}}",
@@ -197,6 +235,21 @@ async fn a_sloppy_system_fails_in_status_report_metrics_and_offline() {
     operator.stop().await;
     ns.delete().await;
 }
+
+const GRANT_AND_EXPOSE: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: intern-admin}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
+subjects: [{kind: User, name: intern, apiGroup: rbac.authorization.k8s.io}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dashboard-ssh}
+spec:
+  selector: {app: dashboard}
+  ports: [{name: ssh, port: 22}]
+"#;
 
 const BAD_SENSOR_FIXED: &str = r#"
 apiVersion: v1

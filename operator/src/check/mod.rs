@@ -13,8 +13,11 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
-        batch::v1::{CronJob, Job},
+        apps::v1::{
+            DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec,
+            StatefulSet, StatefulSetSpec,
+        },
+        batch::v1::{CronJob, CronJobSpec, Job, JobSpec},
         core::v1::{Pod, PodTemplateSpec, Secret, Service, ServiceAccount},
         networking::v1::NetworkPolicy,
         rbac::v1::{ClusterRole, Role, RoleBinding},
@@ -219,6 +222,15 @@ fn add_document(
         m.namespaces.entry(namespace.to_string()).or_default()
     }
     let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    // A workload counts as the pod its template creates.
+    macro_rules! workload {
+        ($kind:ty, $template:expr) => {{
+            let w: $kind = parse(&origin, &kind, value)?;
+            let template: PodTemplateSpec = $template(w.spec);
+            let pod = pod_from_template(&kind, w.metadata.name, Some(namespace.clone()), template);
+            snap(m, &namespace).pods.push(pod);
+        }};
+    }
     match (group, kind.as_str()) {
         ("iotposture.dev", "IoTSystem") => {
             let mut system: IoTSystem = parse(&origin, &kind, value)?;
@@ -237,71 +249,20 @@ fn add_document(
             pod.metadata.namespace = Some(namespace.clone());
             snap(m, &namespace).pods.push(pod);
         }
-        ("apps", "Deployment") => {
-            let d: Deployment = parse(&origin, &kind, value)?;
-            let template = d.spec.template;
-            snap(m, &namespace).pods.push(pod_from_template(
-                &kind,
-                d.metadata.name,
-                Some(namespace.clone()),
-                template,
-            ));
-        }
-        ("apps", "StatefulSet") => {
-            let d: StatefulSet = parse(&origin, &kind, value)?;
-            let template = d.spec.template;
-            snap(m, &namespace).pods.push(pod_from_template(
-                &kind,
-                d.metadata.name,
-                Some(namespace.clone()),
-                template,
-            ));
-        }
-        ("apps", "DaemonSet") => {
-            let d: DaemonSet = parse(&origin, &kind, value)?;
-            let template = d.spec.template;
-            snap(m, &namespace).pods.push(pod_from_template(
-                &kind,
-                d.metadata.name,
-                Some(namespace.clone()),
-                template,
-            ));
-        }
+        ("apps", "Deployment") => workload!(Deployment, |s: DeploymentSpec| s.template),
+        ("apps", "StatefulSet") => workload!(StatefulSet, |s: StatefulSetSpec| s.template),
+        ("apps", "DaemonSet") => workload!(DaemonSet, |s: DaemonSetSpec| s.template),
         ("apps", "ReplicaSet") => {
-            let d: ReplicaSet = parse(&origin, &kind, value)?;
-            let template = d.spec.template.unwrap_or_default();
-            snap(m, &namespace).pods.push(pod_from_template(
-                &kind,
-                d.metadata.name,
-                Some(namespace.clone()),
-                template,
-            ));
+            workload!(ReplicaSet, |s: ReplicaSetSpec| s
+                .template
+                .unwrap_or_default())
         }
-        ("batch", "Job") => {
-            let d: Job = parse(&origin, &kind, value)?;
-            let template = d.spec.map(|s| s.template).unwrap_or_default();
-            snap(m, &namespace).pods.push(pod_from_template(
-                &kind,
-                d.metadata.name,
-                Some(namespace.clone()),
-                template,
-            ));
-        }
-        ("batch", "CronJob") => {
-            let d: CronJob = parse(&origin, &kind, value)?;
-            let template = d
-                .spec
-                .job_template
-                .spec
-                .map(|s| s.template)
-                .unwrap_or_default();
-            snap(m, &namespace).pods.push(pod_from_template(
-                &kind,
-                d.metadata.name,
-                Some(namespace.clone()),
-                template,
-            ));
-        }
+        ("batch", "Job") => workload!(Job, |s: Option<JobSpec>| s.unwrap_or_default().template),
+        ("batch", "CronJob") => workload!(CronJob, |s: CronJobSpec| s
+            .job_template
+            .spec
+            .unwrap_or_default()
+            .template),
         ("", "Service") => {
             let o: Service = parse(&origin, &kind, value)?;
             snap(m, &namespace)

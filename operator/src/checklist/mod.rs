@@ -5,6 +5,16 @@
 //! One module per chapter holds that chapter's checks. An item whose mechanism
 //! this version does not implement reports `Unknown` and says so, never `Pass`.
 
+/// The targeted pods, or return the Unknown verdict that says there are none.
+macro_rules! pods_or_unknown {
+    ($scope:expr) => {
+        match $scope.pods() {
+            Ok(pods) => pods,
+            Err(unknown) => return unknown,
+        }
+    };
+}
+
 pub mod catalog;
 pub mod evidence;
 pub mod snapshot;
@@ -21,7 +31,10 @@ mod tests;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::{api::core::v1::Pod, jiff::civil::Date};
+use k8s_openapi::{
+    api::core::v1::{Pod, PodSpec},
+    jiff::civil::Date,
+};
 use kube::core::{Selector, SelectorExt};
 
 use crate::{
@@ -49,12 +62,17 @@ pub struct Scope<'a> {
 }
 
 impl Scope<'_> {
-    /// The targeted components' pods, or the reason there are none to inspect.
-    pub fn pods(&self) -> Result<Vec<(&ValidComponent, &Pod)>, Check> {
+    /// The targeted components' pods with their specs, or the reason there are
+    /// none to inspect.
+    pub fn pods(&self) -> Result<Vec<(&ValidComponent, &Pod, &PodSpec)>, Check> {
         let pods: Vec<_> = self
             .targets
             .iter()
-            .flat_map(|c| c.pods.iter().map(move |p| (c.component, *p)))
+            .flat_map(|c| {
+                c.pods
+                    .iter()
+                    .filter_map(move |p| Some((c.component, *p, p.spec.as_ref()?)))
+            })
             .collect();
         if pods.is_empty() {
             let names: Vec<_> = self

@@ -69,13 +69,9 @@ fn target_number(pod: &Pod, port: i32, target: Option<&IntOrString>) -> Option<i
 
 /// V-1: containers and Services open only the ports the component declares.
 pub fn check_declared_ports(s: &Scope<'_>) -> Check {
-    let pods = match s.pods() {
-        Ok(p) => p,
-        Err(unknown) => return unknown,
-    };
+    let pods = pods_or_unknown!(s);
     let mut offences = Offences::default();
-    for (component, pod) in &pods {
-        let Some(spec) = &pod.spec else { continue };
+    for (component, pod, spec) in &pods {
         for c in containers(spec) {
             for p in c.ports.iter().flatten() {
                 let proto = protocol(p.protocol.as_ref());
@@ -125,14 +121,10 @@ pub fn check_declared_ports(s: &Scope<'_>) -> Check {
 
 /// V-2: no host network; SSDP only on components that declare UPnP.
 pub fn check_upnp(s: &Scope<'_>) -> Check {
-    let pods = match s.pods() {
-        Ok(p) => p,
-        Err(unknown) => return unknown,
-    };
+    let pods = pods_or_unknown!(s);
     let mut offences = Offences::default();
     let ssdp = Protocol::UDP.as_str();
-    for (component, pod) in &pods {
-        let Some(spec) = &pod.spec else { continue };
+    for (component, pod, spec) in &pods {
         if spec.host_network == Some(true) {
             offences.add(format!("pod {} uses the host network", pod_name(pod)));
         }

@@ -8,13 +8,9 @@ pub const REMOTE_ACCESS_PORTS: [i32; 7] = [22, 23, 2323, 3389, 5800, 5900, 5938]
 
 /// IV-1: no privileged mode, host namespaces, host root or devices, undeclared device resources.
 pub fn check_physical_access(s: &Scope<'_>) -> Check {
-    let pods = match s.pods() {
-        Ok(p) => p,
-        Err(unknown) => return unknown,
-    };
+    let pods = pods_or_unknown!(s);
     let mut offences = Offences::default();
-    for (component, pod) in &pods {
-        let Some(spec) = &pod.spec else { continue };
+    for (component, pod, spec) in &pods {
         let name = pod_name(pod);
         for (on, what) in [
             (spec.host_pid, "the host PID namespace"),
@@ -61,13 +57,9 @@ pub fn check_physical_access(s: &Scope<'_>) -> Check {
 
 /// IV-2: no container or Service port on a remote-access default port.
 pub fn check_remote_access_ports(s: &Scope<'_>) -> Check {
-    let pods = match s.pods() {
-        Ok(p) => p,
-        Err(unknown) => return unknown,
-    };
+    let pods = pods_or_unknown!(s);
     let mut offences = Offences::default();
-    for (_, pod) in &pods {
-        let Some(spec) = &pod.spec else { continue };
+    for (_, pod, spec) in &pods {
         for c in containers(spec) {
             for p in c.ports.iter().flatten() {
                 for (port, what) in [(Some(p.container_port), "port"), (p.host_port, "host port")] {

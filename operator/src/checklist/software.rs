@@ -176,14 +176,10 @@ pub fn image_offences(image: &str, policy: &ImagePolicy) -> Vec<String> {
 
 /// II-3: images pinned, from allowed registries, never a forbidden tag, new enough.
 pub fn check_image_versions(s: &Scope<'_>) -> Check {
-    let pods = match s.pods() {
-        Ok(p) => p,
-        Err(unknown) => return unknown,
-    };
+    let pods = pods_or_unknown!(s);
     let mut offences = Offences::default();
     let mut images = std::collections::BTreeSet::new();
-    for (_, pod) in &pods {
-        let Some(spec) = &pod.spec else { continue };
+    for (_, pod, spec) in &pods {
         for c in containers(spec) {
             let image = c.image.as_deref().unwrap_or_default();
             images.insert(image.to_string());
@@ -201,14 +197,10 @@ pub fn check_image_versions(s: &Scope<'_>) -> Check {
 
 /// II-5: CPU and memory limits on every container.
 pub fn check_resource_limits(s: &Scope<'_>) -> Check {
-    let pods = match s.pods() {
-        Ok(p) => p,
-        Err(unknown) => return unknown,
-    };
+    let pods = pods_or_unknown!(s);
     let mut offences = Offences::default();
     let mut checked = 0;
-    for (_, pod) in &pods {
-        let Some(spec) = &pod.spec else { continue };
+    for (_, pod, spec) in &pods {
         for c in containers(spec) {
             checked += 1;
             let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());

@@ -60,14 +60,10 @@ pub fn check_legacy_token_secrets(s: &Scope<'_>) -> Check {
 
 /// I-5: every container runs as the Pod Security Standard "restricted" requires.
 pub fn check_least_privilege(s: &Scope<'_>) -> Check {
-    let pods = match s.pods() {
-        Ok(p) => p,
-        Err(unknown) => return unknown,
-    };
+    let pods = pods_or_unknown!(s);
     let mut offences = Offences::default();
     let mut checked = 0;
-    for (_, pod) in &pods {
-        let Some(spec) = &pod.spec else { continue };
+    for (_, pod, spec) in &pods {
         let pod_sc = spec.security_context.as_ref();
         for c in containers(spec) {
             checked += 1;
@@ -148,14 +144,11 @@ pub fn secrets_of(pod: &Pod) -> BTreeSet<String> {
 
 /// I-6: no pod on `default`; no account or Secret used by two components.
 pub fn check_no_shared_accounts(s: &Scope<'_>) -> Check {
-    let pods = match s.pods() {
-        Ok(p) => p,
-        Err(unknown) => return unknown,
-    };
+    let pods = pods_or_unknown!(s);
     let mut offences = Offences::default();
     let mut account_users: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     let mut secret_users: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
-    for (component, pod) in &pods {
+    for (component, pod, _) in &pods {
         let sa = service_account_of(pod);
         if sa == "default" {
             offences.add(format!(
@@ -377,10 +370,7 @@ pub fn check_authorization(s: &Scope<'_>) -> Check {
 /// I-10: tokens only where declared, no credentials in the environment, no
 /// Secret that belongs to another component.
 pub fn check_credential_passing(s: &Scope<'_>) -> Check {
-    let pods = match s.pods() {
-        Ok(p) => p,
-        Err(unknown) => return unknown,
-    };
+    let pods = pods_or_unknown!(s);
     let secret_owner: BTreeMap<&str, &str> = s
         .snapshot
         .secrets
@@ -394,8 +384,7 @@ pub fn check_credential_passing(s: &Scope<'_>) -> Check {
         })
         .collect();
     let mut offences = Offences::default();
-    for (component, pod) in &pods {
-        let Some(spec) = &pod.spec else { continue };
+    for (component, pod, spec) in &pods {
         let sa = service_account_of(pod);
         let sa_automount = s
             .snapshot

@@ -177,21 +177,7 @@ where
                     continue;
                 }
             }
-            None => {
-                // Our caches only hold labelled objects: make sure we are not
-                // about to take over someone else's object of the same name.
-                let existing = api
-                    .get_opt(&name)
-                    .await
-                    .map_err(|source| ApplyError::Apply {
-                        kind,
-                        name: name.clone(),
-                        source,
-                    })?;
-                if existing.is_some_and(|e| !is_owned_by(&e, owner_uid)) {
-                    return Err(ApplyError::NotOurs { kind, name });
-                }
-            }
+            None => refuse_foreign(&api, kind, &name, owner_uid).await?,
         }
         ctx.metrics.write(kind, "apply");
         api.patch(
@@ -265,13 +251,7 @@ pub async fn apply_report(
                 return Ok(false);
             }
         }
-        None => {
-            if let Some(existing) = api.get_opt(&name).await.map_err(failed)?
-                && !is_owned_by(&existing, &system.owner.uid)
-            {
-                return Err(ApplyError::NotOurs { kind: KIND, name });
-            }
-        }
+        None => refuse_foreign(&api, KIND, &name, &system.owner.uid).await?,
     }
     ctx.metrics.write(KIND, "apply");
     api.patch(
@@ -282,6 +262,34 @@ pub async fn apply_report(
     .await
     .map_err(failed)?;
     Ok(true)
+}
+
+/// An object missing from our cache may still exist unlabelled: never take
+/// over someone else's object of the same name.
+async fn refuse_foreign<K>(
+    api: &Api<K>,
+    kind: &'static str,
+    name: &str,
+    owner_uid: &str,
+) -> Result<(), ApplyError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let existing = api
+        .get_opt(name)
+        .await
+        .map_err(|source| ApplyError::Apply {
+            kind,
+            name: name.to_string(),
+            source,
+        })?;
+    match existing {
+        Some(e) if !is_owned_by(&e, owner_uid) => Err(ApplyError::NotOurs {
+            kind,
+            name: name.to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 pub fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
