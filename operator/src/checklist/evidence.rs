@@ -48,6 +48,10 @@ impl Offences {
         }
     }
 
+    pub fn into_vec(self) -> Vec<String> {
+        self.0
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -21,10 +21,10 @@ pub mod snapshot;
 
 mod encryption;
 mod logs_and_status;
-mod network_ports;
-mod physical_access;
-mod software;
-mod user_management;
+pub mod network_ports;
+pub mod physical_access;
+pub mod software;
+pub mod user_management;
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{Pod, Service},
+    api::core::v1::{Pod, PodSpec, Service},
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
@@ -67,25 +67,32 @@ fn target_number(pod: &Pod, port: i32, target: Option<&IntOrString>) -> Option<i
     }
 }
 
+/// V-1 for the containers of one pod; also the admission rule.
+pub fn undeclared_port_offences(
+    component: &ValidComponent,
+    name: &str,
+    spec: &PodSpec,
+    offences: &mut Offences,
+) {
+    for c in containers(spec) {
+        for p in c.ports.iter().flatten() {
+            let proto = protocol(p.protocol.as_ref());
+            if !declared(component, p.container_port, proto) {
+                offences.add(format!(
+                    "pod {name} container {} opens {}/{proto}, which component {} does not declare",
+                    c.name, p.container_port, component.name
+                ));
+            }
+        }
+    }
+}
+
 /// V-1: containers and Services open only the ports the component declares.
 pub fn check_declared_ports(s: &Scope<'_>) -> Check {
     let pods = pods_or_unknown!(s);
     let mut offences = Offences::default();
     for (component, pod, spec) in &pods {
-        for c in containers(spec) {
-            for p in c.ports.iter().flatten() {
-                let proto = protocol(p.protocol.as_ref());
-                if !declared(component, p.container_port, proto) {
-                    offences.add(format!(
-                        "pod {} container {} opens {}/{proto}, which component {} does not declare",
-                        pod_name(pod),
-                        c.name,
-                        p.container_port,
-                        component.name
-                    ));
-                }
-            }
-        }
+        undeclared_port_offences(component, pod_name(pod), spec, &mut offences);
     }
     let services = services_of(s);
     for (service, (component, pod)) in &services {

@@ -1,7 +1,10 @@
 //! Chapter IV, physical and wireless access: IV-1, IV-2.
 
+use k8s_openapi::api::core::v1::PodSpec;
+
 use super::{Scope, evidence::Check, evidence::Offences, pod_name, user_management::containers};
 use crate::checklist::network_ports::services_of;
+use crate::controller::validate::ValidComponent;
 
 /// Default ports of SSH, Telnet (and its IoT alternate), VNC over HTTP, RDP, VNC, TeamViewer.
 pub const REMOTE_ACCESS_PORTS: [i32; 7] = [22, 23, 2323, 3389, 5800, 5900, 5938];
@@ -11,7 +14,22 @@ pub fn check_physical_access(s: &Scope<'_>) -> Check {
     let pods = pods_or_unknown!(s);
     let mut offences = Offences::default();
     for (component, pod, spec) in &pods {
-        let name = pod_name(pod);
+        physical_access_offences(component, pod_name(pod), spec, &mut offences);
+    }
+    offences.verdict(format!(
+        "{} pods run unprivileged, without host namespaces, host root or device mounts, and request only declared devices",
+        pods.len()
+    ))
+}
+
+/// IV-1 for one pod; also the admission rule.
+pub fn physical_access_offences(
+    component: &ValidComponent,
+    name: &str,
+    spec: &PodSpec,
+    offences: &mut Offences,
+) {
+    {
         for (on, what) in [
             (spec.host_pid, "the host PID namespace"),
             (spec.host_ipc, "the host IPC namespace"),
@@ -49,10 +67,22 @@ pub fn check_physical_access(s: &Scope<'_>) -> Check {
             }
         }
     }
-    offences.verdict(format!(
-        "{} pods run unprivileged, without host namespaces, host root or device mounts, and request only declared devices",
-        pods.len()
-    ))
+}
+
+/// IV-2 for the containers of one pod; also the admission rule.
+pub fn remote_port_offences(name: &str, spec: &PodSpec, offences: &mut Offences) {
+    for c in containers(spec) {
+        for p in c.ports.iter().flatten() {
+            for (port, what) in [(Some(p.container_port), "port"), (p.host_port, "host port")] {
+                if let Some(port) = port.filter(|n| REMOTE_ACCESS_PORTS.contains(n)) {
+                    offences.add(format!(
+                        "pod {name} container {} opens remote-access {what} {port}",
+                        c.name
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// IV-2: no container or Service port on a remote-access default port.
@@ -60,19 +90,7 @@ pub fn check_remote_access_ports(s: &Scope<'_>) -> Check {
     let pods = pods_or_unknown!(s);
     let mut offences = Offences::default();
     for (_, pod, spec) in &pods {
-        for c in containers(spec) {
-            for p in c.ports.iter().flatten() {
-                for (port, what) in [(Some(p.container_port), "port"), (p.host_port, "host port")] {
-                    if let Some(port) = port.filter(|n| REMOTE_ACCESS_PORTS.contains(n)) {
-                        offences.add(format!(
-                            "pod {} container {} opens remote-access {what} {port}",
-                            pod_name(pod),
-                            c.name
-                        ));
-                    }
-                }
-            }
-        }
+        remote_port_offences(pod_name(pod), spec, &mut offences);
     }
     for (service, _) in services_of(s) {
         let Some(spec) = &service.spec else { continue };

@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::{core::v1::Pod, networking::v1::NetworkPolicy};
+use k8s_openapi::api::{
+    core::v1::{Pod, PodSpec},
+    networking::v1::NetworkPolicy,
+};
 use kube::core::{Selector, SelectorExt};
 
 use super::{Scope, evidence::Check, evidence::Offences, pod_name, user_management::containers};
@@ -174,19 +177,28 @@ pub fn image_offences(image: &str, policy: &ImagePolicy) -> Vec<String> {
     out
 }
 
+/// II-3 for the containers of one pod; also the admission rule.
+pub fn image_policy_offences(
+    policy: &ImagePolicy,
+    name: &str,
+    spec: &PodSpec,
+    offences: &mut Offences,
+) {
+    for c in containers(spec) {
+        for o in image_offences(c.image.as_deref().unwrap_or_default(), policy) {
+            offences.add(format!("pod {name}: {o}"));
+        }
+    }
+}
+
 /// II-3: images pinned, from allowed registries, never a forbidden tag, new enough.
 pub fn check_image_versions(s: &Scope<'_>) -> Check {
     let pods = pods_or_unknown!(s);
     let mut offences = Offences::default();
     let mut images = std::collections::BTreeSet::new();
     for (_, pod, spec) in &pods {
-        for c in containers(spec) {
-            let image = c.image.as_deref().unwrap_or_default();
-            images.insert(image.to_string());
-            for o in image_offences(image, &s.system.images) {
-                offences.add(format!("pod {}: {o}", pod_name(pod)));
-            }
-        }
+        images.extend(containers(spec).map(|c| c.image.clone().unwrap_or_default()));
+        image_policy_offences(&s.system.images, pod_name(pod), spec, &mut offences);
     }
     offences.verdict(format!(
         "{} images meet the image policy: {}",
