@@ -212,18 +212,56 @@ impl TestNamespace {
 /// The operator, in this process, watching one namespace.
 pub struct RunningOperator {
     pub metrics: Arc<Metrics>,
+    /// The webhook instance (configuration name and namespace label value), if served.
+    pub webhook_instance: Option<String>,
+    pub webhook_addr: Option<std::net::SocketAddr>,
+    client: Client,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningOperator {
     pub async fn start(ns: &TestNamespace) -> Self {
+        Self::start_with(ns, false).await
+    }
+
+    /// Also serves the admission webhooks on 127.0.0.1, registered by URL
+    /// under an instance name of this namespace's own.
+    pub async fn start_with_webhooks(ns: &TestNamespace) -> Self {
+        Self::start_with(ns, true).await
+    }
+
+    async fn start_with(ns: &TestNamespace, webhooks: bool) -> Self {
+        use iotposture::webhook::registration::{Endpoint, Registration};
         let metrics = Arc::new(Metrics::default());
         let ready = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = oneshot::channel::<()>();
+        let admission = webhooks.then(|| {
+            let listen = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            iotposture::webhook::Options {
+                listen,
+                hosts: vec!["127.0.0.1".into()],
+                registration: Registration {
+                    instance: format!("iotposture-{}", ns.name),
+                    endpoint: Endpoint::Url(format!("https://{listen}")),
+                    failure_policy: "Fail".into(),
+                    own_namespace: None,
+                    timeout_seconds: 5,
+                },
+            }
+        });
+        let webhook_instance = admission.as_ref().map(|a| a.registration.instance.clone());
+        let webhook_addr = admission.as_ref().map(|a| a.listen);
+        let options = iotposture::controller::Options {
+            namespace: Some(ns.name.clone()),
+            admission,
+        };
         let task = tokio::spawn(iotposture::controller::run(
             ns.client.clone(),
-            Some(ns.name.clone()),
+            options,
             metrics.clone(),
             ready.clone(),
             async move {
@@ -234,8 +272,21 @@ impl RunningOperator {
             ready.load(Ordering::Relaxed).then_some(())
         })
         .await;
+        if let (Some(instance), Some(addr)) = (&webhook_instance, webhook_addr) {
+            let configs: Api<
+                k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
+            > = Api::all(ns.client.clone());
+            wait_until("the webhooks registered and listening", || async {
+                configs.get_opt(instance).await.ok()??;
+                tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+            })
+            .await;
+        }
         Self {
             metrics,
+            webhook_instance,
+            webhook_addr,
+            client: ns.client.clone(),
             stop: Some(stop),
             task,
         }
@@ -246,6 +297,18 @@ impl RunningOperator {
             let _ = stop.send(());
         }
         let _ = tokio::time::timeout(Duration::from_secs(20), &mut self.task).await;
+        if let Some(instance) = &self.webhook_instance {
+            use k8s_openapi::api::admissionregistration::v1::{
+                MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+            };
+            let dp = DeleteParams::default();
+            let _ = Api::<MutatingWebhookConfiguration>::all(self.client.clone())
+                .delete(instance, &dp)
+                .await;
+            let _ = Api::<ValidatingWebhookConfiguration>::all(self.client.clone())
+                .delete(instance, &dp)
+                .await;
+        }
     }
 
     /// Waits until no write has happened for `quiet`: the operator has settled.

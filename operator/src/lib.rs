@@ -8,3 +8,4 @@ pub mod controller;
 pub mod http;
 pub mod metrics;
 pub mod telemetry;
+pub mod webhook;

@@ -28,6 +28,8 @@ enum Command {
         /// Log as JSON lines instead of text.
         #[arg(long, env = "IOTPOSTURE_LOG_JSON")]
         log_json: bool,
+        #[command(flatten)]
+        webhook: WebhookArgs,
     },
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
@@ -48,6 +50,93 @@ enum Command {
         #[arg(short, long, default_value = "default")]
         namespace: String,
     },
+}
+
+/// Admission webhooks: off unless --webhook-addr is given.
+#[derive(clap::Args)]
+struct WebhookArgs {
+    /// Serve the admission webhooks (TLS) on this address, e.g. 0.0.0.0:8443.
+    #[arg(long, env = "IOTPOSTURE_WEBHOOK_ADDR")]
+    webhook_addr: Option<SocketAddr>,
+    /// How the API server reaches them: a URL (https://127.0.0.1:8443 for a
+    /// local control plane)...
+    #[arg(
+        long,
+        env = "IOTPOSTURE_WEBHOOK_URL",
+        conflicts_with = "webhook_service"
+    )]
+    webhook_url: Option<String>,
+    /// ...or a Service, as NAMESPACE/NAME:PORT.
+    #[arg(long, env = "IOTPOSTURE_WEBHOOK_SERVICE")]
+    webhook_service: Option<String>,
+    /// Names the webhook configurations and is the value of the namespace label
+    /// iotposture.dev/admission that selects namespaces.
+    #[arg(
+        long,
+        env = "IOTPOSTURE_WEBHOOK_INSTANCE",
+        default_value = "iotposture"
+    )]
+    webhook_instance: String,
+    /// Fail: refuse component pods while the webhooks are unreachable (only in
+    /// labelled namespaces). Ignore: admit them unchecked.
+    #[arg(long, env = "IOTPOSTURE_WEBHOOK_FAILURE_POLICY", default_value = "Fail", value_parser = ["Fail", "Ignore"])]
+    webhook_failure_policy: String,
+    /// The operator's own namespace, which the webhooks never select.
+    #[arg(long, env = "POD_NAMESPACE")]
+    own_namespace: Option<String>,
+}
+
+impl WebhookArgs {
+    fn options(self) -> anyhow::Result<Option<iotposture::webhook::Options>> {
+        use iotposture::webhook::registration::{Endpoint, Registration};
+        let Some(listen) = self.webhook_addr else {
+            return Ok(None);
+        };
+        let (endpoint, hosts) = match (self.webhook_url, self.webhook_service) {
+            (_, Some(service)) => {
+                let (namespace, rest) = service.split_once('/').ok_or_else(|| {
+                    anyhow::anyhow!("--webhook-service must be NAMESPACE/NAME:PORT")
+                })?;
+                let (name, port) = rest.split_once(':').unwrap_or((rest, "443"));
+                let port: i32 = port
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--webhook-service: bad port {port:?}"))?;
+                let hosts = vec![
+                    format!("{name}.{namespace}.svc"),
+                    format!("{name}.{namespace}.svc.cluster.local"),
+                ];
+                (
+                    Endpoint::Service {
+                        namespace: namespace.into(),
+                        name: name.into(),
+                        port,
+                    },
+                    hosts,
+                )
+            }
+            (url, None) => {
+                let url = url.unwrap_or_else(|| format!("https://{listen}"));
+                let host = url
+                    .trim_start_matches("https://")
+                    .split(['/', ':'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                (Endpoint::Url(url), vec![host])
+            }
+        };
+        Ok(Some(iotposture::webhook::Options {
+            listen,
+            hosts,
+            registration: Registration {
+                instance: self.webhook_instance,
+                endpoint,
+                failure_policy: self.webhook_failure_policy,
+                own_namespace: self.own_namespace,
+                timeout_seconds: 5,
+            },
+        }))
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -134,10 +223,15 @@ async fn main() -> anyhow::Result<()> {
             namespace,
             http_addr,
             log_json,
+            webhook,
         } => {
             iotposture::telemetry::init(log_json);
+            let options = iotposture::controller::Options {
+                namespace,
+                admission: webhook.options()?,
+            };
             let client = kube::Client::try_default().await?;
-            iotposture::controller::run_with_http(client, namespace, http_addr).await?;
+            iotposture::controller::run_with_http(client, options, http_addr).await?;
         }
     }
     Ok(())

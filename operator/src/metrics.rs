@@ -46,6 +46,12 @@ pub struct SystemLabels {
 pub const MAX_SYSTEMS: usize = 2000;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    pub webhook: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
     pub kind: &'static str,
     pub verb: &'static str,
@@ -65,6 +71,8 @@ pub struct Metrics {
     /// Items that pass or are attested over the items that apply.
     pub compliance_ratio: Family<SystemLabels, Gauge<f64, AtomicU64>>,
     pub systems_without_series: Gauge,
+    /// Admission requests by webhook and outcome.
+    pub admission: Family<AdmissionLabels, Counter>,
     /// The label sets currently exported per system, to remove them on change.
     exported: Mutex<HashMap<(String, String), Vec<VerdictLabels>>>,
 }
@@ -116,8 +124,15 @@ impl Default for Metrics {
             "IoTSystems beyond the per-system series limit",
             systems_without_series.clone(),
         );
+        let admission = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "admission_requests",
+            "Admission requests by webhook (mutate, validate) and outcome",
+            admission.clone(),
+        );
         Self {
             registry,
+            admission,
             item_verdict,
             compliance_ratio,
             systems_without_series,

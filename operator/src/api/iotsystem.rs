@@ -95,10 +95,47 @@ pub struct IoTSystemSpec {
     #[serde(default)]
     pub images: ImagePolicy,
 
+    /// What the admission webhook fills in for component pods that leave it unset.
+    #[serde(default)]
+    pub pod_defaults: PodDefaults,
+
     /// Statements by people for items no machine can check (verdict Attested).
     #[serde(default)]
     #[schemars(length(max = 39))]
     pub attestations: Vec<Attestation>,
+}
+
+/// Values given to component pods that do not set them (never overriding).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDefaults {
+    /// Resource limits for containers without one, e.g. `{cpu: 500m, memory: 256Mi}`
+    /// (checklist items II-5, II-6).
+    #[serde(default = "default_limits")]
+    pub limits: std::collections::BTreeMap<String, String>,
+    /// UID for pods that set none, so `runAsNonRoot` holds for images built to run as root.
+    #[serde(default = "default_uid")]
+    #[schemars(range(min = 1))]
+    pub run_as_user: i64,
+}
+
+impl Default for PodDefaults {
+    fn default() -> Self {
+        Self {
+            limits: default_limits(),
+            run_as_user: default_uid(),
+        }
+    }
+}
+
+fn default_limits() -> std::collections::BTreeMap<String, String> {
+    [("cpu", "500m"), ("memory", "256Mi")]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into()
+}
+
+fn default_uid() -> i64 {
+    65532
 }
 
 /// Image rules for every container of every component (checklist item II-3).
@@ -247,6 +284,12 @@ pub struct Component {
     /// component talks to the Kubernetes API (checklist item I-10).
     #[serde(default)]
     pub automount_service_account_token: bool,
+
+    /// Paths the containers write to; with a read-only root filesystem they get an
+    /// emptyDir each from the admission webhook.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub writable_paths: Vec<String>,
 
     /// Device resources (extended resources such as `squat.ai/serial`) the
     /// component's pods may request; any other device fails item IV-1.

@@ -264,6 +264,44 @@ pub async fn apply_report(
     Ok(true)
 }
 
+/// Puts the admission label on the namespace of a system, so the webhooks
+/// select its pods. Sends nothing when the label is already there.
+pub async fn label_namespace_for_admission(
+    ctx: &Context,
+    namespace: &str,
+) -> Result<(), ApplyError> {
+    use crate::webhook::registration::ADMISSION_LABEL;
+    let (Some(registration), Some(cache)) = (&ctx.admission, &ctx.caches.namespaces) else {
+        return Ok(());
+    };
+    if !registration.may_select(namespace) {
+        return Ok(());
+    }
+    let current = cache.get(&ObjectRef::new(namespace));
+    if current.is_some_and(|ns| ns.labels().get(ADMISSION_LABEL) == Some(&registration.instance)) {
+        return Ok(());
+    }
+    ctx.metrics.write("Namespace", "apply");
+    let patch = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": namespace, "labels": {ADMISSION_LABEL: registration.instance}},
+    });
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(ctx.client.clone())
+        .patch(
+            namespace,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map_err(|source| ApplyError::Apply {
+            kind: "Namespace",
+            name: namespace.to_string(),
+            source,
+        })?;
+    Ok(())
+}
+
 /// An object missing from our cache may still exist unlabelled: never take
 /// over someone else's object of the same name.
 async fn refuse_foreign<K>(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::future;
 use k8s_openapi::api::{
-    core::v1::{Pod, Secret, Service, ServiceAccount},
+    core::v1::{Namespace, Pod, Secret, Service, ServiceAccount},
     networking::v1::NetworkPolicy,
     rbac::v1::{ClusterRole, Role, RoleBinding},
 };
@@ -32,6 +32,8 @@ pub struct Caches {
     pub secrets: Store<PartialObjectMeta<Secret>>,
     /// Our PolicyReports; None when the cluster has no PolicyReport CRD.
     pub policy_reports: Option<Store<DynamicObject>>,
+    /// Namespaces (for their labels); only when the admission webhooks run.
+    pub namespaces: Option<Store<Namespace>>,
 }
 
 pub fn in_namespace<K>(store: &Store<K>, namespace: &str) -> Vec<Arc<K>>
@@ -86,6 +88,9 @@ impl Caches {
                 self.secrets.wait_until_ready().await?;
                 if let Some(reports) = &self.policy_reports {
                     reports.wait_until_ready().await?;
+                }
+                if let Some(namespaces) = &self.namespaces {
+                    namespaces.wait_until_ready().await?;
                 }
                 Ok::<(), kube::runtime::reflector::store::WriterDropped>(())
             },

@@ -26,7 +26,7 @@ use std::{
 use futures::{StreamExt, future};
 use k8s_openapi::{
     api::{
-        core::v1::{Pod, Secret, Service, ServiceAccount},
+        core::v1::{Namespace, Pod, Secret, Service, ServiceAccount},
         networking::v1::NetworkPolicy,
         rbac::v1::{ClusterRole, Role, RoleBinding},
     },
@@ -45,7 +45,7 @@ use kube::{
         watcher,
     },
 };
-use tracing::{info, instrument, warn};
+use tracing::{error, info, instrument, warn};
 
 use crate::{
     api::{IoTSystem, Mode},
@@ -97,6 +97,8 @@ pub struct Context {
     recorder: Recorder,
     /// Injectable for tests that assert exact status.
     pub clock: fn() -> Time,
+    /// Set when the admission webhooks are served: namespaces of systems get their label.
+    pub admission: Option<crate::webhook::registration::Registration>,
 }
 
 fn now() -> Time {
@@ -104,9 +106,17 @@ fn now() -> Time {
 }
 
 /// Runs the controller with the HTTP endpoints until SIGINT/SIGTERM.
+/// What to watch, and whether to serve the admission webhooks.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Watch and manage only this namespace.
+    pub namespace: Option<String>,
+    pub admission: Option<crate::webhook::Options>,
+}
+
 pub async fn run_with_http(
     client: Client,
-    namespace: Option<String>,
+    options: Options,
     http_addr: SocketAddr,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
@@ -114,7 +124,7 @@ pub async fn run_with_http(
     let listener = tokio::net::TcpListener::bind(http_addr).await?;
     info!(%http_addr, "serving /metrics, /healthz and /readyz");
     let http = tokio::spawn(crate::http::serve(listener, metrics.clone(), ready.clone()));
-    run(client, namespace, metrics, ready, shutdown_signal()).await;
+    run(client, options, metrics, ready, shutdown_signal()).await;
     http.abort();
     Ok(())
 }
@@ -132,14 +142,14 @@ async fn shutdown_signal() {
 /// and manages that namespace only. `ready` turns true once the caches are filled.
 pub async fn run(
     client: Client,
-    namespace: Option<String>,
+    options: Options,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let scope = Scope {
         client: client.clone(),
-        namespace,
+        namespace: options.namespace.clone(),
     };
 
     // One cache per kind. Any change in a namespace re-runs the systems there:
@@ -176,6 +186,7 @@ pub async fn run(
         // Cluster-wide; a change re-judges every system (bindings may refer to it).
         cluster_roles: cache!(Api::<ClusterRole>::all(client.clone())),
         policy_reports: None,
+        namespaces: None,
     };
     // PolicyReports only where their CRD is installed; the rest works without.
     let report_resource = crate::build::policy_report::api_resource();
@@ -206,10 +217,41 @@ pub async fn run(
         );
         None
     };
+    // Namespace labels select the webhooks; only needed when serving them.
+    let namespaces = options.admission.as_ref().map(|_| {
+        let (store, writer) = reflector::store();
+        let config = match &scope.namespace {
+            Some(ns) => every.clone().fields(&format!("metadata.name={ns}")),
+            None => every.clone(),
+        };
+        let stream = reflector(
+            writer,
+            watcher(Api::<Namespace>::all(client.clone()), config),
+        )
+        .default_backoff()
+        .touched_objects()
+        .map(|event| event.map(|_| Vec::new()))
+        .boxed();
+        streams.push(stream);
+        store
+    });
     let caches = Caches {
         policy_reports,
+        namespaces,
         ..caches
     };
+    let webhooks = options.admission.clone().map(|admission| {
+        let state = crate::webhook::WebhookState {
+            systems: systems.clone(),
+            metrics: metrics.clone(),
+        };
+        let client = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::webhook::run(client, admission, state).await {
+                error!(error = %e, "the admission webhooks stopped");
+            }
+        })
+    });
     // A change to one system can settle a selector conflict of a sibling.
     {
         let systems = systems.clone();
@@ -235,6 +277,7 @@ pub async fn run(
         metrics,
         recorder,
         clock: now,
+        admission: options.admission.map(|a| a.registration),
     });
     tokio::spawn(async move {
         caches.wait_until_ready().await;
@@ -261,6 +304,9 @@ pub async fn run(
             future::ready(())
         })
         .await;
+    if let Some(webhooks) = webhooks {
+        webhooks.abort();
+    }
 }
 
 /// All namespaces, or the one the operator was told to manage.
@@ -348,7 +394,8 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
             Mode::Audit => DesiredObjects::default(),
         };
         let mut snapshot = ctx.caches.snapshot(&namespace);
-        match apply::apply_all(&ctx, valid, &to_apply).await {
+        let labelled = apply::label_namespace_for_admission(&ctx, &namespace).await;
+        match labelled.and(apply::apply_all(&ctx, valid, &to_apply).await) {
             Ok(r) => {
                 report = r;
                 snapshot = snapshot.with_desired(&valid.name, &to_apply);

@@ -16,8 +16,8 @@ use kube::{
 };
 
 use crate::api::{
-    Access, Attestation, Component, ImagePolicy, IoTSystem, Mode, Port, Protocol, Role, Subject,
-    SubjectKind,
+    Access, Attestation, Component, ImagePolicy, IoTSystem, Mode, PodDefaults, Port, Protocol,
+    Role, Subject, SubjectKind,
 };
 
 /// SSDP, the discovery protocol of UPnP (checklist item V-2).
@@ -104,6 +104,7 @@ pub struct ValidatedSystem {
     pub flows: Vec<ValidFlow>,
     pub access: ValidAccess,
     pub images: ImagePolicy,
+    pub pod_defaults: PodDefaults,
     pub attestations: Vec<Attestation>,
 }
 
@@ -117,6 +118,7 @@ pub struct ValidComponent {
     pub automount_service_account_token: bool,
     pub devices: Vec<String>,
     pub heartbeat: bool,
+    pub writable_paths: Vec<String>,
 }
 
 /// Where a flow comes from.
@@ -235,6 +237,7 @@ pub fn validate(
         flows,
         access,
         images: system.spec.images.clone(),
+        pod_defaults: system.spec.pod_defaults.clone(),
         attestations: system.spec.attestations.clone(),
     })
 }
@@ -270,6 +273,7 @@ fn validate_component(c: &Component) -> Result<ValidComponent, ValidationError> 
         automount_service_account_token: c.automount_service_account_token,
         devices: c.devices.clone(),
         heartbeat: c.heartbeat.is_some(),
+        writable_paths: c.writable_paths.clone(),
     })
 }
 
