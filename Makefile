@@ -30,8 +30,10 @@ testplane-up: testplane-bins
 testplane-down:
 	$(TESTPLANE) --dir target/testplane --bin-dir $(PLANE_BIN) down
 
+# Through a temporary file, so a failed build never leaves an empty CRD behind.
 crds:
-	$(CARGO) run -q -p iotposture -- crd > crds/iotsystem.yaml
+	$(CARGO) run -q -p iotposture -- crd > crds/.iotsystem.yaml.new
+	mv crds/.iotsystem.yaml.new crds/iotsystem.yaml
 
 lint:
 	$(CARGO) fmt --all --check

@@ -200,6 +200,49 @@ impl TestNamespace {
         }
     }
 
+    /// Sets labels on the namespace (e.g. Pod Security admission levels).
+    pub async fn label(&self, labels: &[(&str, &str)]) {
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect();
+        Api::<Namespace>::all(self.client.clone())
+            .patch(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"labels": labels}})),
+            )
+            .await
+            .expect("namespace labelled");
+    }
+
+    /// Runs the bundled kubectl against the plane; returns exit status, stdout, stderr.
+    /// Async, so servers on this test's runtime (webhooks) keep answering meanwhile.
+    pub async fn kubectl(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new(plane_dir().join("bin/kubectl"))
+            .arg(format!(
+                "--kubeconfig={}",
+                plane_dir().join("kubeconfig").display()
+            ))
+            .args(["-n", &self.name])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).await.unwrap();
+        drop(input);
+        let out = child.wait_with_output().await.unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Deletes the namespace; the control plane's garbage collector does the rest.
     pub async fn delete(self) {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
@@ -292,23 +335,38 @@ impl RunningOperator {
         }
     }
 
+    /// Stops the operator, webhook server included, but leaves the webhook
+    /// configurations registered: the cluster as it is while the operator is down.
+    pub async fn crash(mut self) -> Option<String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), &mut self.task).await;
+        self.webhook_instance.take()
+    }
+
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         let _ = tokio::time::timeout(Duration::from_secs(20), &mut self.task).await;
         if let Some(instance) = &self.webhook_instance {
-            use k8s_openapi::api::admissionregistration::v1::{
-                MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
-            };
-            let dp = DeleteParams::default();
-            let _ = Api::<MutatingWebhookConfiguration>::all(self.client.clone())
-                .delete(instance, &dp)
-                .await;
-            let _ = Api::<ValidatingWebhookConfiguration>::all(self.client.clone())
-                .delete(instance, &dp)
-                .await;
+            Self::remove_webhooks(&self.client, instance).await;
         }
+    }
+
+    /// Deletes the webhook configurations of an instance.
+    pub async fn remove_webhooks(client: &Client, instance: &str) {
+        use k8s_openapi::api::admissionregistration::v1::{
+            MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+        };
+        let dp = DeleteParams::default();
+        let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(instance, &dp)
+            .await;
+        let _ = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .delete(instance, &dp)
+            .await;
     }
 
     /// Waits until no write has happened for `quiet`: the operator has settled.

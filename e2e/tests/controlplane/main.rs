@@ -2,6 +2,7 @@
 //! has its own namespace and, where it needs one, its own operator watching
 //! only that namespace, so tests run in parallel without seeing each other.
 
+mod admission;
 mod bad_input;
 mod checklist;
 mod crd_validation;

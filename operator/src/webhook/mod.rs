@@ -94,7 +94,7 @@ pub async fn run(client: Client, options: Options, state: WebhookState) -> Resul
         .await
         .map_err(Error::Listen)?;
     info!(addr = %options.listen, "serving admission webhooks");
-    let server = tokio::spawn(serve(listener, tls.clone(), state));
+    let server = AbortOnDrop(tokio::spawn(serve(listener, tls.clone(), state)));
     loop {
         tokio::time::sleep(RENEWAL_CHECK).await;
         if !cert.needs_renewal(SystemTime::now()) {
@@ -110,11 +110,20 @@ pub async fn run(client: Client, options: Options, state: WebhookState) -> Resul
         *tls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next.server_config()?);
         cert = next;
         info!("renewed the webhook serving certificate");
-        if server.is_finished() {
+        if server.0.is_finished() {
             break;
         }
     }
     Ok(())
+}
+
+/// Stops the server with the task that started it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Server-side applies both webhook configurations with `ca_pem` as caBundle.
@@ -241,6 +250,11 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
         count(&state, "mutate", "ignored");
         return respond(response);
     };
+    if system.mode == crate::api::Mode::Audit {
+        // Audit changes nothing; the validating webhook still warns.
+        count(&state, "mutate", "ignored");
+        return respond(response);
+    }
     let hardened = harden::harden_pod(&pod, &system, &system.components[index]);
     if hardened.changes.is_empty() {
         count(&state, "mutate", "allowed");

@@ -1,0 +1,205 @@
+//! The admission webhooks on the real API server, with the webhook server on
+//! 127.0.0.1. The referee is Kubernetes itself: namespaces enforce the Pod
+//! Security Standard "restricted", so a bare pod admitted after our mutation
+//! proves the hardening meets it.
+use iotposture::api::{IoTSystem, Mode};
+use iotposture_e2e::{RunningOperator, TestNamespace, wait_until};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::{Api, api::PostParams};
+
+use crate::support::{factory, wait_ready};
+
+const RESTRICTED: (&str, &str) = ("pod-security.kubernetes.io/enforce", "restricted");
+
+/// A pod with no security settings at all, of the gateway component.
+fn bare_pod(name: &str, app: &str, port: i32) -> Pod {
+    serde_yaml::from_str(&format!(
+        "{{apiVersion: v1, kind: Pod, metadata: {{name: {name}, labels: {{app: {app}}}}}, spec: {{containers: [{{name: broker, image: registry.example.com/broker:2.0.18, ports: [{{containerPort: {port}}}]}}]}}}}"
+    ))
+    .unwrap()
+}
+
+/// Starts a webhook-serving operator and a system, and waits until the
+/// namespace carries the operator's admission label.
+async fn setup(prefix: &str, mode: Mode) -> (TestNamespace, RunningOperator) {
+    let ns = TestNamespace::new(prefix).await;
+    ns.label(&[RESTRICTED]).await;
+    let operator = RunningOperator::start_with_webhooks(&ns).await;
+    let mut system = factory("plant");
+    system.spec.mode = mode;
+    Api::<IoTSystem>::namespaced(ns.client.clone(), &ns.name)
+        .create(&PostParams::default(), &system)
+        .await
+        .unwrap();
+    wait_ready(&ns, "plant", "True").await;
+    let instance = operator.webhook_instance.clone().unwrap();
+    let namespaces: Api<Namespace> = Api::all(ns.client.clone());
+    wait_until("the namespace labelled for admission", || async {
+        let n = namespaces.get(&ns.name).await.ok()?;
+        (n.metadata.labels?.get("iotposture.dev/admission") == Some(&instance)).then_some(())
+    })
+    .await;
+    (ns, operator)
+}
+
+fn create_error(result: Result<Pod, kube::Error>) -> String {
+    match result {
+        Ok(p) => panic!("pod {} was admitted", p.metadata.name.unwrap_or_default()),
+        Err(kube::Error::Api(status)) => status.message,
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_pods_are_hardened_to_restricted_and_forbidden_ones_refused() {
+    let (ns, operator) = setup("admit", Mode::Enforce).await;
+    let pods: Api<Pod> = ns.api();
+
+    // Referee first: without our mutation, restricted refuses a bare pod.
+    let message = create_error(
+        pods.create(
+            &PostParams::default(),
+            &bare_pod("stranger", "not-a-component", 8883),
+        )
+        .await,
+    );
+    assert!(
+        message.contains("violates PodSecurity \"restricted:latest\""),
+        "{message}"
+    );
+
+    // A component's bare pod is admitted after hardening.
+    let pod = pods
+        .create(
+            &PostParams::default(),
+            &bare_pod("gateway-0", "mqtt-gateway", 8883),
+        )
+        .await
+        .expect("a hardened pod passes restricted");
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.service_account_name.as_deref(), Some("plant-gateway"));
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    assert!(
+        spec.volumes
+            .iter()
+            .flatten()
+            .all(|v| !v.name.starts_with("kube-api-access-"))
+    );
+    let sc = spec.containers[0].security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let hardened = &pod.metadata.annotations.as_ref().unwrap()["iotposture.dev/hardened"];
+    assert!(
+        hardened.starts_with("serviceAccountName,automountServiceAccountToken"),
+        "{hardened}"
+    );
+
+    // Enforce refuses what the checklist forbids, naming item, field and fix.
+    let message = create_error(
+        pods.create(
+            &PostParams::default(),
+            &bare_pod("gateway-ssh", "mqtt-gateway", 22),
+        )
+        .await,
+    );
+    assert!(
+        message.contains(
+            "denied the request: IoTSystem plant (component gateway) refuses gateway-ssh"
+        ),
+        "{message}"
+    );
+    assert!(message.contains("[IV-2 No default remote-access ports] pod gateway-ssh container broker opens remote-access port 22"), "{message}");
+    assert!(message.contains("fix: Do not expose SSH"), "{message}");
+
+    // Workloads are refused at apply, before any pod exists.
+    let deployment = r#"{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "gw"},
+      "spec": {"selector": {"matchLabels": {"app": "mqtt-gateway"}}, "template": {"metadata": {"labels": {"app": "mqtt-gateway"}},
+      "spec": {"containers": [{"name": "broker", "image": "registry.example.com/broker:latest"}]}}}}"#;
+    let (ok, _, err) = ns.kubectl(&["apply", "-f", "-"], deployment).await;
+    assert!(!ok);
+    assert!(err.contains("[II-3 Patched software versions] pod deployment/gw: image registry.example.com/broker:latest uses the tag latest"), "{err}");
+
+    // A malformed review gets a clear 400, and the server keeps serving.
+    let addr = operator.webhook_addr.unwrap();
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "--data",
+            "{not json",
+        ])
+        .arg(format!("https://{addr}/validate"))
+        .output()
+        .await
+        .expect("curl runs");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.ends_with("\n400"), "{body}");
+    assert!(
+        body.contains("the body is not an AdmissionReview"),
+        "{body}"
+    );
+    pods.create(
+        &PostParams::default(),
+        &bare_pod("gateway-1", "mqtt-gateway", 8883),
+    )
+    .await
+    .expect("still serving after a bad request");
+
+    operator.stop().await;
+    ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_admits_with_warnings() {
+    let (ns, operator) = setup("audit-adm", Mode::Audit).await;
+    let pod = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gw", "labels": {"app": "mqtt-gateway"}},
+      "spec": {"securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "broker", "image": "registry.example.com/broker:2.0.18", "ports": [{"containerPort": 22}],
+          "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]}}"#;
+    // Audit mutates nothing: this pod meets restricted by itself.
+    let (ok, out, err) = ns.kubectl(&["apply", "-f", "-"], pod).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("pod/gw created"), "{out}");
+    assert!(
+        err.contains("Warning: iotposture (IoTSystem plant in Audit mode): [IV-2 No default remote-access ports]"),
+        "{err}"
+    );
+    let pod = ns.api::<Pod>().get("gw").await.unwrap();
+    assert!(
+        !pod.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("iotposture.dev/hardened")
+    );
+    operator.stop().await;
+    ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_operator_down_only_labelled_namespaces_are_affected() {
+    let (ns, operator) = setup("down", Mode::Enforce).await;
+    let instance = operator.crash().await.unwrap();
+    // An unrelated namespace, not labelled, is untouched by the registered webhooks.
+    let other = TestNamespace::new("unlabelled").await;
+    Api::<Pod>::namespaced(other.client.clone(), &other.name)
+        .create(&PostParams::default(), &bare_pod("free", "anything", 8080))
+        .await
+        .expect("namespaces without the label do not depend on the webhooks");
+    // The labelled one fails closed (failurePolicy Fail), as documented.
+    let message = create_error(
+        ns.api::<Pod>()
+            .create(
+                &PostParams::default(),
+                &bare_pod("gw", "mqtt-gateway", 8883),
+            )
+            .await,
+    );
+    assert!(message.contains("failed calling webhook"), "{message}");
+    RunningOperator::remove_webhooks(&ns.client, &instance).await;
+    other.delete().await;
+    ns.delete().await;
+}
