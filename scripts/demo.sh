@@ -12,6 +12,7 @@ bins=target/testplane/bin
 kubectl="$bins/kubectl --kubeconfig $dir/kubeconfig"
 operator_pid="$dir/operator.pid"
 http_addr="${IOTPOSTURE_DEMO_HTTP_ADDR:-127.0.0.1:18080}"
+webhook_addr="${IOTPOSTURE_DEMO_WEBHOOK_ADDR:-127.0.0.1:18443}"
 testplane() { cargo run -q -p iotposture-e2e --bin testplane -- --dir "$dir" --bin-dir "$bins" "$@"; }
 operator_running() { [[ -f "$operator_pid" ]] && kill -0 "$(cat "$operator_pid")" 2>/dev/null; }
 
@@ -46,6 +47,7 @@ if operator_running; then
   echo "already running (pid $(cat "$operator_pid"))"
 else
   KUBECONFIG="$dir/kubeconfig" nohup target/debug/iotposture run --http-addr "$http_addr" \
+    --webhook-addr "$webhook_addr" --webhook-url "https://$webhook_addr" \
     >"$dir/operator.log" 2>&1 </dev/null &
   echo $! >"$operator_pid"
   echo "started (pid $!), log: $dir/operator.log"
@@ -91,6 +93,11 @@ The control plane and the operator keep running. Look around with:
   $bins/kubectl describe iotsystem line-1 -n smart-factory
   $bins/kubectl get networkpolicy line-1-dashboard-allow -n smart-factory -o yaml
   curl -s http://$http_addr/metrics
+Try a pod the checklist forbids (the admission webhook refuses it, naming the item):
+  $bins/kubectl run ssh-gw -n smart-factory --image=registry.example.com/factory/mqtt-broker:latest --labels=app=mqtt-gateway --port=22
+Or a bare one, which the webhook hardens (see its securityContext and the iotposture.dev/hardened annotation):
+  $bins/kubectl run gw-2 -n smart-factory --image=registry.example.com/factory/mqtt-broker:2.0.18 --labels=app=mqtt-gateway --port=8883
+  $bins/kubectl get pod gw-2 -n smart-factory -o yaml
 Try a bad spec (the API server refuses it):
   $bins/kubectl apply -f - <<<'{"apiVersion":"iotposture.dev/v1alpha1","kind":"IoTSystem","metadata":{"name":"bad","namespace":"smart-factory"},"spec":{"components":[{"name":"x","role":"Toaster","selector":{"matchLabels":{"app":"x"}}}]}}'
 Stop everything with: make demo-down
