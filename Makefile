@@ -48,3 +48,8 @@ demo:
 
 demo-down:
 	bash scripts/demo.sh down
+
+# Benchmarks (figures to bench/results/*.json; not part of make test).
+.PHONY: bench
+bench:
+	$(CARGO) run --release -q -p iotposture-e2e --bin bench-admission -- bench/results/admission.json

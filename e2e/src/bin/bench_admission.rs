@@ -1,0 +1,223 @@
+//! Admission benchmark (not a test): latency percentiles and throughput of the
+//! webhooks under concurrent AdmissionReview load on loopback, measured against
+//! a bare TLS round trip to the same server (`/healthz`) in the same run, so the
+//! ratios hold on a noisy machine. Writes bench/results/admission.json.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use iotposture::{
+    api::IoTSystem,
+    metrics::Metrics,
+    webhook::{self, WebhookState, certs::ServingCert},
+};
+use kube::runtime::{reflector, watcher};
+use serde_json::{Value, json};
+
+const CONCURRENCY: usize = 16;
+const REQUESTS: usize = 4000;
+
+fn review(kind: &str, group: &str, resource: &str, object: Value) -> Bytes {
+    let body = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "bench",
+            "kind": {"group": group, "version": "v1", "kind": kind},
+            "resource": {"group": group, "version": "v1", "resource": resource},
+            "namespace": "plant",
+            "operation": "CREATE",
+            "userInfo": {"username": "bench"},
+            "object": object,
+            "dryRun": false,
+        }
+    });
+    Bytes::from(serde_json::to_vec(&body).unwrap())
+}
+
+struct Scenario {
+    name: &'static str,
+    method: &'static str,
+    path: &'static str,
+    body: Bytes,
+}
+
+async fn worker(
+    addr: std::net::SocketAddr,
+    tls: tokio_rustls::TlsConnector,
+    scenario: Arc<Scenario>,
+    count: usize,
+) -> Vec<Duration> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let stream = tls.connect(name, tcp).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut latencies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let request = hyper::Request::builder()
+            .method(scenario.method)
+            .uri(scenario.path)
+            .header("host", addr.to_string())
+            .header("content-type", "application/json")
+            .body(Full::new(scenario.body.clone()))
+            .unwrap();
+        let start = Instant::now();
+        sender.ready().await.expect("the connection stays open");
+        let response = sender.send_request(request).await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "{} answered {}",
+            scenario.name,
+            response.status()
+        );
+        let _ = response.into_body().collect().await.unwrap();
+        latencies.push(start.elapsed());
+    }
+    latencies
+}
+
+async fn run(
+    addr: std::net::SocketAddr,
+    tls: &tokio_rustls::TlsConnector,
+    scenario: Scenario,
+) -> Value {
+    let scenario = Arc::new(scenario);
+    let start = Instant::now();
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            tokio::spawn(worker(
+                addr,
+                tls.clone(),
+                scenario.clone(),
+                REQUESTS / CONCURRENCY,
+            ))
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    all.sort();
+    let pct =
+        |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1e6;
+    json!({
+        "requests": all.len(),
+        "p50_us": pct(0.50).round(),
+        "p99_us": pct(0.99).round(),
+        "max_us": all.last().unwrap().as_secs_f64() * 1e6,
+        "throughput_rps": (all.len() as f64 / elapsed.as_secs_f64()).round(),
+    })
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "bench/results/admission.json".into());
+    let mut system: IoTSystem = serde_yaml::from_str(include_str!(
+        "../../../operator/tests/fixtures/factory.yaml"
+    ))?;
+    system.metadata.uid = Some("bench".into());
+    let (systems, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Apply(system));
+
+    let cert = ServingCert::issue(&["127.0.0.1".into()], SystemTime::now())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let slot = Arc::new(std::sync::RwLock::new(Arc::new(cert.server_config()?)));
+    let state = WebhookState {
+        systems,
+        metrics: Arc::new(Metrics::default()),
+    };
+    tokio::spawn(webhook::serve(listener, slot, state));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.chain[1].clone())?;
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client));
+
+    let bare_pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "gw", "namespace": "plant", "labels": {"app": "mqtt-gateway"}},
+        "spec": {"containers": [{"name": "broker", "image": "registry.example.com/broker:2.0.18", "ports": [{"containerPort": 8883}]}]}});
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "gw", "namespace": "plant"},
+        "spec": {"selector": {"matchLabels": {"app": "mqtt-gateway"}}, "template": {"metadata": {"labels": {"app": "mqtt-gateway"}},
+          "spec": {"containers": [{"name": "broker", "image": "registry.example.com/broker:latest", "ports": [{"containerPort": 22}]}]}}}});
+    let scenarios = [
+        Scenario {
+            name: "tls_round_trip_healthz",
+            method: "GET",
+            path: "/healthz",
+            body: Bytes::new(),
+        },
+        Scenario {
+            name: "mutate_bare_pod",
+            method: "POST",
+            path: "/mutate",
+            body: review("Pod", "", "pods", bare_pod),
+        },
+        Scenario {
+            name: "validate_bad_deployment",
+            method: "POST",
+            path: "/validate",
+            body: review("Deployment", "apps", "deployments", deployment),
+        },
+    ];
+    // Warm up connections and caches.
+    for s in &scenarios {
+        let warm = Scenario {
+            name: s.name,
+            method: s.method,
+            path: s.path,
+            body: s.body.clone(),
+        };
+        worker(addr, tls.clone(), Arc::new(warm), 50).await;
+    }
+    let mut results = serde_json::Map::new();
+    for s in scenarios {
+        let name = s.name;
+        let r = run(addr, &tls, s).await;
+        eprintln!("{name}: {r}");
+        results.insert(name.into(), r);
+    }
+    let base = results["tls_round_trip_healthz"]["p50_us"]
+        .as_f64()
+        .unwrap_or(1.0)
+        .max(1.0);
+    let ratio = |name: &str| {
+        (results[name]["p50_us"].as_f64().unwrap_or(0.0) / base * 100.0).round() / 100.0
+    };
+    let report = json!({
+        "benchmark": "admission",
+        "unix_time": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs(),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "concurrency": CONCURRENCY,
+        "requests_per_scenario": REQUESTS,
+        "scenarios": results,
+        "p50_ratio_to_tls_round_trip": {
+            "mutate_bare_pod": ratio("mutate_bare_pod"),
+            "validate_bad_deployment": ratio("validate_bad_deployment"),
+        },
+    });
+    if let Some(dir) = std::path::Path::new(&out).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("wrote {out}");
+    Ok(())
+}
