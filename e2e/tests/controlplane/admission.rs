@@ -93,6 +93,75 @@ async fn bare_pods_are_hardened_to_restricted_and_forbidden_ones_refused() {
         "{hardened}"
     );
 
+    // Idempotent on the real server: the hardened pod submitted again gains nothing.
+    let mut again = pod.clone();
+    again.metadata = kube::api::ObjectMeta {
+        name: Some("gateway-again".into()),
+        labels: pod.metadata.labels.clone(),
+        annotations: pod.metadata.annotations.clone(),
+        ..Default::default()
+    };
+    again.status = None;
+    let again = pods.create(&PostParams::default(), &again).await.unwrap();
+    assert_eq!(
+        again.metadata.annotations.as_ref().unwrap()["iotposture.dev/hardened"],
+        *hardened
+    );
+    assert_eq!(
+        again.spec.as_ref().unwrap().security_context,
+        spec.security_context
+    );
+    assert_eq!(again.spec.as_ref().unwrap().containers, spec.containers);
+
+    // A pod of no component is left as it is (this one meets restricted by itself).
+    let mut outsider = bare_pod("outsider", "not-a-component", 8080);
+    outsider.spec.as_mut().unwrap().security_context =
+        Some(k8s_openapi::api::core::v1::PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(1000),
+            seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        });
+    outsider.spec.as_mut().unwrap().containers[0].security_context =
+        Some(k8s_openapi::api::core::v1::SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..Default::default()
+        });
+    let outsider = pods
+        .create(&PostParams::default(), &outsider)
+        .await
+        .unwrap();
+    assert!(
+        !outsider
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("iotposture.dev/hardened")
+    );
+    assert_eq!(
+        outsider
+            .spec
+            .as_ref()
+            .unwrap()
+            .service_account_name
+            .as_deref(),
+        Some("default")
+    );
+    assert_eq!(
+        outsider.spec.as_ref().unwrap().containers[0]
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.clone()),
+        None
+    );
+
     // Enforce refuses what the checklist forbids, naming item, field and fix.
     let message = create_error(
         pods.create(
