@@ -6,14 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prerequisites.sh
 
-echo "==> Prometheus (Debian package) for the metrics tests"
-if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+echo "==> Debian packages the tests run for real: prometheus (metrics), openssl (TLS peers)"
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
   if [[ $(id -u) -ne 0 ]]; then
-    echo "error: prometheus is missing; install Debian's package: sudo apt-get install prometheus" >&2
+    echo "error: install Debian's packages first: sudo apt-get install prometheus openssl" >&2
     exit 1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus openssl >/dev/null
 fi
 
 echo "==> control plane binaries (built once, then cached) and third-party CRDs"

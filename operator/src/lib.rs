@@ -7,5 +7,6 @@ pub mod checklist;
 pub mod controller;
 pub mod http;
 pub mod metrics;
+pub mod probe;
 pub mod telemetry;
 pub mod webhook;

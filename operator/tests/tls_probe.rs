@@ -1,0 +1,330 @@
+//! The TLS probe against real TLS servers on loopback (Debian's `openssl
+//! s_server`), one per case the checklist cares about.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use iotposture::probe::tls::{Finding, Settings, Target, probe, probe_all};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::CertificateDer;
+
+const NAME: &str = "gateway.plant.svc";
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    der: CertificateDer<'static>,
+}
+
+fn new_ca(name: &str) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        der: cert.der().clone(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// Writes a leaf for `names` signed by `ca` (optionally already expired); returns (cert, key) paths.
+fn leaf(dir: &Path, tag: &str, ca: &Ca, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    let (c, k) = (
+        dir.join(format!("{tag}.crt")),
+        dir.join(format!("{tag}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+fn temp_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "iotposture-tls-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `openssl s_server` with extra flags, stopped when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s_server(cert: &Path, key: &Path, extra: &[&str]) -> Server {
+    let addr = free_addr();
+    let child = Command::new("openssl")
+        .arg("s_server")
+        .arg("-accept")
+        .arg(addr.to_string())
+        .arg("-cert")
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .args(["-www", "-quiet"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl on PATH (make test installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "openssl s_server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server { child, addr }
+}
+
+fn settings(trust: &Ca) -> Settings {
+    Settings {
+        trust: vec![trust.der.clone()],
+        handshake_timeout: Duration::from_secs(2),
+        ..Settings::default()
+    }
+}
+
+async fn check(server: &Server, name: &str, trust: &Ca) -> Finding {
+    probe(
+        &Target {
+            name: name.into(),
+            addr: server.addr,
+        },
+        &settings(trust),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn modern_endpoints_pass_with_what_was_negotiated() {
+    let dir = temp_dir();
+    let ca = new_ca("plant CA");
+    let (c, k) = leaf(&dir, "good", &ca, &[NAME], false);
+
+    let tls13 = s_server(&c, &k, &[]);
+    let f = check(&tls13, NAME, &ca).await;
+    assert!(f.problems().is_empty(), "{f:?}");
+    assert_eq!(f.protocol.as_deref(), Some("TLSv1_3"));
+    assert!(
+        f.cipher_suite.as_deref().unwrap().starts_with("TLS13_"),
+        "{f:?}"
+    );
+    assert_eq!(
+        (f.chain_valid, f.name_matches, f.expired),
+        (Some(true), Some(true), Some(false))
+    );
+    assert_eq!(f.key.as_deref(), Some("ECDSA 256-bit"));
+
+    let tls12 = s_server(&c, &k, &["-tls1_2"]);
+    let f = check(&tls12, NAME, &ca).await;
+    assert!(f.problems().is_empty(), "{f:?}");
+    assert_eq!(f.protocol.as_deref(), Some("TLSv1_2"));
+    assert!(
+        f.cipher_suite
+            .as_deref()
+            .unwrap()
+            .starts_with("TLS_ECDHE_ECDSA_WITH_"),
+        "{f:?}"
+    );
+}
+
+#[tokio::test]
+async fn old_protocols_and_weak_suites_fail() {
+    let dir = temp_dir();
+    let ca = new_ca("plant CA");
+    let (c, k) = leaf(&dir, "old", &ca, &[NAME], false);
+    for flags in [
+        &["-tls1", "-cipher", "DEFAULT@SECLEVEL=0"][..],
+        &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"][..],
+        &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA"][..],
+    ] {
+        let server = s_server(&c, &k, flags);
+        let f = check(&server, NAME, &ca).await;
+        let p = f.problems();
+        assert_eq!(p.len(), 1, "{flags:?}: {f:?}");
+        assert!(
+            p[0].contains("no handshake with TLS 1.2 or 1.3 and a strong cipher suite"),
+            "{flags:?}: {p:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_certificates_fail_for_their_reason() {
+    let dir = temp_dir();
+    let ca = new_ca("plant CA");
+    let stranger = new_ca("someone else");
+
+    let (c, k) = leaf(&dir, "expired", &ca, &[NAME], true);
+    let server = s_server(&c, &k, &[]);
+    let f = check(&server, NAME, &ca).await;
+    assert_eq!(f.expired, Some(true));
+    assert!(
+        f.chain_error
+            .as_deref()
+            .unwrap()
+            .contains("certificate expired"),
+        "{f:?}"
+    );
+    assert!(
+        f.problems()
+            .iter()
+            .any(|p| p.contains("expired on 2021-01-01")),
+        "{f:?}"
+    );
+
+    let (c, k) = leaf(&dir, "wrong-name", &ca, &["dashboard.plant.svc"], false);
+    let server = s_server(&c, &k, &[]);
+    let f = check(&server, NAME, &ca).await;
+    assert_eq!(f.name_matches, Some(false));
+    assert!(
+        f.problems()
+            .iter()
+            .any(|p| p.contains("not valid for the endpoint's name")),
+        "{f:?}"
+    );
+
+    let (c, k) = leaf(&dir, "untrusted", &stranger, &[NAME], false);
+    let server = s_server(&c, &k, &[]);
+    let f = check(&server, NAME, &ca).await;
+    assert_eq!(f.chain_valid, Some(false));
+    assert!(
+        f.chain_error.as_deref().unwrap().contains("UnknownIssuer"),
+        "{f:?}"
+    );
+    assert_eq!(f.name_matches, Some(true), "only the chain is wrong");
+
+    // RSA 1024, made by openssl (the Rust stack here cannot make RSA keys).
+    let (c, k) = (dir.join("short.crt"), dir.join("short.key"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:1024",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=short",
+        ])
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:{NAME}"))
+        .arg("-keyout")
+        .arg(&k)
+        .arg("-out")
+        .arg(&c)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl made the short key");
+    let server = s_server(&c, &k, &["-tls1_2", "-cipher", "DEFAULT@SECLEVEL=0"]);
+    let f = check(&server, NAME, &ca).await;
+    assert_eq!(f.key.as_deref(), Some("RSA 1024"), "{f:?}");
+    assert!(
+        f.problems()
+            .iter()
+            .any(|p| p.contains("key RSA 1024 is too short")),
+        "{f:?}"
+    );
+}
+
+#[tokio::test]
+async fn plaintext_and_silent_peers_fail_without_holding_up_others() {
+    let dir = temp_dir();
+    let ca = new_ca("plant CA");
+    let (c, k) = leaf(&dir, "good", &ca, &[NAME], false);
+    let good = s_server(&c, &k, &[]);
+
+    // Plaintext HTTP on the port.
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain_addr = plain.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut s, _)) = plain.accept().await {
+            let _ = s
+                .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    // Accepts and says nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+
+    let targets = [
+        Target {
+            name: NAME.into(),
+            addr: silent_addr,
+        },
+        Target {
+            name: NAME.into(),
+            addr: plain_addr,
+        },
+        Target {
+            name: NAME.into(),
+            addr: good.addr,
+        },
+    ];
+    let start = Instant::now();
+    let findings = probe_all(&targets, &settings(&ca)).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "probes ran one after the other: {:?}",
+        start.elapsed()
+    );
+    assert!(
+        findings[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("the peer said nothing"),
+        "{:?}",
+        findings[0]
+    );
+    assert!(
+        findings[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("no handshake"),
+        "{:?}",
+        findings[1]
+    );
+    assert!(findings[2].problems().is_empty(), "{:?}", findings[2]);
+}
