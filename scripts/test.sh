@@ -16,6 +16,11 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus openssl >/dev/null
 fi
 
+echo "==> sslyze (PyPI), the third-party TLS scanner the probe is checked against"
+if ! python3 -c "import sslyze" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check 'sslyze==6.3.1'
+fi
+
 echo "==> control plane binaries (built once, then cached) and third-party CRDs"
 bash e2e/controlplane/build.sh target/testplane/bin
 bash e2e/thirdparty/fetch-crds.sh

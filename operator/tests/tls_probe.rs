@@ -328,3 +328,80 @@ async fn plaintext_and_silent_peers_fail_without_holding_up_others() {
     );
     assert!(findings[2].problems().is_empty(), "{:?}", findings[2]);
 }
+
+/// Protocols and suites a third-party scanner (sslyze, from PyPI) sees accepted.
+fn sslyze(addr: SocketAddr, dir: &Path) -> std::collections::BTreeMap<String, Vec<String>> {
+    let out = dir.join(format!("sslyze-{}.json", addr.port()));
+    let status = Command::new("python3")
+        .args(["-m", "sslyze"])
+        .arg(format!("--json_out={}", out.display()))
+        .args(["--tlsv1", "--tlsv1_1", "--tlsv1_2", "--tlsv1_3"])
+        .arg(addr.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("python3 with sslyze (make test installs it with pip)");
+    assert!(status.success(), "sslyze failed on {addr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+    let result = &report["server_scan_results"][0]["scan_result"];
+    [
+        ("TLSv1_0", "tls_1_0"),
+        ("TLSv1_1", "tls_1_1"),
+        ("TLSv1_2", "tls_1_2"),
+        ("TLSv1_3", "tls_1_3"),
+    ]
+    .iter()
+    .map(|(ours, theirs)| {
+        let suites = result[format!("{theirs}_cipher_suites")]["result"]["accepted_cipher_suites"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| s["cipher_suite"]["name"].as_str().map(String::from))
+            .collect();
+        (ours.to_string(), suites)
+    })
+    .collect()
+}
+
+#[tokio::test]
+async fn sslyze_agrees_with_our_reading() {
+    let dir = temp_dir();
+    let ca = new_ca("plant CA");
+    let (c, k) = leaf(&dir, "cross", &ca, &[NAME], false);
+    for flags in [
+        &[][..],
+        &["-tls1_2"][..],
+        &["-tls1", "-cipher", "DEFAULT@SECLEVEL=0"][..],
+    ] {
+        let server = s_server(&c, &k, flags);
+        let ours = check(&server, NAME, &ca).await;
+        let theirs = sslyze(server.addr, &dir);
+        let modern: Vec<&str> = ["TLSv1_3", "TLSv1_2"]
+            .into_iter()
+            .filter(|p| !theirs[*p].is_empty())
+            .collect();
+        match modern.first() {
+            // We negotiate the newest protocol the scanner finds, with a suite it finds accepted.
+            Some(best) => {
+                assert_eq!(
+                    ours.protocol.as_deref(),
+                    Some(*best),
+                    "{flags:?}: {ours:?} vs {theirs:?}"
+                );
+                let suite = ours.cipher_suite.clone().unwrap().replace("TLS13_", "TLS_");
+                assert!(
+                    theirs[*best].contains(&suite),
+                    "{flags:?}: {suite} not in {:?}",
+                    theirs[*best]
+                );
+            }
+            // The scanner finds no TLS 1.2+, and we fail the endpoint.
+            None => {
+                assert!(!theirs["TLSv1_0"].is_empty(), "{flags:?}: {theirs:?}");
+                assert!(ours.error.is_some(), "{flags:?}: {ours:?}");
+            }
+        }
+    }
+}
