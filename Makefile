@@ -5,7 +5,7 @@ CARGO ?= cargo
 PLANE_BIN := target/testplane/bin
 TESTPLANE := $(CARGO) run -q -p iotposture-e2e --bin testplane --
 
-.PHONY: all build test lint unit e2e crds crds-check testplane-bins testplane-up testplane-down demo demo-down clean-planes help
+.PHONY: all build test lint certmanager-types unit e2e crds crds-check testplane-bins testplane-up testplane-down demo demo-down clean-planes help
 
 all: build
 
@@ -34,6 +34,10 @@ testplane-down:
 crds:
 	$(CARGO) run -q -p iotposture -- crd > crds/.iotsystem.yaml.new
 	mv crds/.iotsystem.yaml.new crds/iotsystem.yaml
+
+# Rust types for cert-manager, by kopium from its CRDs (make test checks they are current).
+certmanager-types:
+	bash scripts/gen-certmanager-types.sh
 
 lint:
 	$(CARGO) fmt --all --check

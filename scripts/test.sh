@@ -25,6 +25,9 @@ echo "==> control plane binaries (built once, then cached) and third-party CRDs"
 bash e2e/controlplane/build.sh target/testplane/bin
 bash e2e/thirdparty/fetch-crds.sh
 
+echo "==> generated cert-manager types are current (kopium, built once into ~/.cache)"
+bash scripts/gen-certmanager-types.sh --check
+
 echo "==> lint"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

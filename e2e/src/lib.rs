@@ -61,14 +61,25 @@ static CRDS: OnceCell<()> = OnceCell::const_new();
 /// CRD files the tests install: ours, and the third-party ones that
 /// `e2e/thirdparty/fetch-crds.sh` fetched (make test runs it).
 fn crd_files() -> Vec<PathBuf> {
-    let third_party =
-        workspace_root().join("target/thirdparty/crds/wgpolicyk8s.io_policyreports.yaml");
+    let third_party = workspace_root().join("target/thirdparty/crds");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&third_party)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: run e2e/thirdparty/fetch-crds.sh (make test does)",
+                third_party.display()
+            )
+        })
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
     assert!(
-        third_party.exists(),
-        "{} is missing: run e2e/thirdparty/fetch-crds.sh (make test does)",
+        files.len() >= 5,
+        "third-party CRDs missing in {}",
         third_party.display()
     );
-    vec![workspace_root().join("crds/iotsystem.yaml"), third_party]
+    files.insert(0, workspace_root().join("crds/iotsystem.yaml"));
+    files
 }
 
 /// Installs the CRDs once per test process and waits until they serve.

@@ -10,14 +10,20 @@ fn promtool(args: &[&str]) -> String {
         .current_dir(DIR)
         .output()
         .expect("promtool on PATH (make test installs Debian's prometheus)");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
     text
 }
 
 #[test]
 fn rules_are_valid() {
-    assert!(promtool(&["check", "rules", "iotposture.rules.yaml"]).contains("SUCCESS: 3 rules found"));
+    assert!(
+        promtool(&["check", "rules", "iotposture.rules.yaml"]).contains("SUCCESS: 3 rules found")
+    );
 }
 
 #[test]

@@ -76,22 +76,46 @@ async fn a_well_built_system_passes_and_offline_agrees() {
 
     for id in [
         "I-2", "I-5", "I-6", "I-7", "I-8", "I-9", "I-10", "II-2", "II-3", "II-5", "IV-1", "IV-2",
-        "V-1", "V-2", "VII-1",
+        "V-1", "V-2", "VI-4", "VII-1",
     ] {
         let item = status.items.iter().find(|i| i.id == id).unwrap();
         assert_eq!(item.verdict, Verdict::Pass, "{id}: {}", item.evidence);
     }
-    assert_eq!(status.compliant.as_deref(), Some("15/39"));
+    assert_eq!(status.compliant.as_deref(), Some("16/39"));
     assert_eq!(
         verdicts(&status.items),
         verdicts(&offline(&yaml)),
         "in-cluster and offline verdicts differ"
     );
 
+    // A cert-manager Certificate per TLS port, from the declared issuer, owned by the system.
+    let certificates: Api<iotposture::api::certmanager::certificate::Certificate> = ns.api();
+    let mut names: Vec<String> = certificates
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|c| {
+            assert_eq!(c.spec.issuer_ref.name, "factory-ca");
+            assert_eq!(c.metadata.owner_references.unwrap()[0].name, "line-1");
+            c.metadata.name.unwrap()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "line-1-analytics-api",
+            "line-1-dashboard-https",
+            "line-1-gateway-mqtts"
+        ]
+    );
+
     let report = policy_report(&ns, "line-1").await;
     assert_eq!(report.data["results"].as_array().unwrap().len(), 39);
     assert_eq!(report.data["summary"]["fail"], 0);
-    assert_eq!(report.data["summary"]["pass"], 15);
+    assert_eq!(report.data["summary"]["pass"], 16);
 
     // The verdicts follow the namespace: RBAC and Service changes are seen from the watches.
     ns.apply_manifest(GRANT_AND_EXPOSE).await;
@@ -137,8 +161,8 @@ async fn a_sloppy_system_fails_in_status_report_metrics_and_offline() {
     let status = system.status.unwrap();
 
     let failing = [
-        "I-2", "I-5", "I-6", "I-7", "I-8", "I-9", "I-10", "II-2", "II-3", "II-5", "IV-1", "IV-2",
-        "V-1", "V-2", "VII-1", "VI-2",
+        "I-2", "I-5", "I-6", "I-7", "I-8", "I-9", "I-10", "II-2", "II-3", "II-5", "III-9", "IV-1",
+        "IV-2", "V-1", "V-2", "VII-1", "VI-2",
     ];
     for id in failing {
         let item = status.items.iter().find(|i| i.id == id).unwrap();

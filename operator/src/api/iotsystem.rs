@@ -91,6 +91,11 @@ pub struct IoTSystemSpec {
     #[serde(default)]
     pub access: Access,
 
+    /// Certificates for TLS ports (checklist items III-9, VI-4). Without it no
+    /// Certificate is made and III-9 fails for TLS ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsPolicy>,
+
     /// Which container images the components may run (checklist item II-3).
     #[serde(default)]
     pub images: ImagePolicy,
@@ -103,6 +108,55 @@ pub struct IoTSystemSpec {
     #[serde(default)]
     #[schemars(length(max = 39))]
     pub attestations: Vec<Attestation>,
+}
+
+/// How the operator obtains certificates from cert-manager.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsPolicy {
+    pub issuer_ref: IssuerRef,
+    /// Renew this long before expiry (Go duration, e.g. `720h`).
+    #[serde(default = "default_renew_before")]
+    #[schemars(regex(pattern = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"))]
+    pub renew_before: String,
+    /// Certificate lifetime (Go duration).
+    #[serde(default = "default_duration")]
+    #[schemars(regex(pattern = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"))]
+    pub duration: String,
+    #[serde(default)]
+    pub key_algorithm: KeyAlgorithm,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    #[serde(default)]
+    pub kind: IssuerKind,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum IssuerKind {
+    #[default]
+    Issuer,
+    ClusterIssuer,
+}
+
+/// ECDSA P-256 (default) or RSA 3072.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum KeyAlgorithm {
+    #[default]
+    ECDSA,
+    RSA,
+}
+
+fn default_renew_before() -> String {
+    "720h".into()
+}
+
+fn default_duration() -> String {
+    "2160h".into()
 }
 
 /// Values given to component pods that do not set them (never overriding).
@@ -284,6 +338,12 @@ pub struct Component {
     /// component talks to the Kubernetes API (checklist item I-10).
     #[serde(default)]
     pub automount_service_account_token: bool,
+
+    /// The Service in front of the component, whose names its certificates carry.
+    /// Defaults to the component's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub service: Option<String>,
 
     /// Paths the containers write to; with a read-only root filesystem they get an
     /// emptyDir each from the admission webhook.

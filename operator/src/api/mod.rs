@@ -1,4 +1,5 @@
 //! Our custom resource types.
+pub mod certmanager;
 pub mod iotsystem;
 
 pub use iotsystem::*;

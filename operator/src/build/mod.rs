@@ -1,6 +1,7 @@
 //! Step 3 of the pipeline: the desired objects of a system, from pure functions
 //! of a `ValidatedSystem`. One module per managed kind; no network here.
 
+pub mod certificate;
 pub mod meta;
 pub mod network_policy;
 pub mod policy_report;
@@ -10,6 +11,7 @@ pub mod service_account;
 #[cfg(test)]
 pub(crate) mod fixtures;
 
+use crate::api::certmanager::certificate::Certificate;
 use k8s_openapi::api::{
     core::v1::ServiceAccount,
     networking::v1::NetworkPolicy,
@@ -27,6 +29,7 @@ pub struct DesiredObjects {
     pub roles: Vec<Role>,
     pub role_bindings: Vec<RoleBinding>,
     pub network_policies: Vec<NetworkPolicy>,
+    pub certificates: Vec<Certificate>,
 }
 
 pub fn build_all(system: &ValidatedSystem) -> DesiredObjects {
@@ -35,5 +38,6 @@ pub fn build_all(system: &ValidatedSystem) -> DesiredObjects {
         roles: rbac::build_roles(system),
         role_bindings: rbac::build_role_bindings(system),
         network_policies: network_policy::build_network_policies(system),
+        certificates: certificate::build_certificates(system),
     }
 }

@@ -336,6 +336,9 @@ pub fn evaluate(manifests: &Manifests, today: Date) -> Result<Vec<SystemReport>,
             .cloned()
             .unwrap_or_default();
         snapshot.cluster_roles = cluster_roles.clone();
+        // Offline, cert-manager is assumed present: the verdicts are those of a
+        // cluster that has it.
+        snapshot.certificates.get_or_insert_with(Vec::new);
         let pods: Vec<Arc<Pod>> = snapshot.pods.iter().cloned().map(Arc::new).collect();
         let siblings: Vec<Arc<IoTSystem>> = manifests
             .systems

@@ -19,12 +19,13 @@ pub mod catalog;
 pub mod evidence;
 pub mod snapshot;
 
-mod encryption;
+pub mod encryption;
 mod logs_and_status;
 pub mod network_ports;
 pub mod physical_access;
 pub mod software;
 pub mod user_management;
+pub mod web_sessions;
 
 #[cfg(test)]
 mod tests;
@@ -228,7 +229,7 @@ fn run_check(id: &str, s: &Scope<'_>) -> Check {
         "III-6" => not_yet("cluster-wide review of who reads Secrets"),
         "III-7" => not_yet("vulnerability reports and the TLS protocol probe"),
         "III-8" => not_yet("the WAF gateway's blocking mode and its probe"),
-        "III-9" => not_yet("cert-manager Certificates and the TLS probe"),
+        "III-9" => web_sessions::check_tls_certificate(s),
         "IV-1" => physical_access::check_physical_access(s),
         "IV-2" => physical_access::check_remote_access_ports(s),
         "IV-3" => not_yet("the edge node agent's Wi-Fi report; attest the encryption in use"),
@@ -238,7 +239,7 @@ fn run_check(id: &str, s: &Scope<'_>) -> Check {
         "VI-1" => not_yet("storage-class encryption; attest etcd encryption at rest"),
         "VI-2" => encryption::check_flow_encryption(s),
         "VI-3" => not_yet("the TLS handshake probe"),
-        "VI-4" => not_yet("cert-manager renewal and the expiry metric"),
+        "VI-4" => encryption::check_certificate_renewal(s),
         "VII-1" => logs_and_status::check_sensor_probes(s),
         "VII-2" => not_yet("log shipping over TLS and the decision record"),
         "VIII-1" => not_yet("sensor alert rules and the notifier"),

@@ -11,6 +11,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
+use crate::api::certmanager::certificate::Certificate;
 use crate::build::{
     DesiredObjects,
     meta::{MANAGED_BY, MANAGED_BY_LABEL, SYSTEM_LABEL},
@@ -27,6 +28,8 @@ pub struct Snapshot {
     /// Cluster-wide: RoleBindings may refer to them.
     pub cluster_roles: Vec<ClusterRole>,
     pub secrets: Vec<ObjectMeta>,
+    /// cert-manager Certificates; None when cert-manager is not installed.
+    pub certificates: Option<Vec<Certificate>>,
 }
 
 impl Snapshot {
@@ -39,6 +42,7 @@ impl Snapshot {
             roles,
             role_bindings,
             network_policies,
+            certificates,
         } = desired;
         let ours = |meta: &ObjectMeta| {
             meta.labels.as_ref().is_some_and(|l| {
@@ -59,6 +63,9 @@ impl Snapshot {
         replace(&mut self.roles, roles, &ours);
         replace(&mut self.role_bindings, role_bindings, &ours);
         replace(&mut self.network_policies, network_policies, &ours);
+        if let Some(existing) = self.certificates.as_mut() {
+            replace(existing, certificates, &ours);
+        }
         self
     }
 }

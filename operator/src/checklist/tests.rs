@@ -14,9 +14,9 @@ const GOOD: &str = include_str!("../../../manifests/examples/smart-factory.yaml"
 const BAD: &str = include_str!("../../tests/fixtures/bad-workloads.yaml");
 
 /// Items with a real check in this version.
-const CHECKED: [&str; 15] = [
+const CHECKED: [&str; 16] = [
     "I-2", "I-5", "I-6", "I-7", "I-8", "I-9", "I-10", "II-2", "II-3", "II-5", "IV-1", "IV-2",
-    "V-1", "V-2", "VII-1",
+    "V-1", "V-2", "VI-4", "VII-1",
 ];
 
 fn judge(yaml: &str) -> SystemReport {
@@ -95,6 +95,10 @@ fn the_sloppy_system_fails_each_check_for_its_reason() {
         (
             "VI-2",
             "flow sensor → gateway uses port mqtt (1883), which is not declared tls",
+        ),
+        (
+            "III-9",
+            "component dashboard serves HTTP on port http (8080) without TLS",
         ),
     ];
     for (id, evidence) in expect {
@@ -202,4 +206,57 @@ fn items_without_a_targeted_component_do_not_apply() {
     let (summary, compliant) = super::summarize(&r.items);
     assert_eq!(summary.not_applicable, 2);
     assert_eq!(compliant, format!("{}/37", summary.pass + summary.attested));
+}
+
+#[test]
+fn certificates_are_judged_from_the_spec_and_cert_manager() {
+    let r = judge(GOOD);
+    let iii9 = item(&r, "III-9");
+    assert!(
+        iii9.evidence
+            .starts_with("2 Certificates requested from ClusterIssuer factory-ca (0 Ready)"),
+        "{}",
+        iii9.evidence
+    );
+    assert_eq!(
+        iii9.verdict,
+        Verdict::Unknown,
+        "no Pass before the probe confirms it"
+    );
+    assert!(
+        item(&r, "VI-4")
+            .evidence
+            .contains("renew 720h before they expire")
+    );
+
+    let without_issuer = GOOD.replace(
+        "  tls:\n    issuerRef: {kind: ClusterIssuer, name: factory-ca}\n    renewBefore: 720h\n",
+        "",
+    );
+    let r = judge(&without_issuer);
+    for id in ["III-9", "VI-4"] {
+        assert_eq!(item(&r, id).verdict, Verdict::Fail, "{id}");
+        assert!(
+            item(&r, id).evidence.contains("no issuer in spec.tls"),
+            "{id}"
+        );
+    }
+    let wrong = GOOD.replace("renewBefore: 720h", "renewBefore: 9000h");
+    let r = judge(&wrong);
+    assert_eq!(item(&r, "VI-4").verdict, Verdict::Fail);
+    assert!(
+        item(&r, "VI-4")
+            .evidence
+            .contains("renews 9000h before expiry within a lifetime of 2160h")
+    );
+}
+
+#[test]
+fn go_durations() {
+    use super::encryption::duration_hours;
+    assert_eq!(duration_hours("720h"), Some(720.0));
+    assert_eq!(duration_hours("1h30m"), Some(1.5));
+    assert_eq!(duration_hours("90m"), Some(1.5));
+    assert_eq!(duration_hours("5x"), None);
+    assert_eq!(duration_hours("12"), None);
 }

@@ -100,6 +100,7 @@ pub async fn apply_all(
         roles,
         role_bindings,
         network_policies,
+        certificates,
     } = desired;
     let caches = &ctx.caches;
     let mut report = ApplyReport::default();
@@ -129,6 +130,11 @@ pub async fn apply_all(
         &mut report,
     )
     .await?;
+    // Without cert-manager's CRDs there is nowhere to put Certificates; III-9
+    // and VI-4 then say so.
+    if let Some(store) = &caches.certificates {
+        sync_kind(ctx, system, store, certificates, &mut report).await?;
+    }
     Ok(report)
 }
 
@@ -337,6 +343,7 @@ pub fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
         "Role" => "Role",
         "RoleBinding" => "RoleBinding",
         "NetworkPolicy" => "NetworkPolicy",
+        "Certificate" => "Certificate",
         _ => "Other",
     }
 }

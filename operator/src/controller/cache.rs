@@ -16,7 +16,10 @@ use kube::{
     runtime::reflector::Store,
 };
 
-use crate::{api::IoTSystem, checklist::Snapshot};
+use crate::{
+    api::{IoTSystem, certmanager::certificate::Certificate},
+    checklist::Snapshot,
+};
 
 #[derive(Clone)]
 pub struct Caches {
@@ -32,6 +35,8 @@ pub struct Caches {
     pub secrets: Store<PartialObjectMeta<Secret>>,
     /// Our PolicyReports; None when the cluster has no PolicyReport CRD.
     pub policy_reports: Option<Store<DynamicObject>>,
+    /// cert-manager Certificates; None when cert-manager is not installed.
+    pub certificates: Option<Store<Certificate>>,
     /// Namespaces (for their labels); only when the admission webhooks run.
     pub namespaces: Option<Store<Namespace>>,
 }
@@ -66,6 +71,10 @@ impl Caches {
                 .into_iter()
                 .map(|s| s.metadata.clone())
                 .collect(),
+            certificates: self
+                .certificates
+                .as_ref()
+                .map(|store| owned(in_namespace(store, namespace))),
         }
     }
 
@@ -88,6 +97,9 @@ impl Caches {
                 self.secrets.wait_until_ready().await?;
                 if let Some(reports) = &self.policy_reports {
                     reports.wait_until_ready().await?;
+                }
+                if let Some(certificates) = &self.certificates {
+                    certificates.wait_until_ready().await?;
                 }
                 if let Some(namespaces) = &self.namespaces {
                     namespaces.wait_until_ready().await?;

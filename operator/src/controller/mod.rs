@@ -48,7 +48,7 @@ use kube::{
 use tracing::{error, info, instrument, warn};
 
 use crate::{
-    api::{IoTSystem, Mode},
+    api::{IoTSystem, Mode, certmanager::certificate::Certificate},
     build::{DesiredObjects, build_all, meta::managed_selector},
     checklist,
     metrics::{ErrorLabels, Metrics},
@@ -187,10 +187,11 @@ pub async fn run(
         cluster_roles: cache!(Api::<ClusterRole>::all(client.clone())),
         policy_reports: None,
         namespaces: None,
+        certificates: None,
     };
     // PolicyReports only where their CRD is installed; the rest works without.
     let report_resource = crate::build::policy_report::api_resource();
-    let policy_reports = if serves_policy_reports(&client).await {
+    let policy_reports = if serves(&client, "wgpolicyk8s.io/v1alpha2", "policyreports").await {
         let writer = reflector::store::Writer::new(report_resource.clone());
         let store = writer.as_reader();
         let api = match &scope.namespace {
@@ -235,9 +236,19 @@ pub async fn run(
         streams.push(stream);
         store
     });
+    // Certificates only where cert-manager's CRDs are installed.
+    let certificates = if serves(&client, "cert-manager.io/v1", "certificates").await {
+        Some(cache!(scope.api::<Certificate>()))
+    } else {
+        warn!(
+            "cert-manager is not installed: no Certificates are made; items III-9 and VI-4 report Unknown"
+        );
+        None
+    };
     let caches = Caches {
         policy_reports,
         namespaces,
+        certificates,
         ..caches
     };
     let webhooks = options.admission.clone().map(|admission| {
@@ -328,11 +339,12 @@ impl Scope {
     }
 }
 
-async fn serves_policy_reports(client: &Client) -> bool {
+/// Whether the API server serves `resource` in `group_version` (an optional CRD).
+async fn serves(client: &Client, group_version: &str, resource: &str) -> bool {
     client
-        .list_api_group_resources("wgpolicyk8s.io/v1alpha2")
+        .list_api_group_resources(group_version)
         .await
-        .is_ok_and(|list| list.resources.iter().any(|r| r.name == "policyreports"))
+        .is_ok_and(|list| list.resources.iter().any(|r| r.name == resource))
 }
 
 /// The systems of a namespace (all systems for cluster-scoped objects).

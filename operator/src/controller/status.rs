@@ -123,6 +123,7 @@ fn planned_keys(planned: &DesiredObjects) -> Vec<ObjectKey> {
         roles,
         role_bindings,
         network_policies,
+        certificates,
     } = planned;
     let keys = |kind: &'static str, names: Vec<String>| {
         names.into_iter().map(move |name| ObjectKey { kind, name })
@@ -139,6 +140,10 @@ fn planned_keys(planned: &DesiredObjects) -> Vec<ObjectKey> {
     .chain(keys(
         "NetworkPolicy",
         network_policies.iter().map(|o| o.name_any()).collect(),
+    ))
+    .chain(keys(
+        "Certificate",
+        certificates.iter().map(|o| o.name_any()).collect(),
     ))
     .collect()
 }

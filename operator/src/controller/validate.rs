@@ -17,7 +17,7 @@ use kube::{
 
 use crate::api::{
     Access, Attestation, Component, ImagePolicy, IoTSystem, Mode, PodDefaults, Port, Protocol,
-    Role, Subject, SubjectKind,
+    Role, Subject, SubjectKind, TlsPolicy,
 };
 
 /// SSDP, the discovery protocol of UPnP (checklist item V-2).
@@ -104,6 +104,7 @@ pub struct ValidatedSystem {
     pub flows: Vec<ValidFlow>,
     pub access: ValidAccess,
     pub images: ImagePolicy,
+    pub tls: Option<TlsPolicy>,
     pub pod_defaults: PodDefaults,
     pub attestations: Vec<Attestation>,
 }
@@ -119,6 +120,8 @@ pub struct ValidComponent {
     pub devices: Vec<String>,
     pub heartbeat: bool,
     pub writable_paths: Vec<String>,
+    /// The Service in front of the component.
+    pub service: String,
 }
 
 /// Where a flow comes from.
@@ -237,6 +240,7 @@ pub fn validate(
         flows,
         access,
         images: system.spec.images.clone(),
+        tls: system.spec.tls.clone(),
         pod_defaults: system.spec.pod_defaults.clone(),
         attestations: system.spec.attestations.clone(),
     })
@@ -274,6 +278,7 @@ fn validate_component(c: &Component) -> Result<ValidComponent, ValidationError> 
         devices: c.devices.clone(),
         heartbeat: c.heartbeat.is_some(),
         writable_paths: c.writable_paths.clone(),
+        service: c.service.clone().unwrap_or_else(|| c.name.clone()),
     })
 }
 
