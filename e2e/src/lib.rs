@@ -276,16 +276,36 @@ pub struct RunningOperator {
 
 impl RunningOperator {
     pub async fn start(ns: &TestNamespace) -> Self {
-        Self::start_with(ns, false).await
+        Self::start_with(ns, false, None).await
+    }
+
+    /// Also probes TLS ports every second, dialling the given `name:port` → address.
+    pub async fn start_with_probes(
+        ns: &TestNamespace,
+        resolve: std::collections::HashMap<String, std::net::SocketAddr>,
+    ) -> Self {
+        let probes = iotposture::controller::probing::ProbeOptions {
+            interval: Duration::from_secs(1),
+            resolve,
+            settings: iotposture::probe::tls::Settings {
+                handshake_timeout: Duration::from_secs(2),
+                ..Default::default()
+            },
+        };
+        Self::start_with(ns, false, Some(probes)).await
     }
 
     /// Also serves the admission webhooks on 127.0.0.1, registered by URL
     /// under an instance name of this namespace's own.
     pub async fn start_with_webhooks(ns: &TestNamespace) -> Self {
-        Self::start_with(ns, true).await
+        Self::start_with(ns, true, None).await
     }
 
-    async fn start_with(ns: &TestNamespace, webhooks: bool) -> Self {
+    async fn start_with(
+        ns: &TestNamespace,
+        webhooks: bool,
+        probes: Option<iotposture::controller::probing::ProbeOptions>,
+    ) -> Self {
         use iotposture::webhook::registration::{Endpoint, Registration};
         let metrics = Arc::new(Metrics::default());
         let ready = Arc::new(AtomicBool::new(false));
@@ -312,6 +332,7 @@ impl RunningOperator {
         let options = iotposture::controller::Options {
             namespace: Some(ns.name.clone()),
             admission,
+            probes: probes.clone(),
         };
         let task = tokio::spawn(iotposture::controller::run(
             ns.client.clone(),

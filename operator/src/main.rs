@@ -30,6 +30,13 @@ enum Command {
         log_json: bool,
         #[command(flatten)]
         webhook: WebhookArgs,
+        /// Seconds between TLS probe rounds; 0 turns probing off.
+        #[arg(long, env = "IOTPOSTURE_PROBE_INTERVAL_SECONDS", default_value_t = 300)]
+        probe_interval_seconds: u64,
+        /// Dial NAME:PORT at ADDR:PORT instead of resolving it (repeatable), for
+        /// clusters whose Service names the operator cannot resolve.
+        #[arg(long = "probe-resolve", value_name = "NAME:PORT=ADDR:PORT")]
+        probe_resolve: Vec<String>,
     },
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
@@ -224,11 +231,28 @@ async fn main() -> anyhow::Result<()> {
             http_addr,
             log_json,
             webhook,
+            probe_interval_seconds,
+            probe_resolve,
         } => {
             iotposture::telemetry::init(log_json);
+            let mut resolve = std::collections::HashMap::new();
+            for entry in probe_resolve {
+                let (name, addr) = entry.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!("--probe-resolve {entry:?}: expected NAME:PORT=ADDR:PORT")
+                })?;
+                resolve.insert(name.to_string(), addr.parse()?);
+            }
+            let probes = (probe_interval_seconds > 0).then(|| {
+                iotposture::controller::probing::ProbeOptions {
+                    interval: std::time::Duration::from_secs(probe_interval_seconds),
+                    resolve,
+                    settings: iotposture::probe::tls::Settings::default(),
+                }
+            });
             let options = iotposture::controller::Options {
                 namespace,
                 admission: webhook.options()?,
+                probes,
             };
             let client = kube::Client::try_default().await?;
             iotposture::controller::run_with_http(client, options, http_addr).await?;

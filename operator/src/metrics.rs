@@ -42,6 +42,14 @@ pub struct SystemLabels {
     pub system: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub namespace: String,
+    pub system: String,
+    pub component: String,
+    pub port: String,
+}
+
 /// Systems beyond this many get no per-system series (counted instead).
 pub const MAX_SYSTEMS: usize = 2000;
 
@@ -71,6 +79,8 @@ pub struct Metrics {
     /// Items that pass or are attested over the items that apply.
     pub compliance_ratio: Family<SystemLabels, Gauge<f64, AtomicU64>>,
     pub systems_without_series: Gauge,
+    /// notAfter of the certificate each TLS port presented (Unix seconds).
+    pub certificate_expiry: Family<EndpointLabels, Gauge>,
     /// Admission requests by webhook and outcome.
     pub admission: Family<AdmissionLabels, Counter>,
     /// The label sets currently exported per system, to remove them on change.
@@ -124,6 +134,12 @@ impl Default for Metrics {
             "IoTSystems beyond the per-system series limit",
             systems_without_series.clone(),
         );
+        let certificate_expiry = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "notAfter of the certificate a TLS port presented to the probe",
+            certificate_expiry.clone(),
+        );
         let admission = Family::<AdmissionLabels, Counter>::default();
         registry.register(
             "admission_requests",
@@ -132,6 +148,7 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            certificate_expiry,
             admission,
             item_verdict,
             compliance_ratio,
@@ -215,6 +232,36 @@ impl Metrics {
             })
             .set(ratio);
         exported.insert(key, labels);
+    }
+
+    /// Sets (or, without a certificate, clears) a TLS port's expiry series.
+    pub fn record_certificate_expiry(
+        &self,
+        namespace: &str,
+        system: &str,
+        component: &str,
+        port: &str,
+        not_after: Option<&str>,
+    ) {
+        let labels = EndpointLabels {
+            namespace: namespace.into(),
+            system: system.into(),
+            component: component.into(),
+            port: port.into(),
+        };
+        let when = not_after.and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        });
+        match when {
+            Some(t) => {
+                self.certificate_expiry
+                    .get_or_create(&labels)
+                    .set(t.unix_timestamp());
+            }
+            None => {
+                self.certificate_expiry.remove(&labels);
+            }
+        }
     }
 
     /// Drops the series of systems that no longer exist.

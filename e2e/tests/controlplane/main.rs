@@ -10,3 +10,4 @@ mod noop;
 mod rbac;
 mod reconcile;
 mod support;
+mod tls;

@@ -526,6 +526,30 @@ pub struct IoTSystemStatus {
     /// One verdict per checklist item, with evidence.
     #[serde(default)]
     pub items: Vec<ItemStatus>,
+    /// What the TLS probe saw at each TLS port (checklist item VI-3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+/// One TLS endpoint as the probe saw it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointStatus {
+    pub component: String,
+    pub port: String,
+    /// `name (address)` that was dialled.
+    pub endpoint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher_suite: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// Everything wrong with the endpoint; empty when it passes.
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

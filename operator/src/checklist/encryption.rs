@@ -22,10 +22,93 @@ pub fn check_flow_encryption(s: &Scope<'_>) -> Check {
     if !offences.is_empty() {
         return offences.verdict("");
     }
-    Check::unknown(format!(
-        "all {} flows use ports declared tls; not evaluated by this version: the TLS handshake probe that confirms it",
+    let Some(probes) = &s.snapshot.tls_probes else {
+        return Check::unknown(format!(
+            "all {} flows use ports declared tls; the TLS probe has not reached them yet",
+            s.system.flows.len()
+        ));
+    };
+    for flow in &s.system.flows {
+        let component = &s.system.components[flow.target].name;
+        match probed(probes, component, &flow.port.name) {
+            Some(p) => {
+                if let Some(e) = &p.finding.error {
+                    offences.add(format!(
+                        "{component}/{} is declared tls but: {e}",
+                        flow.port.name
+                    ));
+                }
+            }
+            None => {
+                return Check::unknown(format!(
+                    "{component}/{} has not been probed yet",
+                    flow.port.name
+                ));
+            }
+        }
+    }
+    offences.verdict(format!(
+        "all {} flows use TLS ports, and the probe completed a TLS handshake on each",
         s.system.flows.len()
     ))
+}
+
+/// The probe's finding for one port of one component.
+pub fn probed<'a>(
+    probes: &'a [crate::controller::probing::ProbedPort],
+    component: &str,
+    port: &str,
+) -> Option<&'a crate::controller::probing::ProbedPort> {
+    probes
+        .iter()
+        .find(|p| p.component == component && p.port == port)
+}
+
+/// VI-3: the encryption in use at each TLS port is known, and strong.
+pub fn check_encryption_in_use(s: &Scope<'_>) -> Check {
+    let tls_ports: Vec<_> = s
+        .targets
+        .iter()
+        .flat_map(|c| {
+            c.component
+                .ports
+                .iter()
+                .filter(|p| p.tls)
+                .map(move |p| (c.component, p))
+        })
+        .collect();
+    if tls_ports.is_empty() {
+        return Check::unknown(
+            "no TLS port declared: no encryption to confirm (VI-2 judges plaintext flows)",
+        );
+    }
+    let Some(probes) = &s.snapshot.tls_probes else {
+        return Check::unknown(
+            "the TLS probe has not run: the operator probes TLS ports periodically; an offline check cannot",
+        );
+    };
+    let mut offences = Offences::default();
+    let mut seen = Vec::new();
+    for (component, port) in &tls_ports {
+        let Some(p) = probed(probes, &component.name, &port.name) else {
+            return Check::unknown(format!(
+                "{}/{} has not been probed yet",
+                component.name, port.name
+            ));
+        };
+        match &p.finding.error {
+            Some(e) => offences.add(format!("{}/{}: {e}", component.name, port.name)),
+            None => seen.push(format!(
+                "{}/{}: {} {} {}",
+                component.name,
+                port.name,
+                p.finding.protocol.as_deref().unwrap_or("?"),
+                p.finding.cipher_suite.as_deref().unwrap_or("?"),
+                p.finding.key.as_deref().unwrap_or("?")
+            )),
+        }
+    }
+    offences.verdict(seen.join("; "))
 }
 
 /// Hours in a Go duration such as `720h`, `1h30m` or `90m`.
@@ -99,6 +182,20 @@ pub fn check_certificate_renewal(s: &Scope<'_>) -> Check {
                 cert.spec.renew_before.as_deref().unwrap_or("never"),
                 life
             )),
+        }
+    }
+    if let Some(probes) = &s.snapshot.tls_probes {
+        for (component, port) in &tls_ports {
+            if let Some(p) = probed(probes, &component.name, &port.name)
+                && p.finding.expired == Some(true)
+            {
+                offences.add(format!(
+                    "{}/{} presents a certificate that expired on {}",
+                    component.name,
+                    port.name,
+                    p.finding.not_after.as_deref().unwrap_or("?")
+                ));
+            }
         }
     }
     offences.verdict(format!(

@@ -238,7 +238,7 @@ fn run_check(id: &str, s: &Scope<'_>) -> Check {
         "V-2" => network_ports::check_upnp(s),
         "VI-1" => not_yet("storage-class encryption; attest etcd encryption at rest"),
         "VI-2" => encryption::check_flow_encryption(s),
-        "VI-3" => not_yet("the TLS handshake probe"),
+        "VI-3" => encryption::check_encryption_in_use(s),
         "VI-4" => encryption::check_certificate_renewal(s),
         "VII-1" => logs_and_status::check_sensor_probes(s),
         "VII-2" => not_yet("log shipping over TLS and the decision record"),

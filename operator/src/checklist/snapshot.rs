@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub secrets: Vec<ObjectMeta>,
     /// cert-manager Certificates; None when cert-manager is not installed.
     pub certificates: Option<Vec<Certificate>>,
+    /// What the TLS probe saw at the system's TLS ports; None when not probed.
+    pub tls_probes: Option<Vec<crate::controller::probing::ProbedPort>>,
 }
 
 impl Snapshot {

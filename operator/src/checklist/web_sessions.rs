@@ -99,6 +99,25 @@ pub fn check_tls_certificate(s: &Scope<'_>) -> Check {
     if !offences.is_empty() {
         return offences.verdict("");
     }
+    if let Some(probes) = &s.snapshot.tls_probes {
+        let mut verified = 0;
+        for (component, port) in &tls_ports {
+            if let Some(p) = super::encryption::probed(probes, &component.name, &port.name) {
+                for problem in p.finding.problems() {
+                    offences.add(problem);
+                }
+                verified += 1;
+            }
+        }
+        if verified == tls_ports.len() {
+            return offences.verdict(format!(
+                "the probe verified the {verified} certificates the web components present: chain to the issuer's CA, names, expiry and key size"
+            ));
+        }
+        if !offences.is_empty() {
+            return offences.verdict("");
+        }
+    }
     Check::unknown(format!(
         "{} Certificates requested from {:?} {} ({} Ready); not evaluated by this version: the TLS probe that confirms what the endpoints present",
         tls_ports.len(),

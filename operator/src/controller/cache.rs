@@ -75,6 +75,7 @@ impl Caches {
                 .certificates
                 .as_ref()
                 .map(|store| owned(in_namespace(store, namespace))),
+            tls_probes: None,
         }
     }
 

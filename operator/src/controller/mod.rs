@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod cache;
+pub mod probing;
 pub mod status;
 pub mod validate;
 
@@ -97,6 +98,8 @@ pub struct Context {
     recorder: Recorder,
     /// Injectable for tests that assert exact status.
     pub clock: fn() -> Time,
+    /// The TLS probe's latest findings, when probing runs.
+    pub probes: Option<Arc<probing::ProbeResults>>,
     /// Set when the admission webhooks are served: namespaces of systems get their label.
     pub admission: Option<crate::webhook::registration::Registration>,
 }
@@ -112,6 +115,8 @@ pub struct Options {
     /// Watch and manage only this namespace.
     pub namespace: Option<String>,
     pub admission: Option<crate::webhook::Options>,
+    /// TLS probes of every TLS port; None: not probed (III-9, VI-3 stay Unknown).
+    pub probes: Option<probing::ProbeOptions>,
 }
 
 pub async fn run_with_http(
@@ -275,6 +280,26 @@ pub async fn run(
         );
     }
 
+    // TLS probes run beside the reconciles and wake a system when its findings change.
+    let probe_results = options.probes.clone().map(|probe| {
+        let results = Arc::new(probing::ProbeResults::default());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(probing::probe_loop(
+            client.clone(),
+            systems.clone(),
+            probe,
+            results.clone(),
+            metrics.clone(),
+            tx,
+        ));
+        streams.push(
+            futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|r| (Ok(vec![r]), rx))
+            })
+            .boxed(),
+        );
+        results
+    });
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -289,6 +314,7 @@ pub async fn run(
         recorder,
         clock: now,
         admission: options.admission.map(|a| a.registration),
+        probes: probe_results,
     });
     tokio::spawn(async move {
         caches.wait_until_ready().await;
@@ -398,6 +424,7 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
     let mut planned = DesiredObjects::default();
     let mut apply_error = None;
     let mut verdicts = None;
+    let mut endpoints = None;
     if let Ok(valid) = &validated {
         planned = build_all(valid);
         // Audit changes nothing of its own: it removes what Enforce had made.
@@ -406,6 +433,14 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
             Mode::Audit => DesiredObjects::default(),
         };
         let mut snapshot = ctx.caches.snapshot(&namespace);
+        snapshot.tls_probes = ctx
+            .probes
+            .as_ref()
+            .and_then(|p| p.get(&namespace, &valid.name));
+        endpoints = snapshot
+            .tls_probes
+            .as_ref()
+            .map(|ports| ports.iter().take(64).map(|p| p.status()).collect());
         let labelled = apply::label_namespace_for_admission(&ctx, &namespace).await;
         match labelled.and(apply::apply_all(&ctx, valid, &to_apply).await) {
             Ok(r) => {
@@ -441,7 +476,8 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
     };
 
     // 5. status, and Events for what changed
-    let new_status = status::desired_status(&system, &outcome, verdicts.as_deref(), &now);
+    let new_status =
+        status::desired_status(&system, &outcome, verdicts.as_deref(), endpoints, &now);
     let api: Api<IoTSystem> = Api::namespaced(ctx.client.clone(), &namespace);
     let status_changed = {
         let would_write = system.status.as_ref() != Some(&new_status);

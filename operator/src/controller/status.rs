@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{apply::ApplyReport, validate::ValidationError};
 use crate::{
-    api::{IoTSystem, IoTSystemStatus, ItemStatus, ManagedObject},
+    api::{EndpointStatus, IoTSystem, IoTSystemStatus, ItemStatus, ManagedObject},
     build::DesiredObjects,
     controller::apply::{ApplyError, ObjectKey},
 };
@@ -42,6 +42,7 @@ pub fn desired_status(
     system: &IoTSystem,
     outcome: &Outcome<'_>,
     checklist: Option<&[ItemStatus]>,
+    endpoints: Option<Vec<EndpointStatus>>,
     now: &Time,
 ) -> IoTSystemStatus {
     let old = system.status.clone().unwrap_or_default();
@@ -106,6 +107,7 @@ pub fn desired_status(
         compliant,
         summary,
         items,
+        endpoints: endpoints.unwrap_or(old.endpoints),
     }
 }
 
@@ -222,6 +224,7 @@ mod tests {
             &system(),
             &Outcome::Enforced { report: &report },
             None,
+            None,
             &at(100),
         );
         assert_eq!(status.observed_generation, Some(4));
@@ -244,9 +247,16 @@ mod tests {
             &s,
             &Outcome::Enforced { report: &report },
             None,
+            None,
             &at(100),
         ));
-        let again = desired_status(&s, &Outcome::Enforced { report: &report }, None, &at(200));
+        let again = desired_status(
+            &s,
+            &Outcome::Enforced { report: &report },
+            None,
+            None,
+            &at(200),
+        );
         assert_eq!(
             Some(&again),
             s.status.as_ref(),
@@ -254,7 +264,7 @@ mod tests {
         );
 
         let invalid = ValidationError::EmptySelector("gateway".into());
-        let failed = desired_status(&s, &Outcome::Invalid(&invalid), None, &at(300));
+        let failed = desired_status(&s, &Outcome::Invalid(&invalid), None, None, &at(300));
         assert_eq!(failed.conditions[0].status, "False");
         assert_eq!(failed.conditions[0].reason, "InvalidSpec");
         assert!(failed.conditions[0].message.contains("gateway"));
