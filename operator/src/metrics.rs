@@ -81,8 +81,12 @@ pub struct Metrics {
     pub systems_without_series: Gauge,
     /// notAfter of the certificate each TLS port presented (Unix seconds).
     pub certificate_expiry: Family<EndpointLabels, Gauge>,
+    /// 1 when the last probe of a TLS port completed a handshake, else 0.
+    pub tls_handshake_ok: Family<EndpointLabels, Gauge>,
     /// Admission requests by webhook and outcome.
     pub admission: Family<AdmissionLabels, Counter>,
+    /// Endpoint series exported, to remove them with their system.
+    endpoint_series: Mutex<HashSet<EndpointLabels>>,
     /// The label sets currently exported per system, to remove them on change.
     exported: Mutex<HashMap<(String, String), Vec<VerdictLabels>>>,
 }
@@ -140,6 +144,12 @@ impl Default for Metrics {
             "notAfter of the certificate a TLS port presented to the probe",
             certificate_expiry.clone(),
         );
+        let tls_handshake_ok = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "tls_handshake_ok",
+            "1 when the last TLS probe of a port completed a handshake, 0 when it failed",
+            tls_handshake_ok.clone(),
+        );
         let admission = Family::<AdmissionLabels, Counter>::default();
         registry.register(
             "admission_requests",
@@ -149,11 +159,13 @@ impl Default for Metrics {
         Self {
             registry,
             certificate_expiry,
+            tls_handshake_ok,
             admission,
             item_verdict,
             compliance_ratio,
             systems_without_series,
             exported: Mutex::new(HashMap::new()),
+            endpoint_series: Mutex::new(HashSet::new()),
             reconciliations,
             reconcile_errors,
             reconcile_duration,
@@ -234,13 +246,14 @@ impl Metrics {
         exported.insert(key, labels);
     }
 
-    /// Sets (or, without a certificate, clears) a TLS port's expiry series.
-    pub fn record_certificate_expiry(
+    /// Sets a TLS port's handshake and expiry series (expiry cleared without a certificate).
+    pub fn record_tls_probe(
         &self,
         namespace: &str,
         system: &str,
         component: &str,
         port: &str,
+        handshake_ok: bool,
         not_after: Option<&str>,
     ) {
         let labels = EndpointLabels {
@@ -249,6 +262,13 @@ impl Metrics {
             component: component.into(),
             port: port.into(),
         };
+        self.tls_handshake_ok
+            .get_or_create(&labels)
+            .set(i64::from(handshake_ok));
+        self.endpoint_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(labels.clone());
         let when = not_after.and_then(|t| {
             time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
         });
@@ -266,6 +286,17 @@ impl Metrics {
 
     /// Drops the series of systems that no longer exist.
     pub fn retain_systems(&self, live: &HashSet<(String, String)>) {
+        self.endpoint_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l| {
+                let keep = live.contains(&(l.namespace.clone(), l.system.clone()));
+                if !keep {
+                    self.tls_handshake_ok.remove(l);
+                    self.certificate_expiry.remove(l);
+                }
+                keep
+            });
         let mut exported = self.exported.lock().unwrap_or_else(|e| e.into_inner());
         exported.retain(|key, labels| {
             if live.contains(key) {

@@ -103,11 +103,12 @@ pub async fn probe_loop(
             };
             let ports = probe_system(&client, &valid, &options).await;
             for p in &ports {
-                metrics.record_certificate_expiry(
+                metrics.record_tls_probe(
                     &valid.namespace,
                     &valid.name,
                     &p.component,
                     &p.port,
+                    p.finding.error.is_none(),
                     p.finding.not_after.as_deref(),
                 );
             }
