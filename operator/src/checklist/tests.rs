@@ -260,3 +260,30 @@ fn go_durations() {
     assert_eq!(duration_hours("5x"), None);
     assert_eq!(duration_hours("12"), None);
 }
+
+#[test]
+fn without_cert_manager_certificate_items_are_unknown_and_the_rest_goes_on() {
+    let mut m = crate::check::Manifests::default();
+    load_text(&mut m, Path::new("fixture.yaml"), GOOD, "default").unwrap();
+    let (_, system) = &m.systems[0];
+    let alone = crate::controller::validate::Neighbourhood {
+        pods: &[],
+        systems: &[],
+    };
+    let valid = crate::controller::validate::validate(system, &alone).unwrap();
+    let mut snapshot = m.namespaces["smart-factory"].clone();
+    snapshot.certificates = None; // no Certificate CRD in the cluster
+    let snapshot = snapshot.with_desired(&valid.name, &crate::build::build_all(&valid));
+    let items = super::evaluate(&valid, &snapshot, date(2026, 11, 26));
+    for id in ["III-9", "VI-4"] {
+        let i = items.iter().find(|i| i.id == id).unwrap();
+        assert_eq!(i.verdict, Verdict::Unknown, "{id}");
+        assert!(
+            i.evidence.contains("cert-manager is not installed"),
+            "{id}: {}",
+            i.evidence
+        );
+    }
+    let i5 = items.iter().find(|i| i.id == "I-5").unwrap();
+    assert_eq!(i5.verdict, Verdict::Pass);
+}
