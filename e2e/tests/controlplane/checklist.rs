@@ -41,9 +41,14 @@ async fn judged(ns: &TestNamespace, name: &str, pods: usize) -> IoTSystem {
             }
             let s = systems.get(name).await.ok()?;
             let items = &s.status.as_ref()?.items;
-            // I-5 needs pods: once it is decided, the pods were seen.
-            let i5 = items.iter().find(|i| i.id == "I-5")?;
-            (i5.verdict != Verdict::Unknown).then_some(s)
+            // I-5 needs server pods and VII-1 sensor pods: once both are
+            // decided, every pod was seen.
+            let decided = |id: &str| {
+                items
+                    .iter()
+                    .any(|i| i.id == id && i.verdict != Verdict::Unknown)
+            };
+            (decided("I-5") && decided("VII-1")).then_some(s)
         },
     )
     .await
