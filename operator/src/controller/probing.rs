@@ -92,8 +92,27 @@ pub async fn probe_loop(
     metrics: Arc<Metrics>,
     changed: mpsc::UnboundedSender<ObjectRef<IoTSystem>>,
 ) {
+    // A short tick, so a new system is probed soon after it appears; each
+    // system is probed again once `interval` has passed since its last round.
+    let tick = options.interval.min(Duration::from_secs(5));
+    let mut last: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
-        for system in systems.state() {
+        let now = tokio::time::Instant::now();
+        let current = systems.state();
+        last.retain(|uid, _| {
+            current
+                .iter()
+                .any(|s| s.metadata.uid.as_deref() == Some(uid.as_str()))
+        });
+        for system in current {
+            let uid = system.metadata.uid.clone().unwrap_or_default();
+            if last
+                .get(&uid)
+                .is_some_and(|t| now.duration_since(*t) < options.interval)
+            {
+                continue;
+            }
+            last.insert(uid, now);
             let alone = Neighbourhood {
                 pods: &[],
                 systems: &[],
@@ -116,7 +135,7 @@ pub async fn probe_loop(
                 let _ = changed.send(ObjectRef::from_obj(system.as_ref()));
             }
         }
-        tokio::time::sleep(options.interval).await;
+        tokio::time::sleep(tick).await;
     }
 }
 
@@ -134,10 +153,15 @@ async fn probe_system(
             let key = format!("{name}:{}", port.port);
             let addr = match options.resolve.get(&key) {
                 Some(a) => Some(*a),
-                None => tokio::net::lookup_host(&key)
-                    .await
-                    .ok()
-                    .and_then(|mut a| a.next()),
+                // Resolution is bounded too: a slow resolver must not stall the round.
+                None => tokio::time::timeout(
+                    options.settings.connect_timeout,
+                    tokio::net::lookup_host(&key),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .and_then(|mut a| a.next()),
             };
             let trust = issuer_ca(
                 client,
@@ -155,7 +179,9 @@ async fn probe_system(
                     port: port.name.clone(),
                     finding: Finding {
                         endpoint: key.clone(),
-                        error: Some(format!("{key} does not resolve")),
+                        error: Some(
+                            "the Service name does not resolve here (see --probe-resolve)".into(),
+                        ),
                         ..Finding::default()
                     },
                 }),
