@@ -1,8 +1,12 @@
-//! Chapter VI, encryption: VI-2 from the declared flows. The handshake probe
-//! that confirms TLS on the wire comes with a later version.
+//! Chapter VI, encryption: VI-2 from the declared flows and the TLS probe,
+//! VI-3 from what the probe negotiated, VI-4 from the Certificates' renewal
+//! settings and the expiry the probe saw.
 
 use super::{Scope, evidence::Check, evidence::Offences};
-use crate::controller::validate::FlowSource;
+use crate::{
+    api::Port,
+    controller::validate::{FlowSource, ValidComponent},
+};
 
 /// VI-2: every declared flow uses a port declared as TLS.
 pub fn check_flow_encryption(s: &Scope<'_>) -> Check {
@@ -64,10 +68,9 @@ pub fn probed<'a>(
         .find(|p| p.component == component && p.port == port)
 }
 
-/// VI-3: the encryption in use at each TLS port is known, and strong.
-pub fn check_encryption_in_use(s: &Scope<'_>) -> Check {
-    let tls_ports: Vec<_> = s
-        .targets
+/// The TLS ports of the targeted components.
+fn tls_ports<'a>(s: &'a Scope<'_>) -> Vec<(&'a ValidComponent, &'a Port)> {
+    s.targets
         .iter()
         .flat_map(|c| {
             c.component
@@ -76,7 +79,12 @@ pub fn check_encryption_in_use(s: &Scope<'_>) -> Check {
                 .filter(|p| p.tls)
                 .map(move |p| (c.component, p))
         })
-        .collect();
+        .collect()
+}
+
+/// VI-3: the encryption in use at each TLS port is known, and strong.
+pub fn check_encryption_in_use(s: &Scope<'_>) -> Check {
+    let tls_ports = tls_ports(s);
     if tls_ports.is_empty() {
         return Check::unknown(
             "no TLS port declared: no encryption to confirm (VI-2 judges plaintext flows)",
@@ -134,17 +142,7 @@ pub fn duration_hours(d: &str) -> Option<f64> {
 
 /// VI-4: every TLS port's Certificate renews before it expires.
 pub fn check_certificate_renewal(s: &Scope<'_>) -> Check {
-    let tls_ports: Vec<_> = s
-        .targets
-        .iter()
-        .flat_map(|c| {
-            c.component
-                .ports
-                .iter()
-                .filter(|p| p.tls)
-                .map(move |p| (c.component, p))
-        })
-        .collect();
+    let tls_ports = tls_ports(s);
     if tls_ports.is_empty() {
         return Check::unknown(
             "no TLS port declared: nothing to renew (VI-2 judges plaintext flows)",

@@ -1,6 +1,6 @@
 //! Chapter III, web interfaces and sessions: III-9 from the Certificates the
-//! operator requests. The TLS probe's view of the live endpoints is not yet
-//! part of the verdict, so a correct setup stays Unknown rather than Pass.
+//! operator requests and from what the TLS probe saw presented. Without the
+//! probe's confirmation a correct setup stays Unknown rather than Pass.
 
 use super::{Scope, evidence::Check, evidence::Offences};
 use crate::{
