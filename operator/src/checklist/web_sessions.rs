@@ -119,7 +119,7 @@ pub fn check_tls_certificate(s: &Scope<'_>) -> Check {
         }
     }
     Check::unknown(format!(
-        "{} Certificates requested from {:?} {} ({} Ready); not evaluated by this version: the TLS probe that confirms what the endpoints present",
+        "{} Certificates requested from {:?} {} ({} Ready); the TLS probe has not yet confirmed what the endpoints present",
         tls_ports.len(),
         tls.issuer_ref.kind,
         tls.issuer_ref.name,
