@@ -6,15 +6,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prerequisites.sh
 
-echo "==> Debian packages the tests run for real: prometheus (metrics), openssl (TLS peers)"
-if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+echo "==> Debian packages the tests run for real: prometheus (metrics), openssl (TLS peers),"
+echo "    nginx with ModSecurity v3 and the OWASP Core Rule Set (the WAF gateway)"
+packages=(prometheus openssl nginx libnginx-mod-http-modsecurity modsecurity-crs)
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1 \
+  || ! command -v openssl >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1 \
+  || [[ ! -e /usr/lib/nginx/modules/ngx_http_modsecurity_module.so || ! -d /usr/share/modsecurity-crs/rules ]]; then
   if [[ $(id -u) -ne 0 ]]; then
-    echo "error: install Debian's packages first: sudo apt-get install prometheus openssl" >&2
+    echo "error: install Debian's packages first: sudo apt-get install ${packages[*]}" >&2
     exit 1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus openssl >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
+# nginx is run by the tests, never as a service.
+export PATH="$PATH:/usr/sbin"
 
 echo "==> sslyze (PyPI), the third-party TLS scanner the probe is checked against"
 if ! python3 -c "import sslyze" >/dev/null 2>&1; then

@@ -5,6 +5,7 @@ pub mod build;
 pub mod check;
 pub mod checklist;
 pub mod controller;
+pub mod gateway;
 pub mod http;
 pub mod metrics;
 pub mod probe;

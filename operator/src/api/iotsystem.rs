@@ -412,6 +412,70 @@ pub struct HttpSettings {
     pub login_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lockout: Option<Lockout>,
+    /// OWASP CRS paranoia level, 1 (few false positives) to 4.
+    #[serde(default = "default_paranoia")]
+    #[schemars(range(min = 1, max = 4))]
+    pub paranoia_level: i32,
+    /// CRS inbound anomaly score at which a request is blocked.
+    #[serde(default = "default_anomaly_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub anomaly_threshold: i32,
+    /// Largest request body, in nginx size syntax (`1m`, `512k`).
+    #[serde(default = "default_body_size")]
+    #[schemars(regex(pattern = r"^[0-9]+[kKmM]?$"))]
+    pub max_body_size: String,
+    /// Requests per second per client, with this burst on top.
+    #[serde(default = "default_rate")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub requests_per_second: i32,
+    #[serde(default = "default_burst")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub burst: i32,
+    /// HTTP methods let through; others get 405.
+    #[serde(default = "default_methods")]
+    #[schemars(length(max = 16))]
+    pub allowed_methods: Vec<String>,
+    /// CRS rule IDs switched off for known false positives.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub rule_exclusions: Vec<i32>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            login_path: None,
+            lockout: None,
+            paranoia_level: default_paranoia(),
+            anomaly_threshold: default_anomaly_threshold(),
+            max_body_size: default_body_size(),
+            requests_per_second: default_rate(),
+            burst: default_burst(),
+            allowed_methods: default_methods(),
+            rule_exclusions: Vec::new(),
+        }
+    }
+}
+
+fn default_paranoia() -> i32 {
+    1
+}
+fn default_anomaly_threshold() -> i32 {
+    5
+}
+fn default_body_size() -> String {
+    "1m".into()
+}
+fn default_rate() -> i32 {
+    10
+}
+fn default_burst() -> i32 {
+    20
+}
+fn default_methods() -> Vec<String> {
+    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+        .map(String::from)
+        .to_vec()
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

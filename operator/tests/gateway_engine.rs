@@ -1,0 +1,244 @@
+//! The generated gateway configuration on the real engine: Debian's nginx with
+//! ModSecurity v3 and the OWASP Core Rule Set, on loopback in front of a small
+//! backend (make test installs the packages).
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use iotposture::{
+    api::HttpSettings,
+    gateway::config::{Layout, generate},
+};
+
+/// A backend that answers every request with 200 and a plain session cookie.
+fn backend() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut buf = [0u8; 65536];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=abc123; Path=/\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    port
+}
+
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+    _dir: std::path::PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn gateway(http: &HttpSettings) -> Gateway {
+    // ModSecurity's rule parser takes paths without spaces or brackets.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("iotposture-gw-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let listen = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let layout = Layout::debian(listen, backend(), dir.to_str().unwrap());
+    let config = generate(http, &layout);
+    std::fs::write(dir.join("nginx.conf"), &config.nginx).unwrap();
+    std::fs::write(&layout.rules_file, &config.modsecurity).unwrap();
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-e")
+        .arg(dir.join("startup.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx on PATH (make test installs Debian's nginx with ModSecurity and the CRS)");
+    let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not start: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Gateway {
+        child,
+        addr,
+        _dir: dir,
+    }
+}
+
+/// Sends one request; returns the status code and the raw response head.
+fn send(
+    gw: &Gateway,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(gw.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: gateway.plant.svc\r\nConnection: close\r\nUser-Agent: iotposture-test\r\nAccept: */*\r\n"
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let head = response
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    (code, head)
+}
+
+#[test]
+fn benign_traffic_passes_untouched_and_cookies_are_hardened() {
+    let gw = gateway(&HttpSettings::default());
+    let (code, head) = send(&gw, "GET", "/static/app.js", &[], "");
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.contains("Set-Cookie: sid=abc123; Path=/; Secure; HttpOnly; SameSite=Strict"),
+        "{head}"
+    );
+    let json = r#"{"sensor":"line-1","temperature":21.5,"unit":"C"}"#;
+    assert_eq!(
+        send(
+            &gw,
+            "POST",
+            "/api/readings",
+            &[("Content-Type", "application/json")],
+            json
+        )
+        .0,
+        200
+    );
+    let form = "username=operator&password=correct-horse-battery";
+    assert_eq!(
+        send(
+            &gw,
+            "POST",
+            "/login",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            form
+        )
+        .0,
+        200
+    );
+}
+
+#[test]
+fn injection_is_blocked() {
+    let gw = gateway(&HttpSettings::default());
+    assert_eq!(
+        send(&gw, "GET", "/api/readings?id=1%27%20OR%201=1--", &[], "").0,
+        403,
+        "SQL injection"
+    );
+    assert_eq!(
+        send(
+            &gw,
+            "GET",
+            "/search?q=%3Cscript%3Ealert(1)%3C/script%3E",
+            &[],
+            ""
+        )
+        .0,
+        403,
+        "XSS"
+    );
+    let form = "comment=%3Cscript%3Ealert(document.cookie)%3C%2Fscript%3E";
+    assert_eq!(
+        send(
+            &gw,
+            "POST",
+            "/comments",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            form
+        )
+        .0,
+        403,
+        "XSS in a form body"
+    );
+}
+
+#[test]
+fn session_ids_in_urls_and_unknown_methods_are_refused() {
+    let gw = gateway(&HttpSettings::default());
+    assert_eq!(send(&gw, "GET", "/account?sid=abc123", &[], "").0, 400);
+    assert_eq!(
+        send(&gw, "GET", "/account;jsessionid=abc123", &[], "").0,
+        400
+    );
+    assert_eq!(
+        send(&gw, "GET", "/account?PHPSESSID=abc123", &[], "").0,
+        400
+    );
+    assert_eq!(
+        send(&gw, "GET", "/account?side=left", &[], "").0,
+        200,
+        "a parameter that merely starts like one"
+    );
+    assert_eq!(send(&gw, "TRACE", "/", &[], "").0, 405);
+}
+
+#[test]
+fn oversized_bodies_and_floods_are_refused() {
+    let http = HttpSettings {
+        max_body_size: "1k".into(),
+        requests_per_second: 1,
+        burst: 2,
+        ..HttpSettings::default()
+    };
+    let gw = gateway(&http);
+    let big = "a".repeat(5000);
+    assert_eq!(
+        send(
+            &gw,
+            "POST",
+            "/upload",
+            &[("Content-Type", "text/plain")],
+            &big
+        )
+        .0,
+        413
+    );
+    let codes: Vec<u16> = (0..8).map(|_| send(&gw, "GET", "/", &[], "").0).collect();
+    assert!(codes.contains(&429), "{codes:?}");
+    assert_eq!(codes[0], 200, "{codes:?}");
+}
