@@ -242,3 +242,73 @@ fn oversized_bodies_and_floods_are_refused() {
     assert!(codes.contains(&429), "{codes:?}");
     assert_eq!(codes[0], 200, "{codes:?}");
 }
+
+#[test]
+fn cross_site_state_changes_are_refused() {
+    let http = HttpSettings {
+        allowed_origins: vec!["https://ui.example.com".into()],
+        ..HttpSettings::default()
+    };
+    let gw = gateway(&http);
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let with_origin = |origin: &'static str| {
+        let mut h = form.to_vec();
+        h.push(("Origin", origin));
+        h
+    };
+    for method in ["POST", "PUT", "DELETE"] {
+        assert_eq!(
+            send(
+                &gw,
+                method,
+                "/settings",
+                &with_origin("https://evil.example"),
+                "a=1"
+            )
+            .0,
+            403,
+            "{method}"
+        );
+    }
+    assert_eq!(
+        send(
+            &gw,
+            "GET",
+            "/settings",
+            &[("Origin", "https://evil.example")],
+            ""
+        )
+        .0,
+        200,
+        "reads are not state changes"
+    );
+    assert_eq!(
+        send(
+            &gw,
+            "POST",
+            "/settings",
+            &with_origin("https://ui.example.com"),
+            "a=1"
+        )
+        .0,
+        200,
+        "an allowed origin"
+    );
+    assert_eq!(
+        send(
+            &gw,
+            "POST",
+            "/settings",
+            &with_origin("http://gateway.plant.svc"),
+            "a=1"
+        )
+        .0,
+        200,
+        "the same origin"
+    );
+    assert_eq!(
+        send(&gw, "POST", "/settings", &form, "a=1").0,
+        200,
+        "no Origin: not a browser's cross-site request"
+    );
+}

@@ -435,6 +435,11 @@ pub struct HttpSettings {
     #[serde(default = "default_methods")]
     #[schemars(length(max = 16))]
     pub allowed_methods: Vec<String>,
+    /// Origins (`https://ui.example.com`) besides the component's own that may
+    /// send state-changing requests (POST, PUT, PATCH, DELETE); others get 403.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub allowed_origins: Vec<String>,
     /// CRS rule IDs switched off for known false positives.
     #[serde(default)]
     #[schemars(length(max = 64))]
@@ -452,6 +457,7 @@ impl Default for HttpSettings {
             requests_per_second: default_rate(),
             burst: default_burst(),
             allowed_methods: default_methods(),
+            allowed_origins: Vec::new(),
             rule_exclusions: Vec::new(),
         }
     }

@@ -69,6 +69,15 @@ http {{
   scgi_temp_path {dir}/scgi;
   server_tokens off;
   limit_req_zone $binary_remote_addr zone=per_client:10m rate={rate}r/s;
+  # III-8: a browser's cross-site state change carries a foreign Origin.
+  map $http_origin $origin_listed {{
+    default 0;
+    "" 1;
+{origins}  }}
+  map "$http_origin|$scheme://$http_host" $origin_same {{
+    default 0;
+    "~^([^|]+)\|\1$" 1;
+  }}
   limit_req_status 429;
   server {{
     listen {listen};
@@ -78,6 +87,8 @@ http {{
     # III-3: no session identifiers in paths or query strings.
     if ($request_uri ~* "(;({session})=|[?&]({session})=)") {{ return 400; }}
     if ($request_method !~ ^({methods})$) {{ return 405; }}
+    set $cross_site "$origin_listed$origin_same:$request_method";
+    if ($cross_site ~ "^00:(POST|PUT|PATCH|DELETE)$") {{ return 403; }}
     location / {{
       limit_req zone=per_client burst={burst} nodelay;
       proxy_pass http://127.0.0.1:{upstream};
@@ -96,6 +107,14 @@ http {{
         body = http.max_body_size,
         session = SESSION_PARAMETERS,
         burst = http.burst,
+        origins = http
+            .allowed_origins
+            .iter()
+            .filter(|o| o
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ":/.-".contains(c)))
+            .map(|o| format!("    \"{o}\" 1;\n"))
+            .collect::<String>(),
         upstream = layout.upstream,
     );
     let exclusions: String = http
