@@ -74,14 +74,18 @@ impl Offences {
     }
 }
 
-pub fn bounded(mut s: String) -> String {
-    if s.len() > MAX_EVIDENCE {
-        let mut end = MAX_EVIDENCE - 3;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push_str("...");
+pub fn bounded(s: String) -> String {
+    truncate(&s, MAX_EVIDENCE, "...")
+}
+
+/// At most `max` bytes, cut on a character boundary, `marker` ending a cut text.
+pub fn truncate(s: &str, max: usize, marker: &str) -> String {
+    if s.len() <= max {
+        return s.to_string();
     }
-    s
+    let mut end = max.saturating_sub(marker.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{marker}", &s[..end])
 }

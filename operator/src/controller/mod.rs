@@ -52,6 +52,7 @@ use crate::{
     api::{IoTSystem, Mode, certmanager::certificate::Certificate},
     build::{DesiredObjects, build_all, meta::managed_selector},
     checklist,
+    checklist::evidence::truncate,
     metrics::{ErrorLabels, Metrics},
 };
 use apply::{ApplyError, ApplyReport};
@@ -441,8 +442,10 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
             .tls_probes
             .as_ref()
             .map(|ports| ports.iter().take(64).map(|p| p.status()).collect());
+        // A failed namespace label is reported, but does not hold back enforcement.
         let labelled = apply::label_namespace_for_admission(&ctx, &namespace).await;
-        match labelled.and(apply::apply_all(&ctx, valid, &to_apply).await) {
+        let applied = apply::apply_all(&ctx, valid, &to_apply).await;
+        match labelled.and(applied) {
             Ok(r) => {
                 report = r;
                 snapshot = snapshot.with_desired(&valid.name, &to_apply);
@@ -534,7 +537,7 @@ async fn publish_events(
             events.push(Event {
                 type_: EventType::Warning,
                 reason: reason.into(),
-                note: Some(truncate(&message, 1000)),
+                note: Some(truncate(&message, 1000, "…")),
                 action: "Reconcile".into(),
                 secondary: None,
             });
@@ -558,18 +561,8 @@ fn summary(verb: &str, keys: &[apply::ObjectKey]) -> String {
     truncate(
         &format!("{} {verb}: {}", keys.len(), names.join(", ")),
         1000,
+        "…",
     )
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 fn error_policy(system: Arc<IoTSystem>, error: &Error, ctx: Arc<Context>) -> Action {

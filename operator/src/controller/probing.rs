@@ -10,9 +10,10 @@ use std::{
     time::Duration,
 };
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client,
     runtime::reflector::{ObjectRef, Store},
 };
 use rustls::pki_types::{CertificateDer, pem::PemObject};
@@ -189,15 +190,23 @@ async fn probe_system(
         }
     }
     let mut out = unresolved;
-    // Each target has its own trust anchors, so settings differ per target.
-    let findings = futures::future::join_all(targets.iter().map(|(t, trust)| {
-        let settings = tls::Settings {
-            trust: trust.clone(),
-            ..options.settings.clone()
-        };
-        async move { tls::probe(t, &settings).await }
-    }))
-    .await;
+    // Each target has its own trust anchors, so settings differ per target;
+    // at most `concurrency` handshakes are under way at once.
+    let jobs: Vec<(Target, tls::Settings)> = targets
+        .into_iter()
+        .map(|(t, trust)| {
+            let settings = tls::Settings {
+                trust,
+                ..options.settings.clone()
+            };
+            (t, settings)
+        })
+        .collect();
+    let findings: Vec<Finding> = futures::stream::iter(jobs)
+        .map(|(t, settings)| async move { tls::probe(&t, &settings).await })
+        .buffered(options.settings.concurrency.max(1))
+        .collect()
+        .await;
     for ((component, port), finding) in labels.into_iter().zip(findings) {
         out.push(ProbedPort {
             component,
@@ -223,7 +232,6 @@ async fn issuer_ca(
     let Some(ca) = secret.data.as_ref().and_then(|d| d.get("ca.crt")) else {
         return Vec::new();
     };
-    let _ = secret.name_any();
     CertificateDer::pem_slice_iter(&ca.0)
         .filter_map(Result::ok)
         .collect()
