@@ -24,6 +24,8 @@ use crate::{
 #[derive(Clone)]
 pub struct Caches {
     pub systems: Store<IoTSystem>,
+    /// Turns true once `systems` has its first full list (see `run`).
+    pub systems_ready: tokio::sync::watch::Receiver<bool>,
     pub pods: Store<Pod>,
     pub services: Store<Service>,
     pub network_policies: Store<NetworkPolicy>,
@@ -83,7 +85,11 @@ impl Caches {
     pub async fn wait_until_ready(&self) {
         let _ = future::join3(
             future::join4(
-                self.systems.wait_until_ready(),
+                async {
+                    // Never `self.systems.wait_until_ready()`: see `systems_ready`.
+                    let _ = self.systems_ready.clone().wait_for(|listed| *listed).await;
+                    Ok::<(), kube::runtime::reflector::store::WriterDropped>(())
+                },
                 self.pods.wait_until_ready(),
                 self.services.wait_until_ready(),
                 self.network_policies.wait_until_ready(),

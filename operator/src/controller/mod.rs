@@ -161,9 +161,21 @@ pub async fn run(
     // One cache per kind. Any change in a namespace re-runs the systems there:
     // children are restored, and the checklist is judged again.
     let every = watcher::Config::default();
-    let controller = Controller::new(scope.api::<IoTSystem>(), every.clone())
+    // The systems' own cache. Its first full list is announced on a channel
+    // rather than awaited on the store: a store's readiness wakes one waiter
+    // only, and the controller's runner is already waiting on it.
+    let (systems, writer) = reflector::store();
+    let (systems_listed, systems_ready) = tokio::sync::watch::channel(false);
+    let system_events = reflector(writer, watcher(scope.api::<IoTSystem>(), every.clone()))
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                systems_listed.send_replace(true);
+            }
+        })
+        .default_backoff()
+        .applied_objects();
+    let controller = Controller::for_stream(system_events, systems.clone())
         .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE));
-    let systems = controller.store();
     let mut streams = Vec::new();
     macro_rules! cache {
         ($api:expr) => {{
@@ -182,6 +194,7 @@ pub async fn run(
     }
     let caches = Caches {
         systems: systems.clone(),
+        systems_ready,
         pods: cache!(scope.api::<Pod>()),
         services: cache!(scope.api::<Service>()),
         network_policies: cache!(scope.api::<NetworkPolicy>()),
