@@ -23,10 +23,14 @@ fn backend() -> u16 {
                 let mut stream = stream;
                 let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
                 let mut buf = [0u8; 65536];
-                let _ = stream.read(&mut buf);
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=abc123; Path=/\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                );
+                let n = stream.read(&mut buf).unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let response: &[u8] = if request.contains("password=wrong") {
+                    b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=abc123; Path=/\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                };
+                let _ = stream.write_all(response);
             });
         }
     });
@@ -43,6 +47,7 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
     }
 }
 
@@ -96,7 +101,23 @@ fn send(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(gw.addr).unwrap();
+    send_from("127.0.0.1", gw, method, target, headers, body)
+}
+
+/// As `send`, from another loopback address: another client to the gateway.
+fn send_from(
+    source: &str,
+    gw: &Gateway,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&from.into()).unwrap();
+    socket.connect(&gw.addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -310,5 +331,93 @@ fn cross_site_state_changes_are_refused() {
         send(&gw, "POST", "/settings", &form, "a=1").0,
         200,
         "no Origin: not a browser's cross-site request"
+    );
+}
+
+#[test]
+fn repeated_failed_logins_lock_out_that_client_only() {
+    let http: HttpSettings = serde_yaml::from_str(
+        "{loginPath: /login, lockout: {maxFailures: 3, window: 1m, duration: 3s}}",
+    )
+    .unwrap();
+    let gw = gateway(&http);
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let login = |source: &str, password: &str| {
+        send_from(
+            source,
+            &gw,
+            "POST",
+            "/login",
+            &form,
+            &format!("username=operator&password={password}"),
+        )
+        .0
+    };
+    let failures: Vec<u16> = (0..3).map(|_| login("127.0.0.1", "wrong")).collect();
+    assert_eq!(failures, [401, 401, 401]);
+    assert_eq!(
+        login("127.0.0.1", "right"),
+        429,
+        "locked out, even with the right password"
+    );
+    let log = std::fs::read_to_string(gw._dir.join("error.log")).unwrap();
+    assert!(
+        log.contains("client locked out of login"),
+        "the lockout rule refused it, not the rate limit: {log}"
+    );
+    assert_eq!(
+        send(&gw, "GET", "/dashboard", &[], "").0,
+        200,
+        "only the login is refused"
+    );
+    assert_eq!(
+        login("127.0.0.2", "right"),
+        200,
+        "another client still logs in"
+    );
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(
+        login("127.0.0.1", "right"),
+        200,
+        "the lockout ends after its duration"
+    );
+    // Two failures, a success does not reset the count, and a third locks.
+    assert_eq!(login("127.0.0.3", "wrong"), 401);
+    assert_eq!(login("127.0.0.3", "wrong"), 401);
+    assert_eq!(login("127.0.0.3", "wrong"), 401);
+    assert_eq!(login("127.0.0.3", "wrong"), 429);
+}
+
+#[test]
+fn unlisted_body_types_are_refused_and_samesite_follows_the_spec() {
+    let http: HttpSettings =
+        serde_yaml::from_str("{allowedContentTypes: [application/json], sameSite: Lax}").unwrap();
+    let gw = gateway(&http);
+    let json = [("Content-Type", "application/json; charset=utf-8")];
+    assert_eq!(send(&gw, "POST", "/api/readings", &json, "{}").0, 200);
+    let xml = [("Content-Type", "application/xml")];
+    assert_eq!(send(&gw, "POST", "/api/readings", &xml, "<a/>").0, 415);
+    assert_eq!(
+        send(&gw, "POST", "/api/ping", &[], "").0,
+        200,
+        "no body, no type needed"
+    );
+    let (code, head) = send(&gw, "GET", "/", &[], "");
+    assert_eq!(code, 200);
+    assert!(head.contains("SameSite=Lax"), "{head}");
+}
+
+#[test]
+fn one_worker_keeps_the_lockout_count_in_one_place() {
+    // ModSecurity v3 keeps collections in each worker's memory; with two
+    // workers a guesser's attempts would be split between counts.
+    let config = generate(
+        &serde_yaml::from_str("{loginPath: /login}").unwrap(),
+        &Layout::debian(8080, 18080, "/tmp/x"),
+    );
+    assert!(config.nginx.contains("\nworker_processes 1;\n"));
+    assert!(
+        config.modsecurity.contains("id:10105"),
+        "the default lockout applies"
     );
 }

@@ -440,10 +440,37 @@ pub struct HttpSettings {
     #[serde(default)]
     #[schemars(length(max = 32))]
     pub allowed_origins: Vec<String>,
+    /// Request body types let through (`application/json`); bodies of any
+    /// other type get 415. Requests without a body are not affected.
+    #[serde(default = "default_content_types")]
+    #[schemars(length(max = 16))]
+    pub allowed_content_types: Vec<String>,
+    /// SameSite attribute given to every cookie the application sets (III-2).
+    #[serde(default)]
+    pub same_site: SameSite,
     /// CRS rule IDs switched off for known false positives.
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub rule_exclusions: Vec<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SameSite {
+    #[default]
+    Strict,
+    Lax,
+    /// Only where a cross-site embed really needs the cookie.
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Strict => "strict",
+            SameSite::Lax => "lax",
+            SameSite::None => "none",
+        }
+    }
 }
 
 impl Default for HttpSettings {
@@ -458,8 +485,23 @@ impl Default for HttpSettings {
             burst: default_burst(),
             allowed_methods: default_methods(),
             allowed_origins: Vec::new(),
+            allowed_content_types: default_content_types(),
+            same_site: SameSite::default(),
             rule_exclusions: Vec::new(),
         }
+    }
+}
+
+impl HttpSettings {
+    /// The lockout in force: the declared one, or 5 failures in 5 minutes
+    /// lock a client out for 15 when only a login path is given.
+    pub fn effective_lockout(&self) -> Option<Lockout> {
+        self.login_path.as_ref()?;
+        Some(self.lockout.clone().unwrap_or(Lockout {
+            max_failures: 5,
+            window: "5m".into(),
+            duration: "15m".into(),
+        }))
     }
 }
 
@@ -477,6 +519,16 @@ fn default_rate() -> i32 {
 }
 fn default_burst() -> i32 {
     20
+}
+fn default_content_types() -> Vec<String> {
+    [
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+        "text/plain",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 fn default_methods() -> Vec<String> {
     ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
