@@ -374,9 +374,28 @@ pub struct Port {
     /// The port speaks TLS.
     #[serde(default)]
     pub tls: bool,
-    /// The port speaks HTTP (fronted by the WAF gateway).
+    /// The port speaks HTTP and is fronted by the WAF gateway. Ports named
+    /// `http`, `https`, `http-*` or `https-*` of e-Utilities and Decision
+    /// Triggers are HTTP without saying so.
     #[serde(default)]
     pub http: bool,
+    /// With a gateway in front: the loopback port the application itself
+    /// listens on (its containers get it as IOTPOSTURE_BACKEND_PORT_<NAME>).
+    /// Defaults to the port + 10000, or − 10000 above 55535.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub backend_port: Option<i32>,
+}
+
+impl Port {
+    /// The loopback port behind the gateway.
+    pub fn backend(&self) -> i32 {
+        self.backend_port.unwrap_or(if self.port <= 55535 {
+            self.port + 10000
+        } else {
+            self.port - 10000
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]

@@ -2,6 +2,7 @@
 //! of a `ValidatedSystem`. One module per managed kind; no network here.
 
 pub mod certificate;
+pub mod gateway;
 pub mod meta;
 pub mod network_policy;
 pub mod policy_report;
@@ -13,7 +14,7 @@ pub(crate) mod fixtures;
 
 use crate::api::certmanager::certificate::Certificate;
 use k8s_openapi::api::{
-    core::v1::ServiceAccount,
+    core::v1::{ConfigMap, ServiceAccount},
     networking::v1::NetworkPolicy,
     rbac::v1::{Role, RoleBinding},
 };
@@ -30,6 +31,8 @@ pub struct DesiredObjects {
     pub role_bindings: Vec<RoleBinding>,
     pub network_policies: Vec<NetworkPolicy>,
     pub certificates: Vec<Certificate>,
+    /// The WAF gateways' configuration.
+    pub config_maps: Vec<ConfigMap>,
 }
 
 pub fn build_all(system: &ValidatedSystem) -> DesiredObjects {
@@ -39,5 +42,6 @@ pub fn build_all(system: &ValidatedSystem) -> DesiredObjects {
         role_bindings: rbac::build_role_bindings(system),
         network_policies: network_policy::build_network_policies(system),
         certificates: certificate::build_certificates(system),
+        config_maps: gateway::build_gateway_configs(system),
     }
 }

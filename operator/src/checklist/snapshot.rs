@@ -45,6 +45,8 @@ impl Snapshot {
             role_bindings,
             network_policies,
             certificates,
+            // Not judged by any item: the gateway probes judge what it does.
+            config_maps: _,
         } = desired;
         let ours = |meta: &ObjectMeta| {
             meta.labels.as_ref().is_some_and(|l| {

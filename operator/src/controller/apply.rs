@@ -101,9 +101,12 @@ pub async fn apply_all(
         role_bindings,
         network_policies,
         certificates,
+        config_maps,
     } = desired;
     let caches = &ctx.caches;
     let mut report = ApplyReport::default();
+    // Gateway configuration first: pods admitted next find it mounted.
+    sync_kind(ctx, system, &caches.config_maps, config_maps, &mut report).await?;
     // Roles before their bindings; isolation last, once identities exist.
     sync_kind(
         ctx,
@@ -344,6 +347,7 @@ pub fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
         "RoleBinding" => "RoleBinding",
         "NetworkPolicy" => "NetworkPolicy",
         "Certificate" => "Certificate",
+        "ConfigMap" => "ConfigMap",
         _ => "Other",
     }
 }

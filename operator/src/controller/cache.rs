@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::future;
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Secret, Service, ServiceAccount},
+    core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount},
     networking::v1::NetworkPolicy,
     rbac::v1::{ClusterRole, Role, RoleBinding},
 };
@@ -33,6 +33,8 @@ pub struct Caches {
     pub roles: Store<Role>,
     pub role_bindings: Store<RoleBinding>,
     pub cluster_roles: Store<ClusterRole>,
+    /// Only the ConfigMaps this operator manages (by label).
+    pub config_maps: Store<ConfigMap>,
     /// Metadata only: secret values never reach the operator's memory.
     pub secrets: Store<PartialObjectMeta<Secret>>,
     /// Our PolicyReports; None when the cluster has no PolicyReport CRD.
@@ -102,6 +104,7 @@ impl Caches {
             ),
             async {
                 self.secrets.wait_until_ready().await?;
+                self.config_maps.wait_until_ready().await?;
                 if let Some(reports) = &self.policy_reports {
                     reports.wait_until_ready().await?;
                 }

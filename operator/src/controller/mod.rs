@@ -27,7 +27,7 @@ use std::{
 use futures::{StreamExt, future};
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Pod, Secret, Service, ServiceAccount},
+        core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount},
         networking::v1::NetworkPolicy,
         rbac::v1::{ClusterRole, Role, RoleBinding},
     },
@@ -178,10 +178,13 @@ pub async fn run(
         .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE));
     let mut streams = Vec::new();
     macro_rules! cache {
-        ($api:expr) => {{
+        ($api:expr) => {
+            cache!($api, every.clone())
+        };
+        ($api:expr, $config:expr) => {{
             let (store, writer) = reflector::store();
             let systems = systems.clone();
-            let stream = reflector(writer, watcher($api, every.clone()))
+            let stream = reflector(writer, watcher($api, $config))
                 .default_backoff()
                 .touched_objects()
                 .map(move |event| {
@@ -202,6 +205,10 @@ pub async fn run(
         roles: cache!(scope.api::<Role>()),
         role_bindings: cache!(scope.api::<RoleBinding>()),
         secrets: cache!(scope.api::<PartialObjectMeta<Secret>>()),
+        config_maps: cache!(
+            scope.api::<ConfigMap>(),
+            every.clone().labels(&managed_selector())
+        ),
         // Cluster-wide; a change re-judges every system (bindings may refer to it).
         cluster_roles: cache!(Api::<ClusterRole>::all(client.clone())),
         policy_reports: None,

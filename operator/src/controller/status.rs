@@ -126,6 +126,7 @@ fn planned_keys(planned: &DesiredObjects) -> Vec<ObjectKey> {
         role_bindings,
         network_policies,
         certificates,
+        config_maps,
     } = planned;
     let keys = |kind: &'static str, names: Vec<String>| {
         names.into_iter().map(move |name| ObjectKey { kind, name })
@@ -146,6 +147,10 @@ fn planned_keys(planned: &DesiredObjects) -> Vec<ObjectKey> {
     .chain(keys(
         "Certificate",
         certificates.iter().map(|o| o.name_any()).collect(),
+    ))
+    .chain(keys(
+        "ConfigMap",
+        config_maps.iter().map(|o| o.name_any()).collect(),
     ))
     .collect()
 }

@@ -16,8 +16,8 @@ use kube::{
 };
 
 use crate::api::{
-    Access, Attestation, Component, ImagePolicy, IoTSystem, Mode, PodDefaults, Port, Protocol,
-    Role, Subject, SubjectKind, TlsPolicy,
+    Access, Attestation, Component, HttpSettings, ImagePolicy, IoTSystem, Mode, PodDefaults, Port,
+    Protocol, Role, Subject, SubjectKind, TlsPolicy,
 };
 
 /// SSDP, the discovery protocol of UPnP (checklist item V-2).
@@ -65,6 +65,14 @@ pub enum ValidationError {
     UnknownAttestedItem(String),
     #[error("attestation for {item} expires on {expires:?}, which is not a date (YYYY-MM-DD)")]
     BadAttestationDate { item: String, expires: String },
+    #[error(
+        "component {component:?}: the gateway's backend port {backend} for port {port:?} is already declared"
+    )]
+    BackendPortTaken {
+        component: String,
+        port: String,
+        backend: i32,
+    },
     #[error("pod {pod:?} is selected by both component {first:?} and component {second:?}")]
     ComponentOverlap {
         pod: String,
@@ -122,6 +130,24 @@ pub struct ValidComponent {
     pub writable_paths: Vec<String>,
     /// The Service in front of the component.
     pub service: String,
+    /// Gateway settings, defaulted; used when a port has `http` set.
+    pub http: HttpSettings,
+}
+
+impl ValidComponent {
+    /// The ports the WAF gateway fronts.
+    pub fn http_ports(&self) -> impl Iterator<Item = &Port> {
+        self.ports.iter().filter(|p| p.http)
+    }
+}
+
+/// Whether a port is HTTP: declared so, or named so on a web role.
+fn is_http(role: Role, port: &Port) -> bool {
+    let web_role = matches!(role, Role::EUtility | Role::DecisionTrigger);
+    let web_name = ["http", "https"].contains(&port.name.as_str())
+        || port.name.starts_with("http-")
+        || port.name.starts_with("https-");
+    port.protocol == Protocol::TCP && (port.http || (web_role && web_name))
 }
 
 /// Where a flow comes from.
@@ -268,11 +294,36 @@ fn validate_component(c: &Component) -> Result<ValidComponent, ValidationError> 
     {
         return Err(ValidationError::UndeclaredSsdp(c.name.clone()));
     }
+    let ports: Vec<Port> = c
+        .ports
+        .iter()
+        .map(|p| Port {
+            http: is_http(c.role, p),
+            ..p.clone()
+        })
+        .collect();
+    for p in ports.iter().filter(|p| p.http) {
+        let backend = p.backend();
+        if ports
+            .iter()
+            .any(|q| q.port == backend && q.protocol == Protocol::TCP)
+            || ports
+                .iter()
+                .any(|q| q.name != p.name && q.http && q.backend() == backend)
+        {
+            return Err(ValidationError::BackendPortTaken {
+                component: c.name.clone(),
+                port: p.name.clone(),
+                backend,
+            });
+        }
+    }
     Ok(ValidComponent {
         name: c.name.clone(),
         role: c.role,
         selector: c.selector.clone(),
-        ports: c.ports.clone(),
+        ports,
+        http: c.http.clone().unwrap_or_default(),
         upnp: c.upnp,
         automount_service_account_token: c.automount_service_account_token,
         devices: c.devices.clone(),

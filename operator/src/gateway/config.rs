@@ -2,15 +2,21 @@
 //! settings. One nginx worker: ModSecurity v3 keeps per-client collections in
 //! the worker's memory, so counting across workers would be wrong.
 
-use crate::api::HttpSettings;
+use crate::{api::HttpSettings, controller::validate::ValidComponent};
+
+/// One port the gateway serves, and the application's loopback port behind it.
+#[derive(Clone, Debug)]
+pub struct Listener {
+    pub port: u16,
+    pub backend: u16,
+    /// Certificate and key files when the port speaks TLS.
+    pub tls: Option<(String, String)>,
+}
 
 /// Where the gateway finds its parts and puts its state.
 #[derive(Clone, Debug)]
 pub struct Layout {
-    /// Port the gateway listens on (the component's declared port).
-    pub listen: u16,
-    /// Loopback port of the application behind it.
-    pub upstream: u16,
+    pub listeners: Vec<Listener>,
     /// Folder for pid, temp files and logs.
     pub state_dir: String,
     /// The file this generator's ModSecurity rules are written to.
@@ -20,17 +26,52 @@ pub struct Layout {
     pub crs_rules: String,
 }
 
+/// Where the injected gateway container mounts the ConfigMap, its writable
+/// state and each TLS port's Secret.
+pub const CONFIG_DIR: &str = "/etc/iotposture";
+pub const STATE_DIR: &str = "/tmp/iotposture";
+pub const TLS_DIR: &str = "/etc/iotposture-tls";
+
 impl Layout {
-    /// Paths of Debian's nginx, libnginx-mod-http-modsecurity and modsecurity-crs.
+    /// Paths of Debian's nginx, libnginx-mod-http-modsecurity and
+    /// modsecurity-crs (3.3.4, the CRS release of the pinned image).
     pub fn debian(listen: u16, upstream: u16, state_dir: &str) -> Self {
         Self {
-            listen,
-            upstream,
+            listeners: vec![Listener {
+                port: listen,
+                backend: upstream,
+                tls: None,
+            }],
             state_dir: state_dir.into(),
             rules_file: format!("{state_dir}/modsecurity.conf"),
             modsecurity_module: "/usr/lib/nginx/modules/ngx_http_modsecurity_module.so".into(),
             crs_setup: "/etc/modsecurity/crs/crs-setup.conf".into(),
             crs_rules: "/usr/share/modsecurity-crs/rules".into(),
+        }
+    }
+
+    /// Paths inside the OWASP CRS nginx image (owasp/modsecurity-crs
+    /// 3.3.4-nginx-alpine), with the files this operator mounts.
+    pub fn crs_image(component: &ValidComponent) -> Self {
+        Self {
+            listeners: component
+                .http_ports()
+                .map(|p| Listener {
+                    port: p.port as u16,
+                    backend: p.backend() as u16,
+                    tls: p.tls.then(|| {
+                        (
+                            format!("{TLS_DIR}/{}/tls.crt", p.name),
+                            format!("{TLS_DIR}/{}/tls.key", p.name),
+                        )
+                    }),
+                })
+                .collect(),
+            state_dir: STATE_DIR.into(),
+            rules_file: format!("{CONFIG_DIR}/modsecurity.conf"),
+            modsecurity_module: "/etc/nginx/modules/ngx_http_modsecurity_module.so".into(),
+            crs_setup: "/opt/owasp-crs/crs-setup.conf".into(),
+            crs_rules: "/opt/owasp-crs/rules".into(),
         }
     }
 }
@@ -105,36 +146,15 @@ http {{
     default 0;
 {content_types}  }}
   limit_req_status 429;
-  server {{
-    listen {listen};
-    modsecurity on;
-    modsecurity_rules_file {rules};
-    client_max_body_size {body};
-    # III-3: no session identifiers in paths or query strings.
-    if ($request_uri ~* "(;({session})=|[?&]({session})=)") {{ return 400; }}
-    if ($request_method !~ ^({methods})$) {{ return 405; }}
-    set $cross_site "$origin_listed$origin_same:$request_method";
-    if ($cross_site ~ "^00:(POST|PUT|PATCH|DELETE)$") {{ return 403; }}
-    set $body_type "$content_type_listed:$http_content_length$http_transfer_encoding";
-    if ($body_type ~ "^0:([1-9]|chunked)") {{ return 415; }}
-    location / {{
-      limit_req zone=per_client burst={burst} nodelay;
-      proxy_pass http://127.0.0.1:{upstream};
-      proxy_set_header Host $host;
-      proxy_set_header X-Forwarded-For $remote_addr;
-      # III-2: every cookie Secure, HttpOnly and SameSite.
-      proxy_cookie_flags ~ secure httponly samesite={same_site};
-    }}
-  }}
-}}
+{servers}}}
 "#,
         module = layout.modsecurity_module,
         rate = http.requests_per_second,
-        listen = layout.listen,
-        rules = layout.rules_file,
-        body = http.max_body_size,
-        session = SESSION_PARAMETERS,
-        burst = http.burst,
+        servers = layout
+            .listeners
+            .iter()
+            .map(|l| server(http, layout, l, &methods))
+            .collect::<String>(),
         origins = safe(&http.allowed_origins, ":/.-")
             .iter()
             .map(|o| format!("    \"{o}\" 1;\n"))
@@ -143,8 +163,6 @@ http {{
             .iter()
             .map(|t| format!("    \"~*^{t}\\s*(;|$)\" 1;\n"))
             .collect::<String>(),
-        same_site = http.same_site.as_str(),
-        upstream = layout.upstream,
     );
     let exclusions: String = http
         .rule_exclusions
@@ -183,6 +201,50 @@ Include {setup}
         crs = layout.crs_rules,
     );
     GatewayConfig { nginx, modsecurity }
+}
+
+/// One server block: the checks every request passes, then the proxy.
+fn server(http: &HttpSettings, layout: &Layout, l: &Listener, methods: &str) -> String {
+    let tls = match &l.tls {
+        Some((cert, key)) => format!(
+            "    ssl_certificate {cert};\n    ssl_certificate_key {key};\n    ssl_protocols TLSv1.2 TLSv1.3;\n"
+        ),
+        None => String::new(),
+    };
+    let listen = match l.tls {
+        Some(_) => format!("{} ssl", l.port),
+        None => l.port.to_string(),
+    };
+    format!(
+        r#"  server {{
+    listen {listen};
+{tls}    modsecurity on;
+    modsecurity_rules_file {rules};
+    client_max_body_size {body};
+    # III-3: no session identifiers in paths or query strings.
+    if ($request_uri ~* "(;({session})=|[?&]({session})=)") {{ return 400; }}
+    if ($request_method !~ ^({methods})$) {{ return 405; }}
+    set $cross_site "$origin_listed$origin_same:$request_method";
+    if ($cross_site ~ "^00:(POST|PUT|PATCH|DELETE)$") {{ return 403; }}
+    set $body_type "$content_type_listed:$http_content_length$http_transfer_encoding";
+    if ($body_type ~ "^0:([1-9]|chunked)") {{ return 415; }}
+    location / {{
+      limit_req zone=per_client burst={burst} nodelay;
+      proxy_pass http://127.0.0.1:{upstream};
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      # III-2: every cookie Secure, HttpOnly and SameSite.
+      proxy_cookie_flags ~ secure httponly samesite={same_site};
+    }}
+  }}
+"#,
+        rules = layout.rules_file,
+        body = http.max_body_size,
+        session = SESSION_PARAMETERS,
+        burst = http.burst,
+        upstream = l.backend,
+        same_site = http.same_site.as_str(),
+    )
 }
 
 /// I-1: a client whose logins fail `max_failures` times within `window` gets
