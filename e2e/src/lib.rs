@@ -318,6 +318,10 @@ impl RunningOperator {
             iotposture::webhook::Options {
                 listen,
                 hosts: vec!["127.0.0.1".into()],
+                images: iotposture::webhook::gateway::Images {
+                    gateway: iotposture::gateway::DEFAULT_GATEWAY_IMAGE.into(),
+                    exporter: iotposture::gateway::DEFAULT_EXPORTER_IMAGE.into(),
+                },
                 registration: Registration {
                     instance: format!("iotposture-{}", ns.name),
                     endpoint: Endpoint::Url(format!("https://{listen}")),

@@ -29,7 +29,7 @@ enum Command {
         #[arg(long, env = "IOTPOSTURE_LOG_JSON")]
         log_json: bool,
         #[command(flatten)]
-        webhook: WebhookArgs,
+        webhook: Box<WebhookArgs>,
         /// Seconds between TLS probe rounds; 0 turns probing off.
         #[arg(long, env = "IOTPOSTURE_PROBE_INTERVAL_SECONDS", default_value_t = 300)]
         probe_interval_seconds: u64,
@@ -56,6 +56,15 @@ enum Command {
         /// Namespace of objects that name none.
         #[arg(short, long, default_value = "default")]
         namespace: String,
+    },
+    /// Beside an injected WAF gateway: count failed logins, lockouts and
+    /// blocked attacks from its audit log and serve them on /metrics.
+    GatewayExporter {
+        /// The gateway's state folder, holding modsecurity-audit.log.
+        #[arg(long, default_value = "/tmp/iotposture")]
+        logs: std::path::PathBuf,
+        #[arg(long, default_value = "0.0.0.0:9145")]
+        listen: SocketAddr,
     },
 }
 
@@ -91,6 +100,12 @@ struct WebhookArgs {
     /// The operator's own namespace, which the webhooks never select.
     #[arg(long, env = "POD_NAMESPACE")]
     own_namespace: Option<String>,
+    /// Image of the WAF gateway injected in front of HTTP ports.
+    #[arg(long, env = "IOTPOSTURE_GATEWAY_IMAGE", default_value = iotposture::gateway::DEFAULT_GATEWAY_IMAGE)]
+    gateway_image: String,
+    /// Image of the gateway's log exporter (the operator's image).
+    #[arg(long, env = "IOTPOSTURE_EXPORTER_IMAGE", default_value = iotposture::gateway::DEFAULT_EXPORTER_IMAGE)]
+    exporter_image: String,
 }
 
 impl WebhookArgs {
@@ -135,6 +150,10 @@ impl WebhookArgs {
         Ok(Some(iotposture::webhook::Options {
             listen,
             hosts,
+            images: iotposture::webhook::gateway::Images {
+                gateway: self.gateway_image,
+                exporter: self.exporter_image,
+            },
             registration: Registration {
                 instance: self.webhook_instance,
                 endpoint,
@@ -226,6 +245,11 @@ async fn main() -> anyhow::Result<()> {
             output,
             namespace,
         } => std::process::exit(check(&paths, output, &namespace)),
+        Command::GatewayExporter { logs, listen } => {
+            iotposture::telemetry::init(true);
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            iotposture::gateway::exporter::run(logs, listener).await?;
+        }
         Command::Run {
             namespace,
             http_addr,

@@ -22,7 +22,7 @@ fn promtool(args: &[&str]) -> String {
 #[test]
 fn rules_are_valid() {
     assert!(
-        promtool(&["check", "rules", "iotposture.rules.yaml"]).contains("SUCCESS: 6 rules found")
+        promtool(&["check", "rules", "iotposture.rules.yaml"]).contains("SUCCESS: 9 rules found")
     );
 }
 

@@ -10,7 +10,10 @@ use std::{
 
 use iotposture::{
     api::HttpSettings,
-    gateway::config::{Layout, generate},
+    gateway::{
+        config::{Layout, generate},
+        exporter::{Counters, Tail},
+    },
 };
 
 /// A backend that answers every request with 200 and a plain session cookie.
@@ -47,6 +50,10 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::copy(
+            self._dir.join("modsecurity-audit.log"),
+            format!("/tmp/sample-audit-{}.log", self.addr.port()),
+        );
         let _ = std::fs::remove_dir_all(&self._dir);
     }
 }
@@ -90,6 +97,27 @@ fn gateway(http: &HttpSettings) -> Gateway {
         child,
         addr,
         _dir: dir,
+    }
+}
+
+/// Asserts that the exporter, reading the gateway's audit log, shows these
+/// series. nginx writes the entry in its log phase, after the response, so
+/// the last entries may land a moment later.
+fn assert_exported(gw: &Gateway, series: &[&str]) {
+    let counters = Counters::default();
+    let mut tail = Tail::new(&gw._dir.join("modsecurity-audit.log"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        for line in tail.read_lines().unwrap() {
+            counters.record_line(&line);
+        }
+        let text = counters.encode();
+        let missing: Vec<_> = series.iter().filter(|s| !text.contains(*s)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{missing:?} not in\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -215,6 +243,14 @@ fn injection_is_blocked() {
         .0,
         403,
         "XSS in a form body"
+    );
+    assert_exported(
+        &gw,
+        &[
+            "iotposture_gateway_blocked_attacks_total{attack=\"sqli\"} 1",
+            "iotposture_gateway_blocked_attacks_total{attack=\"xss\"} 2",
+            "iotposture_gateway_audit_lines_unreadable_total 0",
+        ],
     );
 }
 
@@ -386,6 +422,14 @@ fn repeated_failed_logins_lock_out_that_client_only() {
     assert_eq!(login("127.0.0.3", "wrong"), 401);
     assert_eq!(login("127.0.0.3", "wrong"), 401);
     assert_eq!(login("127.0.0.3", "wrong"), 429);
+    assert_exported(
+        &gw,
+        &[
+            "iotposture_gateway_failed_logins_total 6",
+            "iotposture_gateway_lockouts_total 2",
+            "iotposture_gateway_locked_out_requests_total 2",
+        ],
+    );
 }
 
 #[test]

@@ -138,6 +138,10 @@ async fn main() -> anyhow::Result<()> {
     let state = WebhookState {
         systems,
         metrics: Arc::new(Metrics::default()),
+        images: webhook::gateway::Images {
+            gateway: iotposture::gateway::DEFAULT_GATEWAY_IMAGE.into(),
+            exporter: iotposture::gateway::DEFAULT_EXPORTER_IMAGE.into(),
+        },
     };
     tokio::spawn(webhook::serve(listener, slot, state));
 

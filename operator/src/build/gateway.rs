@@ -84,7 +84,10 @@ spec:
         assert!(nginx.contains("proxy_pass http://127.0.0.1:18443;"));
         assert!(nginx.contains("ssl_certificate /etc/iotposture-tls/https/tls.crt;"));
         assert!(nginx.contains("client_max_body_size 64k;"));
-        assert!(!nginx.contains("9100"), "the metrics port is not HTTP-fronted");
+        assert!(
+            !nginx.contains("9100"),
+            "the metrics port is not HTTP-fronted"
+        );
         assert!(data[MODSECURITY_CONF].contains("@streq /login"));
         assert!(data[MODSECURITY_CONF].contains("Include /opt/owasp-crs/rules/*.conf"));
     }

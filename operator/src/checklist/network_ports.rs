@@ -77,7 +77,10 @@ pub fn undeclared_port_offences(
     for c in containers(spec) {
         for p in c.ports.iter().flatten() {
             let proto = protocol(p.protocol.as_ref());
-            if !declared(component, p.container_port, proto) {
+            // The injected exporter's port: ours, and closed by the policies.
+            let exporter = c.name == crate::webhook::gateway::EXPORTER_CONTAINER
+                && p.container_port == crate::webhook::gateway::EXPORTER_PORT;
+            if !exporter && !declared(component, p.container_port, proto) {
                 offences.add(format!(
                     "pod {name} container {} opens {}/{proto}, which component {} does not declare",
                     c.name, p.container_port, component.name

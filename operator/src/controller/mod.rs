@@ -281,6 +281,7 @@ pub async fn run(
         let state = crate::webhook::WebhookState {
             systems: systems.clone(),
             metrics: metrics.clone(),
+            images: admission.images.clone(),
         };
         let client = client.clone();
         tokio::spawn(async move {

@@ -3,3 +3,11 @@
 //! Set. `config` turns a component's `http` settings into the exact nginx and
 //! ModSecurity configuration; tests run it on the real engine.
 pub mod config;
+pub mod exporter;
+
+/// The gateway image: OWASP CRS 3.3.4 on nginx (the CRS release the tests
+/// run on Debian's engine), pinned by tag.
+pub const DEFAULT_GATEWAY_IMAGE: &str = "owasp/modsecurity-crs:3.3.4-nginx-alpine-202211240811";
+/// The exporter runs from the operator's own image.
+pub const DEFAULT_EXPORTER_IMAGE: &str =
+    concat!("ghcr.io/iotposture/iotposture:", env!("CARGO_PKG_VERSION"));

@@ -177,20 +177,26 @@ pub fn harden_pod(pod: &Pod, system: &ValidatedSystem, component: &ValidComponen
         }
     }
 
-    if !changes.is_empty() {
-        let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
-        let mut all: Vec<String> = annotations
-            .get(HARDENED_ANNOTATION)
-            .map(|a| a.split(',').map(String::from).collect())
-            .unwrap_or_default();
-        for c in &changes {
-            if !all.contains(c) {
-                all.push(c.clone());
-            }
-        }
-        annotations.insert(HARDENED_ANNOTATION.into(), all.join(","));
-    }
+    record_changes(&mut pod, &changes);
     Hardened { pod, changes }
+}
+
+/// Adds the names of the changes to the pod's annotation, once each.
+pub fn record_changes(pod: &mut Pod, changes: &[String]) {
+    if changes.is_empty() {
+        return;
+    }
+    let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    let mut all: Vec<String> = annotations
+        .get(HARDENED_ANNOTATION)
+        .map(|a| a.split(',').map(String::from).collect())
+        .unwrap_or_default();
+    for c in changes {
+        if !all.contains(c) {
+            all.push(c.clone());
+        }
+    }
+    annotations.insert(HARDENED_ANNOTATION.into(), all.join(","));
 }
 
 fn all_containers(

@@ -5,6 +5,7 @@
 //! itself (`certs`), and keeps the webhook configurations (`registration`).
 
 pub mod certs;
+pub mod gateway;
 pub mod harden;
 pub mod registration;
 pub mod review;
@@ -63,6 +64,8 @@ pub struct Options {
     pub registration: Registration,
     /// Names and addresses in the serving certificate.
     pub hosts: Vec<String>,
+    /// Images of the containers injected in front of web components.
+    pub images: gateway::Images,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,7 @@ pub enum Error {
 pub struct WebhookState {
     pub systems: Store<IoTSystem>,
     pub metrics: Arc<Metrics>,
+    pub images: gateway::Images,
 }
 
 /// TLS settings that renewal swaps under running connections.
@@ -255,7 +259,15 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
         count(&state, "mutate", "ignored");
         return respond(response);
     }
-    let hardened = harden::harden_pod(&pod, &system, &system.components[index]);
+    let component = &system.components[index];
+    // The gateway first, so that its containers are hardened too.
+    let mut pod = pod;
+    let injected = gateway::inject_gateway(&mut pod, &system, component, &state.images);
+    let mut hardened = harden::harden_pod(&pod, &system, component);
+    if injected {
+        hardened.changes.insert(0, "gateway".into());
+        harden::record_changes(&mut hardened.pod, &hardened.changes);
+    }
     if hardened.changes.is_empty() {
         count(&state, "mutate", "allowed");
         return respond(response);
