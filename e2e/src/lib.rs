@@ -291,6 +291,9 @@ impl RunningOperator {
                 handshake_timeout: Duration::from_secs(2),
                 ..Default::default()
             },
+            http: iotposture::probe::http::Settings {
+                request_timeout: Duration::from_secs(3),
+            },
         };
         Self::start_with(ns, false, Some(probes)).await
     }

@@ -271,6 +271,7 @@ async fn main() -> anyhow::Result<()> {
                     interval: std::time::Duration::from_secs(probe_interval_seconds),
                     resolve,
                     settings: iotposture::probe::tls::Settings::default(),
+                    http: iotposture::probe::http::Settings::default(),
                 }
             });
             let options = iotposture::controller::Options {

@@ -6,6 +6,7 @@ mod admission;
 mod bad_input;
 mod checklist;
 mod crd_validation;
+mod gateway;
 mod noop;
 mod rbac;
 mod reconcile;

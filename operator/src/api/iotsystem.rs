@@ -471,6 +471,12 @@ pub struct HttpSettings {
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub rule_exclusions: Vec<i32>,
+    /// A Secret in the system's namespace with `username` and `password` of a
+    /// test account: the probe logs in with it to check that the session
+    /// cookie changes at login (III-4). Without it III-4 needs an attestation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub probe_credentials_secret: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -507,6 +513,7 @@ impl Default for HttpSettings {
             allowed_content_types: default_content_types(),
             same_site: SameSite::default(),
             rule_exclusions: Vec::new(),
+            probe_credentials_secret: None,
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod network_ports;
 pub mod physical_access;
 pub mod software;
 pub mod user_management;
+pub mod web_gateway;
 pub mod web_sessions;
 
 #[cfg(test)]
@@ -205,7 +206,7 @@ fn not_yet(what: &str) -> Check {
 
 fn run_check(id: &str, s: &Scope<'_>) -> Check {
     match id {
-        "I-1" => not_yet("the gateway's lockout and its probe"),
+        "I-1" => web_gateway::check_lockout(s),
         "I-2" => user_management::check_legacy_token_secrets(s),
         "I-3" => not_yet("password strength of referenced credential Secrets"),
         "I-4" => not_yet("the OIDC authentication proxy; attest the second factor in place"),
@@ -215,20 +216,20 @@ fn run_check(id: &str, s: &Scope<'_>) -> Check {
         "I-8" => user_management::check_user_access(s),
         "I-9" => user_management::check_authorization(s),
         "I-10" => user_management::check_credential_passing(s),
-        "II-1" => not_yet("the WAF gateway and its attack probe"),
+        "II-1" => web_gateway::check_waf(s),
         "II-2" => software::check_firewall(s),
         "II-3" => software::check_image_versions(s),
         "II-4" => not_yet("anti-malware scanning; attest the measure in place"),
         "II-5" => software::check_resource_limits(s),
-        "II-6" => not_yet("the gateway's rate and connection limits"),
+        "II-6" => web_gateway::check_traffic_limits(s),
         "III-1" => not_yet("log shipping to a declared destination"),
-        "III-2" => not_yet("the gateway's cookie hardening and its probe"),
-        "III-3" => not_yet("the gateway's session-ID-in-URL rule and its probe"),
-        "III-4" => not_yet("the session fixation probe; attest it"),
+        "III-2" => web_gateway::check_cookies(s),
+        "III-3" => web_gateway::check_session_in_url(s),
+        "III-4" => web_gateway::check_session_fixation(s),
         "III-5" => not_yet("cross-system SubjectAccessReviews"),
         "III-6" => not_yet("cluster-wide review of who reads Secrets"),
         "III-7" => not_yet("vulnerability reports and the TLS protocol probe"),
-        "III-8" => not_yet("the WAF gateway's blocking mode and its probe"),
+        "III-8" => web_gateway::check_xss_sqli_csrf(s),
         "III-9" => web_sessions::check_tls_certificate(s),
         "IV-1" => physical_access::check_physical_access(s),
         "IV-2" => physical_access::check_remote_access_ports(s),
@@ -243,7 +244,7 @@ fn run_check(id: &str, s: &Scope<'_>) -> Check {
         "VII-1" => logs_and_status::check_sensor_probes(s),
         "VII-2" => not_yet("log shipping over TLS and the decision record"),
         "VIII-1" => not_yet("sensor alert rules and the notifier"),
-        "VIII-2" => not_yet("authentication-failure and certificate alert rules"),
+        "VIII-2" => web_gateway::check_auth_alerts(s),
         other => Check::unknown(format!("no check is registered for {other}")),
     }
 }

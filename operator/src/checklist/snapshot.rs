@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub certificates: Option<Vec<Certificate>>,
     /// What the TLS probe saw at the system's TLS ports; None when not probed.
     pub tls_probes: Option<Vec<crate::controller::probing::ProbedPort>>,
+    /// What the HTTP probe saw at the system's web ports; None when not probed.
+    pub http_probes: Option<Vec<crate::controller::probing::ProbedHttpPort>>,
 }
 
 impl Snapshot {

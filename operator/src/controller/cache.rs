@@ -80,6 +80,7 @@ impl Caches {
                 .as_ref()
                 .map(|store| owned(in_namespace(store, namespace))),
             tls_probes: None,
+            http_probes: None,
         }
     }
 

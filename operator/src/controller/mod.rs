@@ -455,10 +455,12 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
             Mode::Audit => DesiredObjects::default(),
         };
         let mut snapshot = ctx.caches.snapshot(&namespace);
-        snapshot.tls_probes = ctx
+        let findings = ctx
             .probes
             .as_ref()
             .and_then(|p| p.get(&namespace, &valid.name));
+        snapshot.tls_probes = findings.as_ref().map(|f| f.tls.clone());
+        snapshot.http_probes = findings.map(|f| f.http);
         endpoints = snapshot
             .tls_probes
             .as_ref()

@@ -1,4 +1,4 @@
-//! Periodic TLS probes of every TLS port of every system, apart from
+//! Periodic probes of every system's TLS ports and web ports, apart from
 //! reconciles (network calls are slow and may hang; reconciles must not). The
 //! findings land in a shared map; a system whose findings changed is
 //! reconciled again so its verdicts and status follow.
@@ -23,8 +23,12 @@ use crate::{
     api::{EndpointStatus, IoTSystem},
     build::certificate::certificate_name,
     controller::validate::{Neighbourhood, ValidatedSystem, validate},
+    gateway::config::seconds,
     metrics::Metrics,
-    probe::tls::{self, Finding, Target},
+    probe::{
+        http,
+        tls::{self, Finding, Target},
+    },
 };
 
 #[derive(Clone, Debug)]
@@ -34,6 +38,7 @@ pub struct ProbeOptions {
     /// (a local control plane has no cluster DNS); like curl's --resolve.
     pub resolve: HashMap<String, SocketAddr>,
     pub settings: tls::Settings,
+    pub http: http::Settings,
 }
 
 /// One TLS port of a component and what the probe saw there.
@@ -59,12 +64,27 @@ impl ProbedPort {
     }
 }
 
+/// One web port of a component and what the HTTP probe saw there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbedHttpPort {
+    pub component: String,
+    pub port: String,
+    pub finding: http::Finding,
+}
+
+/// What the probes saw at one system's ports.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Findings {
+    pub tls: Vec<ProbedPort>,
+    pub http: Vec<ProbedHttpPort>,
+}
+
 /// Findings per system (namespace, name).
 #[derive(Default)]
-pub struct ProbeResults(RwLock<HashMap<(String, String), Vec<ProbedPort>>>);
+pub struct ProbeResults(RwLock<HashMap<(String, String), Findings>>);
 
 impl ProbeResults {
-    pub fn get(&self, namespace: &str, name: &str) -> Option<Vec<ProbedPort>> {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Findings> {
         self.0
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -73,7 +93,7 @@ impl ProbeResults {
     }
 
     /// Stores the findings; true when they differ from the previous round.
-    fn put(&self, namespace: &str, name: &str, ports: Vec<ProbedPort>) -> bool {
+    fn put(&self, namespace: &str, name: &str, ports: Findings) -> bool {
         let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
         let key = (namespace.to_string(), name.to_string());
         if map.get(&key) == Some(&ports) {
@@ -97,6 +117,7 @@ pub async fn probe_loop(
     // system is probed again once `interval` has passed since its last round.
     let tick = options.interval.min(Duration::from_secs(5));
     let mut last: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut logins = LoginChecks::default();
     loop {
         let now = tokio::time::Instant::now();
         let current = systems.state();
@@ -105,6 +126,7 @@ pub async fn probe_loop(
                 .iter()
                 .any(|s| s.metadata.uid.as_deref() == Some(uid.as_str()))
         });
+        logins.0.retain(|(uid, _, _), _| last.contains_key(uid));
         for system in current {
             let uid = system.metadata.uid.clone().unwrap_or_default();
             if last
@@ -113,7 +135,7 @@ pub async fn probe_loop(
             {
                 continue;
             }
-            last.insert(uid, now);
+            last.insert(uid.clone(), now);
             let alone = Neighbourhood {
                 pods: &[],
                 systems: &[],
@@ -122,6 +144,7 @@ pub async fn probe_loop(
                 continue;
             };
             let ports = probe_system(&client, &valid, &options).await;
+            let web = probe_web(&client, &valid, &uid, &options, &mut logins).await;
             for p in &ports {
                 metrics.record_tls_probe(
                     &valid.namespace,
@@ -132,12 +155,138 @@ pub async fn probe_loop(
                     p.finding.not_after.as_deref(),
                 );
             }
-            if results.put(&valid.namespace, &valid.name, ports) {
+            let findings = Findings {
+                tls: ports,
+                http: web,
+            };
+            if results.put(&valid.namespace, &valid.name, findings) {
                 let _ = changed.send(ObjectRef::from_obj(system.as_ref()));
             }
         }
         tokio::time::sleep(tick).await;
     }
+}
+
+/// `name:port` → address: the --probe-resolve map first, then DNS, bounded.
+async fn resolve(options: &ProbeOptions, key: &str) -> Option<SocketAddr> {
+    match options.resolve.get(key) {
+        Some(a) => Some(*a),
+        None => tokio::time::timeout(
+            options.settings.connect_timeout,
+            tokio::net::lookup_host(key),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .and_then(|mut a| a.next()),
+    }
+}
+
+/// The login checks (lockout and session fixation) of each web port, kept
+/// between rounds: they run again only once the probe account's lockout
+/// has run out, so the probe never sits locked out on its own account.
+#[derive(Default)]
+struct LoginChecks(HashMap<(String, String, String), (tokio::time::Instant, http::Finding)>);
+
+async fn probe_web(
+    client: &Client,
+    system: &ValidatedSystem,
+    uid: &str,
+    options: &ProbeOptions,
+    logins: &mut LoginChecks,
+) -> Vec<ProbedHttpPort> {
+    let mut out = Vec::new();
+    for component in &system.components {
+        let lockout = component.http.effective_lockout();
+        let credentials = match &component.http.probe_credentials_secret {
+            Some(secret) => test_credentials(client, &system.namespace, secret).await,
+            None => None,
+        };
+        for port in component.http_ports() {
+            let name = format!("{}.{}.svc", component.service, system.namespace);
+            let key = format!("{name}:{}", port.port);
+            let Some(addr) = resolve(options, &key).await else {
+                let why =
+                    format!("{key}: the Service name does not resolve here (see --probe-resolve)");
+                let u = http::Observation::Unknown(why);
+                out.push(ProbedHttpPort {
+                    component: component.name.clone(),
+                    port: port.name.clone(),
+                    finding: http::Finding {
+                        endpoint: key,
+                        cookies: u.clone(),
+                        session_in_url: u.clone(),
+                        injection: u.clone(),
+                        cross_site: u.clone(),
+                        lockout: u.clone(),
+                        fixation: u,
+                    },
+                });
+                continue;
+            };
+            let target = http::Target {
+                name,
+                addr,
+                tls: port.tls,
+            };
+            let memo = (uid.to_string(), component.name.clone(), port.name.clone());
+            let again_after =
+                Duration::from_secs(lockout.as_ref().map(|l| seconds(&l.duration)).unwrap_or(0))
+                    .max(options.interval);
+            let previous = logins
+                .0
+                .get(&memo)
+                .filter(|(at, _)| at.elapsed() < again_after)
+                .map(|(_, f)| f.clone());
+            let plan = http::Plan {
+                // A rerun inside the lockout would only meet its own lockout.
+                login_path: match previous {
+                    Some(_) => None,
+                    None => component.http.login_path.clone(),
+                },
+                max_failures: lockout
+                    .as_ref()
+                    .map(|l| l.max_failures.max(1) as u32)
+                    .unwrap_or(5),
+                credentials: credentials.clone(),
+            };
+            let mut finding = http::probe(&target, &options.http, &plan).await;
+            match previous {
+                Some(p) => {
+                    finding.lockout = p.lockout;
+                    finding.fixation = p.fixation;
+                }
+                None if plan.login_path.is_some() => {
+                    logins
+                        .0
+                        .insert(memo, (tokio::time::Instant::now(), finding.clone()));
+                }
+                None => {}
+            }
+            out.push(ProbedHttpPort {
+                component: component.name.clone(),
+                port: port.name.clone(),
+                finding,
+            });
+        }
+    }
+    out
+}
+
+/// `username` and `password` of the test account Secret; read with one GET
+/// when needed, never cached.
+async fn test_credentials(
+    client: &Client,
+    namespace: &str,
+    secret: &str,
+) -> Option<(String, String)> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let data = api.get_opt(secret).await.ok()??.data?;
+    let text = |k: &str| {
+        data.get(k)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+    };
+    Some((text("username")?, text("password")?))
 }
 
 async fn probe_system(
@@ -152,18 +301,7 @@ async fn probe_system(
         for port in component.ports.iter().filter(|p| p.tls) {
             let name = format!("{}.{}.svc", component.service, system.namespace);
             let key = format!("{name}:{}", port.port);
-            let addr = match options.resolve.get(&key) {
-                Some(a) => Some(*a),
-                // Resolution is bounded too: a slow resolver must not stall the round.
-                None => tokio::time::timeout(
-                    options.settings.connect_timeout,
-                    tokio::net::lookup_host(&key),
-                )
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .and_then(|mut a| a.next()),
-            };
+            let addr = resolve(options, &key).await;
             let trust = issuer_ca(
                 client,
                 system,

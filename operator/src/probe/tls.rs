@@ -208,7 +208,7 @@ pub async fn probe(target: &Target, settings: &Settings) -> Finding {
         let _ = roots.add(ca.clone());
     }
     let inner: Arc<dyn ServerCertVerifier> = if roots.is_empty() {
-        Arc::new(NoTrust)
+        Arc::new(FixedVerdict::Refuse)
     } else {
         match rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
@@ -370,11 +370,16 @@ fn matches_name(pattern: &str, name: &str) -> bool {
     p == n
 }
 
-/// Without trust anchors no chain verifies; everything else is still reported.
+/// A verifier whose answer on the chain is fixed: with no trust anchors no
+/// chain verifies (`Refuse`); the HTTP probe, which judges HTTP behaviour and
+/// leaves certificates to the TLS probe, accepts any (`Accept`).
 #[derive(Debug)]
-struct NoTrust;
+pub(crate) enum FixedVerdict {
+    Refuse,
+    Accept,
+}
 
-impl ServerCertVerifier for NoTrust {
+impl ServerCertVerifier for FixedVerdict {
     fn verify_server_cert(
         &self,
         _: &CertificateDer<'_>,
@@ -383,9 +388,12 @@ impl ServerCertVerifier for NoTrust {
         _: &[u8],
         _: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Err(rustls::Error::General(
-            "no CA of the issuer is known to verify against".into(),
-        ))
+        match self {
+            FixedVerdict::Accept => Ok(ServerCertVerified::assertion()),
+            FixedVerdict::Refuse => Err(rustls::Error::General(
+                "no CA of the issuer is known to verify against".into(),
+            )),
+        }
     }
     fn verify_tls12_signature(
         &self,
