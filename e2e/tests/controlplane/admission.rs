@@ -223,6 +223,72 @@ async fn bare_pods_are_hardened_to_restricted_and_forbidden_ones_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_pods_get_the_gateway_and_still_pass_restricted() {
+    let (ns, operator) = setup("inject", Mode::Enforce).await;
+    let pods: Api<Pod> = ns.api();
+    let pod = pods
+        .create(
+            &PostParams::default(),
+            &bare_pod("dashboard-0", "dashboard", 8443),
+        )
+        .await
+        .expect("the pod with its injected gateway passes restricted");
+    let spec = pod.spec.as_ref().unwrap();
+    let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "broker",
+            "iotposture-gateway",
+            "iotposture-gateway-exporter"
+        ]
+    );
+    let app = &spec.containers[0];
+    assert!(app.ports.iter().flatten().all(|p| p.container_port != 8443));
+    let env = app.env.as_ref().unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "IOTPOSTURE_BACKEND_PORT_HTTPS"
+                && e.value.as_deref() == Some("18443"))
+    );
+    let gateway = &spec.containers[1];
+    assert_eq!(gateway.ports.as_ref().unwrap()[0].container_port, 8443);
+    assert_eq!(
+        gateway
+            .security_context
+            .as_ref()
+            .unwrap()
+            .read_only_root_filesystem,
+        Some(true),
+        "the gateway is hardened like the application"
+    );
+    let volumes: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert!(
+        volumes.contains(&"iotposture-gateway-config"),
+        "{volumes:?}"
+    );
+    assert!(volumes.contains(&"iotposture-tls-https"), "{volumes:?}");
+    assert!(
+        pod.metadata.annotations.as_ref().unwrap()["iotposture.dev/hardened"]
+            .starts_with("gateway,"),
+    );
+    // The ConfigMap it mounts is the system's own.
+    let config =
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(ns.client.clone(), &ns.name)
+            .get("plant-dashboard-gateway")
+            .await
+            .unwrap();
+    assert!(config.data.unwrap()["nginx.conf"].contains("listen 8443 ssl;"));
+    operator.stop().await;
+    ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_admits_with_warnings() {
     let (ns, operator) = setup("audit-adm", Mode::Audit).await;
     let pod = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gw", "labels": {"app": "mqtt-gateway"}},

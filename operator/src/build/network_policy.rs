@@ -246,6 +246,25 @@ mod tests {
     }
 
     #[test]
+    fn behind_a_gateway_only_the_gateway_port_opens() {
+        // The dashboard's HTTPS port is fronted: the gateway listens on 8443
+        // and the application on loopback 18443, which no rule may open.
+        let all = build_network_policies(&validated(FACTORY));
+        let opened: Vec<i32> = all
+            .iter()
+            .flat_map(|p| {
+                let spec = p.spec.as_ref().unwrap();
+                let ingress = spec.ingress.iter().flatten().flat_map(|r| ports(&r.ports));
+                let egress = spec.egress.iter().flatten().flat_map(|r| ports(&r.ports));
+                ingress.chain(egress).collect::<Vec<_>>()
+            })
+            .map(|(port, _)| port)
+            .collect();
+        assert!(opened.contains(&8443));
+        assert!(!opened.contains(&18443), "{opened:?}");
+    }
+
+    #[test]
     fn ssdp_stays_closed_unless_declared() {
         let all = build_network_policies(&validated(FACTORY));
         let ssdp = (1900, "UDP".to_string());

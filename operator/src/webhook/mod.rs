@@ -261,14 +261,13 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
     }
     let component = &system.components[index];
     // The gateway first, so that its containers are hardened too.
+    let pod_before = pod.clone();
     let mut pod = pod;
-    let injected = gateway::inject_gateway(&mut pod, &system, component, &state.images);
-    let mut hardened = harden::harden_pod(&pod, &system, component);
-    if injected {
-        hardened.changes.insert(0, "gateway".into());
-        harden::record_changes(&mut hardened.pod, &hardened.changes);
+    if gateway::inject_gateway(&mut pod, &system, component, &state.images) {
+        harden::record_changes(&mut pod, &["gateway".to_string()]);
     }
-    if hardened.changes.is_empty() {
+    let hardened = harden::harden_pod(&pod, &system, component);
+    if hardened.pod == pod_before {
         count(&state, "mutate", "allowed");
         return respond(response);
     }
