@@ -57,3 +57,4 @@ demo-down:
 .PHONY: bench
 bench:
 	$(CARGO) run --release -q -p iotposture-e2e --bin bench-admission -- bench/results/admission.json
+	$(CARGO) run --release -q -p iotposture-e2e --bin bench-gateway -- bench/results/gateway.json

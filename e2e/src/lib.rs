@@ -2,6 +2,7 @@
 //! (`controlplane`), a client for it, a fresh namespace per test, the operator
 //! running in-process for that namespace, and the API server's audit log.
 
+pub mod bench;
 pub mod controlplane;
 
 use std::{

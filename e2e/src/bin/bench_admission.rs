@@ -106,17 +106,7 @@ async fn run(
     for w in workers {
         all.extend(w.await.unwrap());
     }
-    let elapsed = start.elapsed();
-    all.sort();
-    let pct =
-        |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1e6;
-    json!({
-        "requests": all.len(),
-        "p50_us": pct(0.50).round(),
-        "p99_us": pct(0.99).round(),
-        "max_us": all.last().unwrap().as_secs_f64() * 1e6,
-        "throughput_rps": (all.len() as f64 / elapsed.as_secs_f64()).round(),
-    })
+    iotposture_e2e::bench::summary(all, start.elapsed())
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -218,10 +208,5 @@ async fn main() -> anyhow::Result<()> {
             "validate_bad_deployment": ratio("validate_bad_deployment"),
         },
     });
-    if let Some(dir) = std::path::Path::new(&out).parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("wrote {out}");
-    Ok(())
+    iotposture_e2e::bench::write_report(&out, &report)
 }

@@ -172,5 +172,7 @@ async fn probed_endpoints_show_in_status_verdicts_and_metrics() {
     );
 
     operator.stop().await;
+    drop((gateway, dashboard));
+    let _ = std::fs::remove_dir_all(&dir);
     ns.delete().await;
 }

@@ -81,7 +81,7 @@ spec:
         let data = config.data.as_ref().unwrap();
         let nginx = &data[NGINX_CONF];
         assert!(nginx.contains("listen 8443 ssl;"), "{nginx}");
-        assert!(nginx.contains("proxy_pass http://127.0.0.1:18443;"));
+        assert!(nginx.contains("server 127.0.0.1:18443;"));
         assert!(nginx.contains("ssl_certificate /etc/iotposture-tls/https/tls.crt;"));
         assert!(nginx.contains("client_max_body_size 64k;"));
         assert!(
