@@ -56,6 +56,10 @@ enum Command {
         /// Namespace of objects that name none.
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// Judge component pods as written, not as the mutating webhook admits
+        /// them (with the WAF gateway injected and hardened).
+        #[arg(long)]
+        as_written: bool,
     },
     /// Beside an injected WAF gateway: count failed logins, lockouts and
     /// blocked attacks from its audit log and serve them on /metrics.
@@ -191,7 +195,12 @@ fn print_out(text: &str) {
 const EXIT_FAIL: i32 = 1;
 const EXIT_INPUT: i32 = 2;
 
-fn check(paths: &[std::path::PathBuf], output: ReportFormat, namespace: &str) -> i32 {
+fn check(
+    paths: &[std::path::PathBuf],
+    output: ReportFormat,
+    namespace: &str,
+    admission: iotposture::check::Admission,
+) -> i32 {
     use iotposture::check::{self, output as out};
     let today = k8s_openapi::jiff::Zoned::now().date();
     let reports = check::collect_files(paths)
@@ -200,7 +209,7 @@ fn check(paths: &[std::path::PathBuf], output: ReportFormat, namespace: &str) ->
             if m.systems.is_empty() {
                 eprintln!("warning: no IoTSystem in the input: nothing to judge");
             }
-            check::evaluate(&m, today)
+            check::evaluate(&m, today, admission)
         });
     let reports = match reports {
         Ok(r) => r,
@@ -244,7 +253,15 @@ async fn main() -> anyhow::Result<()> {
             paths,
             output,
             namespace,
-        } => std::process::exit(check(&paths, output, &namespace)),
+            as_written,
+        } => {
+            let admission = if as_written {
+                iotposture::check::Admission::AsWritten
+            } else {
+                iotposture::check::Admission::Mutated
+            };
+            std::process::exit(check(&paths, output, &namespace, admission))
+        }
         Command::GatewayExporter { logs, listen } => {
             iotposture::telemetry::init(true);
             let listener = tokio::net::TcpListener::bind(listen).await?;

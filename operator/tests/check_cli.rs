@@ -50,7 +50,19 @@ fn a_clean_system_exits_0_and_a_failing_one_exits_1() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("smart-factory/line-1"), "{out}");
     assert!(
-        out.contains("compliant: smart-factory/line-1: 16/39"),
+        out.contains("compliant: smart-factory/line-1: 17/39"),
+        "{out}"
+    );
+    // Judged as admitted, the web pods carry the injected gateway; as
+    // written, they do not, and II-6 says so.
+    assert!(
+        out.contains("II-6    Pass          all 2 web pods run the gateway"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["check", "-f", "manifests/examples", "--as-written"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("II-6    Fail          pod deployment/analytics of analytics runs without iotposture-gateway"),
         "{out}"
     );
 

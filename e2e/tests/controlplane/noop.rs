@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 use iotposture::api::IoTSystem;
 use iotposture_e2e::{AuditLog, RunningOperator, TestNamespace, wait_until};
 use k8s_openapi::api::{
-    core::v1::ServiceAccount,
+    core::v1::{ConfigMap, ServiceAccount},
     networking::v1::NetworkPolicy,
     rbac::v1::{Role, RoleBinding},
 };
@@ -34,6 +34,7 @@ async fn versions(ns: &iotposture_e2e::TestNamespace) -> BTreeMap<String, String
     collect!(Role);
     collect!(RoleBinding);
     collect!(NetworkPolicy);
+    collect!(ConfigMap);
     out
 }
 
@@ -50,7 +51,7 @@ async fn a_reconcile_with_nothing_to_change_writes_nothing() {
     operator.settle(Duration::from_secs(2)).await;
 
     let before = versions(&ns).await;
-    assert_eq!(before.len(), 14);
+    assert_eq!(before.len(), 15);
     let status_before = systems.get_status("quiet").await.unwrap().status;
     let writes_before = operator.metrics.writes_total();
     let reconciles_before = operator.metrics.reconciliations.get();

@@ -49,11 +49,12 @@ async fn creates_restores_and_prunes_children() {
     assert_eq!(ready.reason, "Reconciled");
     let status = system.status.as_ref().unwrap();
     assert_eq!(status.component_count, 3);
-    assert_eq!(status.managed_objects.len(), 3 + 3 + 2 + 6);
+    // ServiceAccounts, Roles, RoleBindings, NetworkPolicies, the gateway ConfigMap.
+    assert_eq!(status.managed_objects.len(), 3 + 3 + 2 + 6 + 1);
     assert!(
         wait_event(&ns, "factory", "Applied")
             .await
-            .contains("14 applied")
+            .contains("15 applied")
     );
 
     let accounts: Api<ServiceAccount> = ns.api();
@@ -77,6 +78,11 @@ async fn creates_restores_and_prunes_children() {
         set(&["factory-admin", "factory-viewer"])
     );
     assert_eq!(names(&policies, "factory").await.len(), 6);
+    let configs: Api<k8s_openapi::api::core::v1::ConfigMap> = ns.api();
+    assert_eq!(
+        names(&configs, "factory").await,
+        set(&["factory-dashboard-gateway"])
+    );
 
     // Every child is owned by the system, so the garbage collector removes it with it.
     let sa = accounts.get("factory-gateway").await.unwrap();
@@ -182,7 +188,7 @@ async fn audit_mode_plans_without_applying() {
     let system = wait_ready(&ns, "audited", "True").await;
     assert_eq!(ready_condition(&system).reason, "AuditOnly");
     let planned = &system.status.as_ref().unwrap().managed_objects;
-    assert_eq!(planned.len(), 14);
+    assert_eq!(planned.len(), 15);
     assert!(planned.iter().all(|m| !m.applied));
     let accounts: Api<ServiceAccount> = ns.api();
     let policies: Api<NetworkPolicy> = ns.api();

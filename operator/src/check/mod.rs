@@ -2,6 +2,8 @@
 //! deployed. Workload pod templates are judged as the pods they will create, and
 //! in Enforce mode the objects the operator would create are added, so the
 //! verdicts are those the controller reaches once the manifests are applied.
+//! By default component pods are judged as the mutating webhook admits them
+//! (gateway injected, hardened); `Admission::AsWritten` judges them unchanged.
 
 pub mod output;
 
@@ -24,6 +26,7 @@ use k8s_openapi::{
     },
     jiff::civil::Date,
 };
+use kube::core::{Selector, SelectorExt};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
@@ -31,7 +34,12 @@ use crate::{
     api::{IoTSystem, ItemStatus, Mode, Verdict},
     build::build_all,
     checklist::{self, Snapshot},
+    controller::validate::ValidatedSystem,
     controller::validate::{Neighbourhood, validate},
+    webhook::{
+        gateway::{Images, inject_gateway},
+        harden::harden_pod,
+    },
 };
 
 /// Where a document came from, for error messages.
@@ -321,7 +329,40 @@ fn with_namespace<K: kube::Resource>(mut o: K, namespace: &str) -> K {
 
 /// Judges every IoTSystem of the manifests. An IoTSystem the controller would
 /// refuse is an input error, named by file and document.
-pub fn evaluate(manifests: &Manifests, today: Date) -> Result<Vec<SystemReport>, CheckError> {
+/// How component pods are judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// As the operator's mutating webhook admits them in Enforce mode.
+    Mutated,
+    /// As written in the files (a cluster without the webhooks).
+    AsWritten,
+}
+
+/// What the mutating webhook makes of each component pod of an Enforce system.
+fn admit(pods: &mut [Pod], system: &ValidatedSystem) {
+    let images = Images {
+        gateway: crate::gateway::DEFAULT_GATEWAY_IMAGE.into(),
+        exporter: crate::gateway::DEFAULT_EXPORTER_IMAGE.into(),
+    };
+    let empty = BTreeMap::new();
+    for pod in pods.iter_mut() {
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let component = system.components.iter().find(|c| {
+            Selector::try_from(c.selector.clone())
+                .is_ok_and(|sel| sel.matches(if labels.is_empty() { &empty } else { &labels }))
+        });
+        if let Some(component) = component {
+            inject_gateway(pod, system, component, &images);
+            *pod = harden_pod(pod, system, component).pod;
+        }
+    }
+}
+
+pub fn evaluate(
+    manifests: &Manifests,
+    today: Date,
+    admission: Admission,
+) -> Result<Vec<SystemReport>, CheckError> {
     let cluster_roles: Vec<ClusterRole> = manifests
         .namespaces
         .get("")
@@ -364,7 +405,10 @@ pub fn evaluate(manifests: &Manifests, today: Date) -> Result<Vec<SystemReport>,
             Mode::Enforce => build_all(&valid),
             Mode::Audit => Default::default(),
         };
-        let snapshot = snapshot.with_desired(&valid.name, &desired);
+        let mut snapshot = snapshot.with_desired(&valid.name, &desired);
+        if admission == Admission::Mutated && valid.mode == Mode::Enforce {
+            admit(&mut snapshot.pods, &valid);
+        }
         reports.push(SystemReport {
             namespace,
             name: valid.name.clone(),

@@ -22,7 +22,7 @@ const CHECKED: [&str; 16] = [
 fn judge(yaml: &str) -> SystemReport {
     let mut m = Manifests::default();
     load_text(&mut m, Path::new("fixture.yaml"), yaml, "default").unwrap();
-    let mut reports = evaluate(&m, date(2026, 11, 26)).unwrap();
+    let mut reports = evaluate(&m, date(2026, 11, 26), crate::check::Admission::AsWritten).unwrap();
     assert_eq!(reports.len(), 1);
     reports.remove(0)
 }
