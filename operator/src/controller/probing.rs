@@ -199,8 +199,15 @@ async fn probe_web(
     for component in &system.components {
         let lockout = component.http.effective_lockout();
         let credentials = match &component.http.probe_credentials_secret {
-            Some(secret) => test_credentials(client, &system.namespace, secret).await,
-            None => None,
+            Some(secret) => test_credentials(client, &system.namespace, secret)
+                .await
+                .map(Some)
+                .ok_or_else(|| {
+                    format!(
+                        "probeCredentialsSecret {secret}: no such Secret, or it lacks username and password"
+                    )
+                }),
+            None => Ok(None),
         };
         for port in component.http_ports() {
             let name = format!("{}.{}.svc", component.service, system.namespace);

@@ -46,13 +46,24 @@ impl Default for Settings {
 }
 
 /// What the component declares that the probe needs.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Plan {
     pub login_path: Option<String>,
     /// Failures after which the gateway must lock the client out.
     pub max_failures: u32,
-    /// Test account for the session fixation check.
-    pub credentials: Option<(String, String)>,
+    /// Test account for the session fixation check: none declared, or the
+    /// reason the declared one cannot be used.
+    pub credentials: Result<Option<(String, String)>, String>,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Self {
+            login_path: None,
+            max_failures: 5,
+            credentials: Ok(None),
+        }
+    }
 }
 
 /// One check's outcome, with what was seen.
@@ -212,11 +223,12 @@ pub async fn probe(target: &Target, settings: &Settings, plan: &Plan) -> Finding
     .await;
     // Fixation before lockout: once locked out, the test login would fail.
     let fixation = match (&plan.login_path, &plan.credentials) {
-        (Some(path), Some(creds)) => check_fixation(target, settings, path, creds).await,
+        (Some(path), Ok(Some(creds))) => check_fixation(target, settings, path, creds).await,
         (None, _) => Observation::Unknown(
             "no loginPath declared: the session fixation check has nowhere to log in".into(),
         ),
-        (_, None) => Observation::Unknown(
+        (_, Err(why)) => Observation::Unknown(why.clone()),
+        (_, Ok(None)) => Observation::Unknown(
             "no probeCredentialsSecret: without a test account the session fixation check cannot log in; attest it".into(),
         ),
     };
