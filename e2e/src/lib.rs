@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod controlplane;
+pub mod waf;
 
 use std::{
     future::Future,

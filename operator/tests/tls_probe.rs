@@ -50,14 +50,30 @@ fn leaf(dir: &Path, tag: &str, ca: &Ca, names: &[&str], expired: bool) -> (PathB
     (c, k)
 }
 
-fn temp_dir() -> PathBuf {
+/// A folder of this test's own, removed when dropped.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir() -> TempDir {
     let d = std::env::temp_dir().join(format!(
         "iotposture-tls-{}-{:?}",
         std::process::id(),
         std::thread::current().id()
     ));
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
 }
 
 fn free_addr() -> SocketAddr {

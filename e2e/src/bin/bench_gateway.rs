@@ -8,7 +8,6 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -21,7 +20,10 @@ use iotposture::{
     api::HttpSettings,
     gateway::config::{Layout, generate},
 };
-use iotposture_e2e::bench::{summary, write_report};
+use iotposture_e2e::{
+    bench::{summary, write_report},
+    waf::{Nginx, free_port},
+};
 use serde_json::{Value, json};
 
 const CONCURRENCY: usize = 8;
@@ -111,16 +113,13 @@ async fn run(scenario: Scenario, requests: usize, concurrency: usize) -> Value {
 
 /// Runs nginx with the generated configuration in `dir`; `waf` false turns
 /// ModSecurity off and leaves the rest.
-async fn start_nginx(
+fn start_nginx(
     dir: &std::path::Path,
     http: &HttpSettings,
     backend: SocketAddr,
     waf: bool,
-) -> anyhow::Result<(SocketAddr, std::process::Child)> {
-    std::fs::create_dir_all(dir)?;
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+) -> Nginx {
+    let listen = free_port();
     let layout = Layout::debian(listen, backend.port(), dir.to_str().unwrap_or("/tmp"));
     let config = generate(http, &layout);
     let nginx_conf = if waf {
@@ -128,25 +127,13 @@ async fn start_nginx(
     } else {
         config.nginx.replace("modsecurity on;", "modsecurity off;")
     };
-    std::fs::write(dir.join("nginx.conf"), nginx_conf)?;
-    std::fs::write(&layout.rules_file, &config.modsecurity)?;
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .arg("-e")
-        .arg(dir.join("startup.log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("nginx: {e} (make test installs it)"))?;
-    let addr: SocketAddr = format!("127.0.0.1:{listen}").parse()?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "nginx did not start in {dir:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok((addr, child))
+    Nginx::start(
+        dir,
+        &nginx_conf,
+        layout.rules_file.as_ref(),
+        &config.modsecurity,
+        listen,
+    )
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -164,11 +151,11 @@ async fn main() -> anyhow::Result<()> {
         ..HttpSettings::default()
     };
     let dir = std::env::temp_dir().join(format!("iotposture-bench-gw-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
     // The gateway, and the same nginx with ModSecurity off: how much of the
     // cost is the proxy and how much the rule set.
-    let (gateway, mut nginx) = start_nginx(&dir.join("waf"), &http, backend, true).await?;
-    let (proxy, mut plain) = start_nginx(&dir.join("proxy"), &http, backend, false).await?;
+    let waf = start_nginx(&dir.join("waf"), &http, backend, true);
+    let plain = start_nginx(&dir.join("proxy"), &http, backend, false);
+    let (gateway, proxy) = (waf.addr, plain.addr);
 
     let scenarios = || {
         [
@@ -203,10 +190,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{name} (serial): {r}");
         serial.insert(name.into(), r);
     }
-    for child in [&mut nginx, &mut plain] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop((waf, plain));
     let _ = std::fs::remove_dir_all(&dir);
 
     let figure = |name: &str, key: &str| results[name][key].as_f64().unwrap_or(0.0);

@@ -6,14 +6,17 @@
 use std::{
     collections::HashMap,
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    time::Duration,
 };
 
 use iotposture::api::{IoTSystem, IoTSystemStatus, Verdict};
-use iotposture_e2e::{RunningOperator, TestNamespace, wait_until};
+use iotposture_e2e::{
+    RunningOperator, TestNamespace,
+    waf::{Nginx, free_port},
+    wait_until,
+};
 use k8s_openapi::{
     ByteString,
     api::core::v1::{ConfigMap, Secret},
@@ -55,28 +58,9 @@ fn application(renews: bool) -> u16 {
     port
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Nginx(Child, PathBuf);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
 /// Runs the ConfigMap's configuration on Debian's nginx: only the paths of
 /// the image are mapped to the packages' and to a folder of this test.
 fn run_gateway(config: &ConfigMap, dir: &Path, port: u16) -> Nginx {
-    std::fs::create_dir_all(dir).unwrap();
     let d = dir.to_str().unwrap();
     let map = |text: &str| {
         text.replace("/etc/nginx/modules/", "/usr/lib/nginx/modules/")
@@ -89,30 +73,13 @@ fn run_gateway(config: &ConfigMap, dir: &Path, port: u16) -> Nginx {
             .replace("/tmp/iotposture", d)
     };
     let data = config.data.as_ref().unwrap();
-    for file in ["nginx.conf", "modsecurity.conf"] {
-        std::fs::write(dir.join(file), map(&data[file])).unwrap();
-    }
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .arg("-e")
-        .arg(dir.join("startup.log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx on PATH (make test installs Debian's nginx with ModSecurity and the CRS)");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Nginx(child, dir.to_path_buf())
+    Nginx::start(
+        dir,
+        &map(&data["nginx.conf"]),
+        &dir.join("modsecurity.conf"),
+        &map(&data["modsecurity.conf"]),
+        port,
+    )
 }
 
 fn web_system(name: &str, port: u16, backend: u16) -> IoTSystem {

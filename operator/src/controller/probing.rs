@@ -213,21 +213,13 @@ async fn probe_web(
             let name = format!("{}.{}.svc", component.service, system.namespace);
             let key = format!("{name}:{}", port.port);
             let Some(addr) = resolve(options, &key).await else {
-                let why =
-                    format!("{key}: the Service name does not resolve here (see --probe-resolve)");
-                let u = http::Observation::Unknown(why);
                 out.push(ProbedHttpPort {
                     component: component.name.clone(),
                     port: port.name.clone(),
-                    finding: http::Finding {
-                        endpoint: key,
-                        cookies: u.clone(),
-                        session_in_url: u.clone(),
-                        injection: u.clone(),
-                        cross_site: u.clone(),
-                        lockout: u.clone(),
-                        fixation: u,
-                    },
+                    finding: http::Finding::unreachable(
+                        key,
+                        "the Service name does not resolve here (see --probe-resolve)".into(),
+                    ),
                 });
                 continue;
             };

@@ -101,7 +101,8 @@ pub struct Exchange {
 }
 
 impl Finding {
-    fn unreachable(endpoint: String, why: String) -> Self {
+    /// Every check Unknown, for a port the probe could not reach.
+    pub fn unreachable(endpoint: String, why: String) -> Self {
         let u = Observation::Unknown(format!("{endpoint}: {why}"));
         Self {
             endpoint,

@@ -4,7 +4,6 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -15,6 +14,7 @@ use iotposture::{
         exporter::{Counters, Tail},
     },
 };
+use iotposture_e2e::waf::{Nginx, free_port};
 
 /// A backend that answers every request with 200 and a plain session cookie.
 fn backend() -> u16 {
@@ -40,64 +40,23 @@ fn backend() -> u16 {
     port
 }
 
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-    _dir: std::path::PathBuf,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::copy(
-            self._dir.join("modsecurity-audit.log"),
-            format!("/tmp/sample-audit-{}.log", self.addr.port()),
-        );
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
-}
+type Gateway = Nginx;
 
 fn gateway(http: &HttpSettings) -> Gateway {
     // ModSecurity's rule parser takes paths without spaces or brackets.
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("iotposture-gw-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let listen = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let listen = free_port();
     let layout = Layout::debian(listen, backend(), dir.to_str().unwrap());
     let config = generate(http, &layout);
-    std::fs::write(dir.join("nginx.conf"), &config.nginx).unwrap();
-    std::fs::write(&layout.rules_file, &config.modsecurity).unwrap();
-    let child = Command::new("nginx")
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .arg("-e")
-        .arg(dir.join("startup.log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx on PATH (make test installs Debian's nginx with ModSecurity and the CRS)");
-    let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Gateway {
-        child,
-        addr,
-        _dir: dir,
-    }
+    Nginx::start(
+        &dir,
+        &config.nginx,
+        layout.rules_file.as_ref(),
+        &config.modsecurity,
+        listen,
+    )
 }
 
 /// Asserts that the exporter, reading the gateway's audit log, shows these
@@ -105,7 +64,7 @@ fn gateway(http: &HttpSettings) -> Gateway {
 /// the last entries may land a moment later.
 fn assert_exported(gw: &Gateway, series: &[&str]) {
     let counters = Counters::default();
-    let mut tail = Tail::new(&gw._dir.join("modsecurity-audit.log"));
+    let mut tail = Tail::new(&gw.dir.join("modsecurity-audit.log"));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         for line in tail.read_lines().unwrap() {
@@ -396,7 +355,7 @@ fn repeated_failed_logins_lock_out_that_client_only() {
         429,
         "locked out, even with the right password"
     );
-    let log = std::fs::read_to_string(gw._dir.join("error.log")).unwrap();
+    let log = std::fs::read_to_string(gw.dir.join("error.log")).unwrap();
     assert!(
         log.contains("client locked out of login"),
         "the lockout rule refused it, not the rate limit: {log}"
