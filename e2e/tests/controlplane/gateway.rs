@@ -185,6 +185,9 @@ async fn the_probe_proves_the_gateway_and_exposes_its_absence() {
     );
     // Not under /tmp/iotposture: that prefix is one of the mapped paths.
     let dir = std::env::temp_dir().join(format!("e2e-waf-{}", ns.name));
+    // The first probe rounds find the port closed: the probe must ask again
+    // rather than keep that.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let _gateway = run_gateway(&config, &dir, guarded_port);
 
     let probed = ["I-1", "II-1", "III-2", "III-3", "III-4", "III-8"];

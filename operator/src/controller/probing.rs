@@ -255,7 +255,11 @@ async fn probe_web(
                     finding.lockout = p.lockout;
                     finding.fixation = p.fixation;
                 }
-                None if plan.login_path.is_some() => {
+                // Kept only once the lockout check got its answers: an
+                // endpoint not up yet is asked again next round.
+                None if plan.login_path.is_some()
+                    && !matches!(finding.lockout, http::Observation::Unknown(_)) =>
+                {
                     logins
                         .0
                         .insert(memo, (tokio::time::Instant::now(), finding.clone()));
