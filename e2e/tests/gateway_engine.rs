@@ -16,7 +16,8 @@ use iotposture::{
 };
 use iotposture_e2e::waf::{Nginx, free_port};
 
-/// A backend that answers every request with 200 and a plain session cookie.
+/// A backend that answers every request with 200 and a plain session cookie,
+/// 401 to a wrong password, and slowly at /slow.
 fn backend() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -28,6 +29,9 @@ fn backend() -> u16 {
                 let mut buf = [0u8; 65536];
                 let n = stream.read(&mut buf).unwrap_or(0);
                 let request = String::from_utf8_lossy(&buf[..n]);
+                if request.starts_with("GET /slow") {
+                    std::thread::sleep(Duration::from_millis(1500));
+                }
                 let response: &[u8] = if request.contains("password=wrong") {
                     b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno"
                 } else {
@@ -422,5 +426,32 @@ fn one_worker_keeps_the_lockout_count_in_one_place() {
     assert!(
         config.modsecurity.contains("id:10105"),
         "the default lockout applies"
+    );
+}
+
+#[test]
+fn one_client_cannot_hold_more_requests_open_than_allowed() {
+    let http: HttpSettings = serde_yaml::from_str("{connectionsPerClient: 2}").unwrap();
+    let gw = gateway(&http);
+    let gw = std::sync::Arc::new(gw);
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let gw = gw.clone();
+            std::thread::spawn(move || send(&gw, "GET", "/slow", &[], "").0)
+        })
+        .collect();
+    // While those are in flight, another client is served.
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        send_from("127.0.0.2", &gw, "GET", "/", &[], "").0,
+        200,
+        "per client: others are not affected"
+    );
+    let mut codes: Vec<u16> = slow.into_iter().map(|t| t.join().unwrap()).collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        [200, 200, 429],
+        "the third request in flight is refused"
     );
 }

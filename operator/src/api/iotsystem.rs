@@ -450,6 +450,10 @@ pub struct HttpSettings {
     #[serde(default = "default_burst")]
     #[schemars(range(min = 0, max = 100000))]
     pub burst: i32,
+    /// Requests one client may have in flight at once; more get 429.
+    #[serde(default = "default_connections")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub connections_per_client: i32,
     /// HTTP methods let through; others get 405.
     #[serde(default = "default_methods")]
     #[schemars(length(max = 16))]
@@ -508,6 +512,7 @@ impl Default for HttpSettings {
             max_body_size: default_body_size(),
             requests_per_second: default_rate(),
             burst: default_burst(),
+            connections_per_client: default_connections(),
             allowed_methods: default_methods(),
             allowed_origins: Vec::new(),
             allowed_content_types: default_content_types(),
@@ -544,6 +549,9 @@ fn default_rate() -> i32 {
     10
 }
 fn default_burst() -> i32 {
+    20
+}
+fn default_connections() -> i32 {
     20
 }
 fn default_content_types() -> Vec<String> {

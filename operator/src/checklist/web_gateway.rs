@@ -178,8 +178,12 @@ pub fn check_traffic_limits(s: &Scope<'_>) -> Check {
         .map(|c| {
             let h = &c.component.http;
             format!(
-                "{}: {} requests/s (burst {}) per client, bodies up to {}",
-                c.component.name, h.requests_per_second, h.burst, h.max_body_size
+                "{}: {} requests/s (burst {}) and {} at once per client, bodies up to {}",
+                c.component.name,
+                h.requests_per_second,
+                h.burst,
+                h.connections_per_client,
+                h.max_body_size
             )
         })
         .collect();

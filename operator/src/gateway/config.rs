@@ -133,6 +133,8 @@ http {{
   scgi_temp_path {dir}/scgi;
   server_tokens off;
   limit_req_zone $binary_remote_addr zone=per_client:10m rate={rate}r/s;
+  limit_conn_zone $binary_remote_addr zone=in_flight:10m;
+  limit_conn_status 429;
   # III-8: a browser's cross-site state change carries a foreign Origin.
   map $http_origin $origin_listed {{
     default 0;
@@ -235,6 +237,7 @@ fn server(http: &HttpSettings, layout: &Layout, l: &Listener, methods: &str) -> 
     if ($body_type ~ "^0:([1-9]|chunked)") {{ return 415; }}
     location / {{
       limit_req zone=per_client burst={burst} nodelay;
+      limit_conn in_flight {connections};
       proxy_pass http://backend_{upstream};
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -249,6 +252,7 @@ fn server(http: &HttpSettings, layout: &Layout, l: &Listener, methods: &str) -> 
         body = http.max_body_size,
         session = SESSION_PARAMETERS,
         burst = http.burst,
+        connections = http.connections_per_client,
         upstream = l.backend,
         same_site = http.same_site.as_str(),
     )
