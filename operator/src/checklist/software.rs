@@ -184,9 +184,21 @@ pub fn image_policy_offences(
     spec: &PodSpec,
     offences: &mut Offences,
 ) {
+    use crate::webhook::gateway::{EXPORTER_CONTAINER, GATEWAY_CONTAINER};
     for c in containers(spec) {
+        // The operator injected these: say which flag picks another image.
+        let flag = match c.name.as_str() {
+            GATEWAY_CONTAINER => Some("--gateway-image"),
+            EXPORTER_CONTAINER => Some("--exporter-image"),
+            _ => None,
+        };
         for o in image_offences(c.image.as_deref().unwrap_or_default(), policy) {
-            offences.add(format!("pod {name}: {o}"));
+            match flag {
+                Some(flag) => offences.add(format!(
+                    "pod {name}: {o} (injected by the operator: run it with {flag} naming an image spec.images allows, e.g. your registry's mirror pinned by digest)"
+                )),
+                None => offences.add(format!("pod {name}: {o}")),
+            }
         }
     }
 }

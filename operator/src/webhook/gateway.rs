@@ -266,6 +266,35 @@ spec:
     }
 
     #[test]
+    fn a_refused_gateway_image_is_named_with_the_flag_that_fixes_it() {
+        let mut system = validated(FACTORY);
+        system.images.allowed_registries = vec!["registry.example.com".into()];
+        let dashboard = system.components[2].clone();
+        let mut pod = dashboard_pod();
+        let images = Images {
+            gateway: "docker.io/owasp/modsecurity-crs:3.3.4-nginx".into(),
+            exporter: "registry.example.com/iotposture:0.1.0".into(),
+        };
+        inject_gateway(&mut pod, &system, &dashboard, &images);
+        let shape = crate::webhook::review::pod_shape("Pod", &serde_json::to_value(&pod).unwrap())
+            .unwrap()
+            .unwrap();
+        let findings = crate::webhook::review::review(&system, &dashboard, &shape);
+        let images: Vec<&String> = findings.iter().filter(|f| f.starts_with("[II-3")).collect();
+        assert_eq!(images.len(), 1, "only the gateway's image: {findings:?}");
+        assert!(
+            images[0].contains("docker.io/owasp/modsecurity-crs"),
+            "{}",
+            images[0]
+        );
+        assert!(
+            images[0].contains("run it with --gateway-image"),
+            "{}",
+            images[0]
+        );
+    }
+
+    #[test]
     fn components_without_http_ports_are_left_alone() {
         let system = validated(FACTORY);
         let mqtt = &system.components[1];
