@@ -218,6 +218,17 @@ async fn the_probe_proves_the_gateway_and_exposes_its_absence() {
     assert!(item(&bare, "I-1").1.contains("no lockout"));
     assert!(item(&bare, "III-4").1.contains("kept its pre-login value"));
 
+    // Later rounds skip the login checks (the probe account is locked out
+    // for 10 minutes) but keep their verdicts: nothing flips.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (name, expected) in [("guarded", Verdict::Pass), ("bare", Verdict::Fail)] {
+        let status = systems.get(name).await.unwrap().status.unwrap();
+        for id in probed {
+            let (verdict, evidence) = item(&status, id);
+            assert_eq!(*verdict, expected, "{name} {id} later: {evidence}");
+        }
+    }
+
     operator.stop().await;
     ns.delete().await;
 }

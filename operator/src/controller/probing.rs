@@ -198,17 +198,6 @@ async fn probe_web(
     let mut out = Vec::new();
     for component in &system.components {
         let lockout = component.http.effective_lockout();
-        let credentials = match &component.http.probe_credentials_secret {
-            Some(secret) => test_credentials(client, &system.namespace, secret)
-                .await
-                .map(Some)
-                .ok_or_else(|| {
-                    format!(
-                        "probeCredentialsSecret {secret}: no such Secret, or it lacks username and password"
-                    )
-                }),
-            None => Ok(None),
-        };
         for port in component.http_ports() {
             let name = format!("{}.{}.svc", component.service, system.namespace);
             let key = format!("{name}:{}", port.port);
@@ -237,17 +226,27 @@ async fn probe_web(
                 .get(&memo)
                 .filter(|(at, _)| at.elapsed() < again_after)
                 .map(|(_, f)| f.clone());
+            // A rerun inside the lockout would only meet its own lockout.
+            let login_checks = previous.is_none() && component.http.login_path.is_some();
+            let credentials = match &component.http.probe_credentials_secret {
+                Some(secret) if login_checks => test_credentials(client, &system.namespace, secret)
+                    .await
+                    .map(Some)
+                    .ok_or_else(|| {
+                        format!(
+                            "probeCredentialsSecret {secret}: no such Secret, or it lacks username and password"
+                        )
+                    }),
+                _ => Ok(None),
+            };
             let plan = http::Plan {
-                // A rerun inside the lockout would only meet its own lockout.
-                login_path: match previous {
-                    Some(_) => None,
-                    None => component.http.login_path.clone(),
-                },
+                login_path: component.http.login_path.clone(),
+                login_checks,
                 max_failures: lockout
                     .as_ref()
                     .map(|l| l.max_failures.max(1) as u32)
                     .unwrap_or(5),
-                credentials: credentials.clone(),
+                credentials,
             };
             let mut finding = http::probe(&target, &options.http, &plan).await;
             match previous {
@@ -257,7 +256,7 @@ async fn probe_web(
                 }
                 // Kept only once the lockout check got its answers: an
                 // endpoint not up yet is asked again next round.
-                None if plan.login_path.is_some()
+                None if login_checks
                     && !matches!(finding.lockout, http::Observation::Unknown(_)) =>
                 {
                     logins

@@ -49,6 +49,8 @@ impl Default for Settings {
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub login_path: Option<String>,
+    /// Run the lockout and fixation checks this round (they log in).
+    pub login_checks: bool,
     /// Failures after which the gateway must lock the client out.
     pub max_failures: u32,
     /// Test account for the session fixation check: none declared, or the
@@ -60,6 +62,7 @@ impl Default for Plan {
     fn default() -> Self {
         Self {
             login_path: None,
+            login_checks: true,
             max_failures: 5,
             credentials: Ok(None),
         }
@@ -223,22 +226,25 @@ pub async fn probe(target: &Target, settings: &Settings, plan: &Plan) -> Finding
     )
     .await;
     // Fixation before lockout: once locked out, the test login would fail.
+    let skipped = || Observation::Unknown("not checked this round".into());
     let fixation = match (&plan.login_path, &plan.credentials) {
-        (Some(path), Ok(Some(creds))) => check_fixation(target, settings, path, creds).await,
         (None, _) => Observation::Unknown(
             "no loginPath declared: the session fixation check has nowhere to log in".into(),
         ),
+        _ if !plan.login_checks => skipped(),
+        (Some(path), Ok(Some(creds))) => check_fixation(target, settings, path, creds).await,
         (_, Err(why)) => Observation::Unknown(why.clone()),
         (_, Ok(None)) => Observation::Unknown(
             "no probeCredentialsSecret: without a test account the session fixation check cannot log in; attest it".into(),
         ),
     };
     let lockout = match &plan.login_path {
-        Some(path) => check_lockout(target, settings, path, plan.max_failures).await,
         None => Observation::Unknown(
             "no loginPath declared: the gateway cannot tell failed logins from other requests"
                 .into(),
         ),
+        _ if !plan.login_checks => skipped(),
+        Some(path) => check_lockout(target, settings, path, plan.max_failures).await,
     };
     Finding {
         cookies: judge_cookies(&endpoint, &cookies),
