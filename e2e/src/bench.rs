@@ -31,3 +31,35 @@ pub fn write_report(out: &str, report: &Value) -> anyhow::Result<()> {
     println!("wrote {out}");
     Ok(())
 }
+
+/// Sends `count` requests in a row on one kept-alive connection, whatever
+/// carries it (TCP or TLS), and returns each one's latency. Any answer but
+/// 2xx stops the benchmark: a figure for errors would be meaningless.
+pub async fn timed_requests<IO>(
+    io: IO,
+    name: &str,
+    count: usize,
+    request: impl Fn() -> hyper::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Vec<Duration>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let mut latencies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let request = request();
+        let start = std::time::Instant::now();
+        sender.ready().await.expect("the connection stays open");
+        let response = sender.send_request(request).await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "{name} answered {}",
+            response.status()
+        );
+        let _ = response.into_body().collect().await.unwrap();
+        latencies.push(start.elapsed());
+    }
+    latencies
+}

@@ -9,7 +9,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use iotposture::{
     api::IoTSystem,
@@ -57,32 +57,16 @@ async fn worker(
     tcp.set_nodelay(true).unwrap();
     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
     let stream = tls.connect(name, tcp).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut latencies = Vec::with_capacity(count);
-    for _ in 0..count {
-        let request = hyper::Request::builder()
+    iotposture_e2e::bench::timed_requests(TokioIo::new(stream), scenario.name, count, || {
+        hyper::Request::builder()
             .method(scenario.method)
             .uri(scenario.path)
             .header("host", addr.to_string())
             .header("content-type", "application/json")
             .body(Full::new(scenario.body.clone()))
-            .unwrap();
-        let start = Instant::now();
-        sender.ready().await.expect("the connection stays open");
-        let response = sender.send_request(request).await.unwrap();
-        assert!(
-            response.status().is_success(),
-            "{} answered {}",
-            scenario.name,
-            response.status()
-        );
-        let _ = response.into_body().collect().await.unwrap();
-        latencies.push(start.elapsed());
-    }
-    latencies
+            .unwrap()
+    })
+    .await
 }
 
 async fn run(

@@ -21,7 +21,7 @@ use iotposture::{
     gateway::config::{Layout, generate},
 };
 use iotposture_e2e::{
-    bench::{summary, write_report},
+    bench::{summary, timed_requests, write_report},
     waf::{Nginx, free_port},
 };
 use serde_json::{Value, json};
@@ -68,13 +68,8 @@ struct Scenario {
 async fn worker(scenario: Arc<Scenario>, count: usize) -> Vec<Duration> {
     let tcp = tokio::net::TcpStream::connect(scenario.addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut latencies = Vec::with_capacity(count);
-    for _ in 0..count {
-        let request = Request::builder()
+    timed_requests(TokioIo::new(tcp), scenario.name, count, || {
+        Request::builder()
             .method(scenario.method)
             .uri("/api/readings?line=1")
             .header("host", "dashboard.plant.svc")
@@ -82,20 +77,9 @@ async fn worker(scenario: Arc<Scenario>, count: usize) -> Vec<Duration> {
             .header("accept", "application/json")
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from_static(scenario.body.as_bytes())))
-            .unwrap();
-        let start = Instant::now();
-        sender.ready().await.expect("the connection stays open");
-        let response = sender.send_request(request).await.unwrap();
-        assert!(
-            response.status().is_success(),
-            "{} answered {}",
-            scenario.name,
-            response.status()
-        );
-        let _ = response.into_body().collect().await.unwrap();
-        latencies.push(start.elapsed());
-    }
-    latencies
+            .unwrap()
+    })
+    .await
 }
 
 async fn run(scenario: Scenario, requests: usize, concurrency: usize) -> Value {
