@@ -344,13 +344,12 @@ fn admit(pods: &mut [Pod], system: &ValidatedSystem) {
         gateway: crate::gateway::DEFAULT_GATEWAY_IMAGE.into(),
         exporter: crate::gateway::DEFAULT_EXPORTER_IMAGE.into(),
     };
-    let empty = BTreeMap::new();
     for pod in pods.iter_mut() {
         let labels = pod.metadata.labels.clone().unwrap_or_default();
-        let component = system.components.iter().find(|c| {
-            Selector::try_from(c.selector.clone())
-                .is_ok_and(|sel| sel.matches(if labels.is_empty() { &empty } else { &labels }))
-        });
+        let component = system
+            .components
+            .iter()
+            .find(|c| Selector::try_from(c.selector.clone()).is_ok_and(|sel| sel.matches(&labels)));
         if let Some(component) = component {
             inject_gateway(pod, system, component, &images);
             *pod = harden_pod(pod, system, component).pod;

@@ -28,6 +28,13 @@ impl Check {
         }
     }
 
+    pub fn not_applicable(evidence: impl Into<String>) -> Self {
+        Self {
+            verdict: Verdict::NotApplicable,
+            evidence: bounded(evidence.into()),
+        }
+    }
+
     pub fn unknown(evidence: impl Into<String>) -> Self {
         Self {
             verdict: Verdict::Unknown,

@@ -150,10 +150,10 @@ fn evaluate_item(
         let roles: Vec<_> = item.targets.iter().map(|t| t.short()).collect();
         return status(
             item,
-            Check {
-                verdict: Verdict::NotApplicable,
-                evidence: format!("the system has no component of role {}", roles.join(", ")),
-            },
+            Check::not_applicable(format!(
+                "the system has no component of role {}",
+                roles.join(", ")
+            )),
         );
     }
     let scope = Scope {

@@ -6,7 +6,7 @@
 
 use super::{Scope, evidence::Check, evidence::Offences, pod_name};
 use crate::{
-    api::{Port, Verdict},
+    api::Port,
     controller::validate::ValidComponent,
     probe::http::{Finding, Observation},
     webhook::gateway::{EXPORTER_CONTAINER, GATEWAY_CONTAINER},
@@ -18,13 +18,6 @@ fn web_ports<'a>(s: &'a Scope<'_>) -> Vec<(&'a ValidComponent, &'a Port)> {
         .iter()
         .flat_map(|c| c.component.http_ports().map(move |p| (c.component, p)))
         .collect()
-}
-
-fn not_applicable(evidence: &str) -> Check {
-    Check {
-        verdict: Verdict::NotApplicable,
-        evidence: evidence.into(),
-    }
 }
 
 /// Combines the probe's observations (`pick`) at every web port.
@@ -84,7 +77,7 @@ pub fn check_waf(s: &Scope<'_>) -> Check {
     judge_probed(
         s,
         &|f| vec![f.injection.clone()],
-        not_applicable("no HTTP port: there is no web interface for a WAF to front"),
+        Check::not_applicable("no HTTP port: there is no web interface for a WAF to front"),
     )
 }
 
@@ -93,7 +86,7 @@ pub fn check_cookies(s: &Scope<'_>) -> Check {
     judge_probed(
         s,
         &|f| vec![f.cookies.clone()],
-        not_applicable("no HTTP port: no cookies are set"),
+        Check::not_applicable("no HTTP port: no cookies are set"),
     )
 }
 
@@ -102,7 +95,7 @@ pub fn check_session_in_url(s: &Scope<'_>) -> Check {
     judge_probed(
         s,
         &|f| vec![f.session_in_url.clone()],
-        not_applicable("no HTTP port: no URLs to carry a session ID"),
+        Check::not_applicable("no HTTP port: no URLs to carry a session ID"),
     )
 }
 
@@ -111,7 +104,7 @@ pub fn check_session_fixation(s: &Scope<'_>) -> Check {
     judge_probed(
         s,
         &|f| vec![f.fixation.clone()],
-        not_applicable("no HTTP port: no web sessions"),
+        Check::not_applicable("no HTTP port: no web sessions"),
     )
 }
 
@@ -120,7 +113,7 @@ pub fn check_xss_sqli_csrf(s: &Scope<'_>) -> Check {
     judge_probed(
         s,
         &|f| vec![f.injection.clone(), f.cross_site.clone()],
-        not_applicable("no HTTP port: no web interface"),
+        Check::not_applicable("no HTTP port: no web interface"),
     )
 }
 

@@ -113,7 +113,8 @@ fn safe(values: &[String], extra: &str) -> Vec<String> {
 }
 
 pub fn generate(http: &HttpSettings, layout: &Layout) -> GatewayConfig {
-    let methods = safe(&http.allowed_methods, "").join("|");
+    let allowed_methods = safe(&http.allowed_methods, "");
+    let methods = allowed_methods.join("|");
     let content_types = safe(&http.allowed_content_types, "/.+-");
     let dir = &layout.state_dir;
     let nginx = format!(
@@ -190,7 +191,7 @@ SecAction "id:900220,phase:1,nolog,pass,t:none,setvar:'tx.allowed_request_conten
 Include {setup}
 {lockout}Include {crs}/*.conf
 {exclusions}"#,
-        crs_methods = safe(&http.allowed_methods, "").join(" "),
+        crs_methods = allowed_methods.join(" "),
         crs_types = content_types
             .iter()
             .map(|t| format!("|{t}|"))

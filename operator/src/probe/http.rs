@@ -4,7 +4,11 @@
 //! query parameters, the cross-site POST carries no data, and the lockout
 //! check logs in as a dedicated probe account that no person uses.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use hyper::{
     Request,
@@ -119,6 +123,20 @@ impl Finding {
     }
 }
 
+/// The probe's TLS client, built once: any certificate is accepted (the TLS
+/// probe judges them), only TLS 1.2 and 1.3 are offered.
+static TLS_CONFIG: LazyLock<Result<Arc<rustls::ClientConfig>, String>> = LazyLock::new(|| {
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(FixedVerdict::Accept))
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+});
+
 /// Sends one request on a connection of its own.
 pub async fn request(
     target: &Target,
@@ -146,16 +164,9 @@ pub async fn request(
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
         if target.tls {
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(FixedVerdict::Accept))
-            .with_no_client_auth();
+            let config = TLS_CONFIG.clone()?;
             let name = ServerName::try_from(target.name.clone()).map_err(|e| e.to_string())?;
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS handshake failed: {e}"))?;
