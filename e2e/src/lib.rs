@@ -92,8 +92,8 @@ pub async fn ensure_crds(client: &Client) {
             .map(|f| std::fs::read_to_string(f).expect("CRD file readable") + "\n---\n")
             .collect();
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("YAML");
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("YAML");
+        for value in docs {
             if value.is_null() {
                 continue;
             }
@@ -172,8 +172,8 @@ impl TestNamespace {
             + serde::de::DeserializeOwned,
     {
         let mut out = Vec::new();
-        for doc in serde_yaml::Deserializer::from_str(yaml) {
-            let obj: K = serde::Deserialize::deserialize(doc).expect("fixture parses");
+        let docs: Vec<K> = serde_saphyr::from_multiple(yaml).expect("fixture parses");
+        for obj in docs {
             out.push(
                 self.api::<K>()
                     .create(&PostParams::default(), &obj)
@@ -187,8 +187,8 @@ impl TestNamespace {
     /// Server-side applies every document of a YAML stream into this namespace,
     /// whatever its kind (resolved through discovery). Namespace documents are skipped.
     pub async fn apply_manifest(&self, yaml: &str) {
-        for doc in serde_yaml::Deserializer::from_str(yaml) {
-            let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("YAML");
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(yaml).expect("YAML");
+        for value in docs {
             if value.is_null() || value["kind"] == "Namespace" {
                 continue;
             }

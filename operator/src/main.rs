@@ -206,6 +206,9 @@ fn check(
     let reports = check::collect_files(paths)
         .and_then(|files| check::load_files(&files, namespace))
         .and_then(|m| {
+            for origin in &m.not_kubernetes {
+                eprintln!("note: {origin} is not a Kubernetes object (no apiVersion, kind or metadata); skipped");
+            }
             if m.systems.is_empty() {
                 eprintln!("warning: no IoTSystem in the input: nothing to judge");
             }

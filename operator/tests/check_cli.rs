@@ -152,3 +152,18 @@ fn bad_input_exits_2_naming_file_and_document() {
     assert!(err.contains("cannot read /nonexistent/manifests"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn the_readme_example_skips_files_that_are_not_kubernetes_objects() {
+    // README: `iotposture check -f ./manifests`; the folder also holds the
+    // Prometheus rules and their promtool tests.
+    let (code, out, err) = run(&["check", "-f", "./manifests"]);
+    assert_ne!(code, 2, "{err}");
+    assert!(out.contains("line-1"), "{out}");
+    assert!(
+        err.contains(
+            "note: ./manifests/prometheus/iotposture.rules.test.yaml (document 1) is not a Kubernetes object"
+        ),
+        "{err}"
+    );
+}

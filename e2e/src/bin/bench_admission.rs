@@ -98,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
     let out = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "bench/results/admission.json".into());
-    let mut system: IoTSystem = serde_yaml::from_str(include_str!(
+    let mut system: IoTSystem = serde_saphyr::from_str(include_str!(
         "../../../operator/tests/fixtures/factory.yaml"
     ))?;
     system.metadata.uid = Some("bench".into());

@@ -13,7 +13,7 @@ const RESTRICTED: (&str, &str) = ("pod-security.kubernetes.io/enforce", "restric
 
 /// A pod with no security settings at all, of the gateway component.
 fn bare_pod(name: &str, app: &str, port: i32) -> Pod {
-    serde_yaml::from_str(&format!(
+    serde_saphyr::from_str(&format!(
         "{{apiVersion: v1, kind: Pod, metadata: {{name: {name}, labels: {{app: {app}}}}}, spec: {{containers: [{{name: broker, image: registry.example.com/broker:2.0.18, ports: [{{containerPort: {port}}}]}}]}}}}"
     ))
     .unwrap()

@@ -21,7 +21,7 @@ spec:
 
 /// Creates the spec and returns the API server's refusal message ("" if accepted).
 async fn refusal(ns: &TestNamespace, name: &str, yaml: &str) -> String {
-    let value: serde_json::Value = serde_yaml::from_str(&yaml.replace("NAME", name)).unwrap();
+    let value: serde_json::Value = serde_saphyr::from_str(&yaml.replace("NAME", name)).unwrap();
     // Through untyped JSON, so values the Rust types would refuse reach the server.
     let api = kube::Api::<kube::core::DynamicObject>::namespaced_with(
         ns.client.clone(),

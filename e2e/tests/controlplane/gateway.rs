@@ -83,7 +83,7 @@ fn run_gateway(config: &ConfigMap, dir: &Path, port: u16) -> Nginx {
 }
 
 fn web_system(name: &str, port: u16, backend: u16) -> IoTSystem {
-    serde_yaml::from_str(&format!(
+    serde_saphyr::from_str(&format!(
         r#"
 apiVersion: iotposture.dev/v1alpha1
 kind: IoTSystem

@@ -7,7 +7,7 @@ use kube::{Api, api::ListParams};
 /// The factory of the unit tests, without cluster-assigned metadata.
 pub fn factory(name: &str) -> IoTSystem {
     let yaml = include_str!("../../../operator/tests/fixtures/factory.yaml");
-    let mut system: IoTSystem = serde_yaml::from_str(yaml).unwrap();
+    let mut system: IoTSystem = serde_saphyr::from_str(yaml).unwrap();
     system.metadata = Default::default();
     system.metadata.name = Some(name.into());
     system

@@ -107,7 +107,7 @@ async fn probed_endpoints_show_in_status_verdicts_and_metrics() {
     let operator = RunningOperator::start_with_probes(&ns, resolve).await;
     let mut system = factory("probed");
     system.spec.tls =
-        serde_yaml::from_str("{issuerRef: {kind: ClusterIssuer, name: factory-ca}}").unwrap();
+        serde_saphyr::from_str("{issuerRef: {kind: ClusterIssuer, name: factory-ca}}").unwrap();
     let systems: Api<IoTSystem> = ns.api();
     systems
         .create(&PostParams::default(), &system)

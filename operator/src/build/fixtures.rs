@@ -7,7 +7,7 @@ use crate::{
 pub const FACTORY: &str = include_str!("../../tests/fixtures/factory.yaml");
 
 pub fn validated(yaml: &str) -> ValidatedSystem {
-    let system: IoTSystem = serde_yaml::from_str(yaml).expect("fixture parses");
+    let system: IoTSystem = serde_saphyr::from_str(yaml).expect("fixture parses");
     validate(
         &system,
         &Neighbourhood {

@@ -46,13 +46,17 @@ use crate::{
 #[derive(Clone, Debug, PartialEq)]
 pub struct Origin {
     pub file: PathBuf,
-    /// 1-based position in a multi-document file.
+    /// 1-based position among the non-empty documents of a file; 0 when the
+    /// file as a whole does not parse (the message then gives the line).
     pub document: usize,
 }
 
 impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (document {})", self.file.display(), self.document)
+        match self.document {
+            0 => write!(f, "{}", self.file.display()),
+            n => write!(f, "{} (document {n})", self.file.display()),
+        }
     }
 }
 
@@ -79,6 +83,9 @@ pub struct Manifests {
     pub namespaces: BTreeMap<String, Snapshot>,
     /// Documents of kinds the checklist does not read.
     pub ignored: usize,
+    /// Documents that are not Kubernetes objects at all (a Prometheus rules
+    /// file, a promtool test): skipped, and named in a note.
+    pub not_kubernetes: Vec<Origin>,
 }
 
 /// The verdicts for one system.
@@ -158,21 +165,61 @@ pub fn load_text(
     text: &str,
     default_namespace: &str,
 ) -> Result<(), CheckError> {
-    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (index, document) in split_documents(text).into_iter().enumerate() {
         let origin = Origin {
             file: file.to_path_buf(),
             document: index + 1,
         };
-        let value: Value = serde::Deserialize::deserialize(doc).map_err(|e| CheckError::Yaml {
+        if is_blank(document) {
+            continue; // an empty document, e.g. after a trailing `---`
+        }
+        let value: Value = serde_saphyr::from_str(document).map_err(|e| CheckError::Yaml {
             origin: origin.clone(),
-            message: e.to_string(),
+            message: first_line(&e.to_string()),
         })?;
         if value.is_null() {
-            continue; // an empty document, e.g. after a trailing `---`
+            continue;
         }
         add_document(manifests, origin, value, default_namespace)?;
     }
     Ok(())
+}
+
+/// The documents of a YAML stream: a line starting with `---` begins a new
+/// one (a marker YAML reserves at column 0, whatever the context).
+fn split_documents(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let marker = line
+            .strip_prefix("---")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\n', '\r']));
+        if marker {
+            out.push(&text[start..offset]);
+            start = offset + 3; // content may follow the marker on its line
+        }
+        offset += line.len();
+    }
+    out.push(&text[start..]);
+    // Nothing before the first marker is not a document of its own.
+    if out.first().is_some_and(|d| is_blank(d)) && out.len() > 1 {
+        out.remove(0);
+    }
+    out
+}
+
+/// Only whitespace and comments.
+fn is_blank(document: &str) -> bool {
+    document
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "...")
+}
+
+/// The parser's message without its source excerpt.
+fn first_line(message: &str) -> String {
+    let line = message.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
 }
 
 fn parse<K: DeserializeOwned>(origin: &Origin, kind: &str, value: Value) -> Result<K, CheckError> {
@@ -209,6 +256,13 @@ fn add_document(
     value: Value,
     default_namespace: &str,
 ) -> Result<(), CheckError> {
+    let looks_kubernetes = ["apiVersion", "kind", "metadata"]
+        .iter()
+        .any(|k| value.get(k).is_some());
+    if !looks_kubernetes {
+        m.not_kubernetes.push(origin);
+        return Ok(());
+    }
     let (Some(api_version), Some(kind)) = (
         value
             .get("apiVersion")

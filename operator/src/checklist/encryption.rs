@@ -121,23 +121,9 @@ pub fn check_encryption_in_use(s: &Scope<'_>) -> Check {
 
 /// Hours in a Go duration such as `720h`, `1h30m` or `90m`.
 pub fn duration_hours(d: &str) -> Option<f64> {
-    let mut total = 0.0;
-    let mut number = String::new();
-    for ch in d.chars() {
-        if ch.is_ascii_digit() || ch == '.' {
-            number.push(ch);
-            continue;
-        }
-        let n: f64 = number.parse().ok()?;
-        number.clear();
-        total += match ch {
-            'h' => n,
-            'm' => n / 60.0,
-            's' => n / 3600.0,
-            _ => return None,
-        };
-    }
-    number.is_empty().then_some(total)
+    crate::api::duration::parse_duration(d)
+        .ok()
+        .map(|d| d.as_secs_f64() / 3600.0)
 }
 
 /// VI-4: every TLS port's Certificate renews before it expires.

@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn image_policy() {
-        let policy: ImagePolicy = serde_yaml::from_str(
+        let policy: ImagePolicy = serde_saphyr::from_str(
             "{allowedRegistries: [registry.example.com], minimumVersions: [{image: registry.example.com/broker, version: 2.0.18}]}",
         )
         .unwrap();

@@ -207,7 +207,7 @@ mod tests {
     }
 
     fn system() -> IoTSystem {
-        let mut s: IoTSystem = serde_yaml::from_str(FACTORY).unwrap();
+        let mut s: IoTSystem = serde_saphyr::from_str(FACTORY).unwrap();
         s.metadata.generation = Some(4);
         s
     }

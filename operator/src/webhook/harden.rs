@@ -236,7 +236,7 @@ spec:
 "#;
 
     fn bare() -> Pod {
-        serde_yaml::from_str(BARE).unwrap()
+        serde_saphyr::from_str(BARE).unwrap()
     }
 
     #[test]
@@ -294,7 +294,7 @@ spec:
             "    - name: broker\n",
             "    - name: broker\n      securityContext: {allowPrivilegeEscalation: true, readOnlyRootFilesystem: false, runAsUser: 1000, capabilities: {drop: [NET_RAW]}}\n      resources: {limits: {cpu: '2'}}\n",
         ).replace("serviceAccountName: default", "serviceAccountName: custom\n  automountServiceAccountToken: true");
-        let pod: Pod = serde_yaml::from_str(&chosen).unwrap();
+        let pod: Pod = serde_saphyr::from_str(&chosen).unwrap();
         let h = harden_pod(&pod, &system, &system.components[1]);
         let spec = h.pod.spec.as_ref().unwrap();
         assert_eq!(spec.service_account_name.as_deref(), Some("custom"));

@@ -156,11 +156,11 @@ mod tests {
     use crate::build::fixtures::FACTORY;
 
     fn systems(yaml: &str) -> Vec<Arc<IoTSystem>> {
-        vec![Arc::new(serde_yaml::from_str(yaml).unwrap())]
+        vec![Arc::new(serde_saphyr::from_str(yaml).unwrap())]
     }
 
     fn deployment(ports: &str, image: &str) -> Value {
-        serde_yaml::from_str(&format!(
+        serde_saphyr::from_str(&format!(
             r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -236,13 +236,13 @@ spec:
         let pod = pod_shape("Deployment", &other).unwrap().unwrap();
         assert!(component_for(&systems(FACTORY), &pod.labels).is_none());
         assert!(pod_shape("ConfigMap", &object).is_none());
-        let cron: Value = serde_yaml::from_str("{metadata: {name: c}, spec: {jobTemplate: {spec: {template: {metadata: {labels: {a: b}}, spec: {containers: []}}}}}}").unwrap();
+        let cron: Value = serde_saphyr::from_str("{metadata: {name: c}, spec: {jobTemplate: {spec: {template: {metadata: {labels: {a: b}}, spec: {containers: []}}}}}}").unwrap();
         assert_eq!(
             pod_shape("CronJob", &cron).unwrap().unwrap().name,
             "cronjob/c"
         );
         let broken: Value =
-            serde_yaml::from_str("{metadata: {name: p}, spec: {containers: 7}}").unwrap();
+            serde_saphyr::from_str("{metadata: {name: p}, spec: {containers: 7}}").unwrap();
         assert!(pod_shape("Pod", &broken).unwrap().is_err());
     }
 }
