@@ -12,6 +12,7 @@ use iotposture::{
     gateway::{
         config::{Layout, generate},
         exporter::{Counters, Tail},
+        settings::GatewaySettings,
     },
 };
 use iotposture_e2e::waf::{Nginx, free_port};
@@ -53,7 +54,10 @@ fn gateway(http: &HttpSettings) -> Gateway {
     let dir = std::env::temp_dir().join(format!("iotposture-gw-{}-{n}", std::process::id()));
     let listen = free_port();
     let layout = Layout::debian(listen, backend(), dir.to_str().unwrap());
-    let config = generate(http, &layout);
+    let config = generate(
+        &GatewaySettings::from_spec(http).expect("valid http settings"),
+        &layout,
+    );
     Nginx::start(
         &dir,
         &config.nginx,
@@ -335,7 +339,7 @@ fn cross_site_state_changes_are_refused() {
 
 #[test]
 fn repeated_failed_logins_lock_out_that_client_only() {
-    let http: HttpSettings = serde_yaml::from_str(
+    let http: HttpSettings = serde_saphyr::from_str(
         "{loginPath: /login, lockout: {maxFailures: 3, window: 1m, duration: 3s}}",
     )
     .unwrap();
@@ -398,7 +402,7 @@ fn repeated_failed_logins_lock_out_that_client_only() {
 #[test]
 fn unlisted_body_types_are_refused_and_samesite_follows_the_spec() {
     let http: HttpSettings =
-        serde_yaml::from_str("{allowedContentTypes: [application/json], sameSite: Lax}").unwrap();
+        serde_saphyr::from_str("{allowedContentTypes: [application/json], sameSite: Lax}").unwrap();
     let gw = gateway(&http);
     let json = [("Content-Type", "application/json; charset=utf-8")];
     assert_eq!(send(&gw, "POST", "/api/readings", &json, "{}").0, 200);
@@ -419,7 +423,8 @@ fn one_worker_keeps_the_lockout_count_in_one_place() {
     // ModSecurity v3 keeps collections in each worker's memory; with two
     // workers a guesser's attempts would be split between counts.
     let config = generate(
-        &serde_yaml::from_str("{loginPath: /login}").unwrap(),
+        &GatewaySettings::from_spec(&serde_saphyr::from_str("{loginPath: /login}").unwrap())
+            .unwrap(),
         &Layout::debian(8080, 18080, "/tmp/x"),
     );
     assert!(config.nginx.contains("\nworker_processes 1;\n"));
@@ -431,7 +436,7 @@ fn one_worker_keeps_the_lockout_count_in_one_place() {
 
 #[test]
 fn one_client_cannot_hold_more_requests_open_than_allowed() {
-    let http: HttpSettings = serde_yaml::from_str("{connectionsPerClient: 2}").unwrap();
+    let http: HttpSettings = serde_saphyr::from_str("{connectionsPerClient: 2}").unwrap();
     let gw = gateway(&http);
     let gw = std::sync::Arc::new(gw);
     let slow: Vec<_> = (0..3)
@@ -454,4 +459,79 @@ fn one_client_cannot_hold_more_requests_open_than_allowed() {
         [200, 200, 429],
         "the third request in flight is refused"
     );
+}
+
+#[test]
+fn media_types_with_symbols_pass_as_declared() {
+    let http: HttpSettings =
+        serde_saphyr::from_str("{allowedContentTypes: [application/ld+json]}").unwrap();
+    let gw = gateway(&http);
+    let ld = [("Content-Type", "application/ld+json")];
+    assert_eq!(send(&gw, "POST", "/api/things", &ld, "{}").0, 200);
+    // `+` is taken literally, not as "one or more d".
+    let other = [("Content-Type", "application/lddjson")];
+    assert_eq!(send(&gw, "POST", "/api/things", &other, "{}").0, 415);
+}
+
+#[test]
+fn a_changed_lockout_takes_effect_without_a_restart() {
+    // The gateway container's own entry point, on the real engine: the
+    // configuration files change in place, as the kubelet updates a ConfigMap.
+    let dir = std::env::temp_dir().join(format!("iotposture-gw-reload-{}", std::process::id()));
+    let listen = free_port();
+    let layout = Layout::debian(listen, backend(), dir.to_str().unwrap());
+    let lockout = |max: u32| {
+        let http: HttpSettings = serde_saphyr::from_str(&format!(
+            "{{loginPath: /login, lockout: {{maxFailures: {max}, window: 1m, duration: 1m}}}}"
+        ))
+        .unwrap();
+        generate(&GatewaySettings::from_spec(&http).unwrap(), &layout)
+    };
+    let first = lockout(10);
+    let gw = Nginx::start_supervised(
+        &dir,
+        &first.nginx,
+        layout.rules_file.as_ref(),
+        &first.modsecurity,
+        listen,
+    );
+    let login = [("Content-Type", "application/x-www-form-urlencoded")];
+    let fail = |from: &str| send_from(from, &gw, "POST", "/login", &login, "password=wrong").0;
+    assert_eq!([fail("127.0.0.2"), fail("127.0.0.2")], [401, 401]);
+    assert_eq!(fail("127.0.0.2"), 401, "ten failures allowed at first");
+
+    let second = lockout(2);
+    std::fs::write(&layout.rules_file, &second.modsecurity).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gw.startup_log().contains("nginx reloaded") {
+        assert!(Instant::now() < deadline, "no reload: {}", gw.startup_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The same nginx master (no restart) now locks out after two failures,
+    // once its new worker has taken over from the old one.
+    let master = || std::fs::read_to_string(dir.join("nginx.pid")).unwrap();
+    let before = master();
+    let mut client = 3;
+    loop {
+        let from = format!("127.0.0.{client}");
+        let codes: Vec<u16> = (0..3).map(|_| fail(&from)).collect();
+        if codes == [401, 401, 429] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{codes:?}: {}", gw.startup_log());
+        client += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(master(), before, "nginx was restarted, not reloaded");
+    let locked = format!("127.0.0.{client}");
+
+    // A broken file is not loaded: the running configuration stays.
+    std::fs::write(&layout.rules_file, "SecRuleEngine Sideways\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gw.startup_log().contains("fails nginx -t") {
+        assert!(Instant::now() < deadline, "{}", gw.startup_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(send(&gw, "GET", "/", &[], "").0, 200);
+    assert_eq!(fail(&locked), 429, "still the second configuration");
 }

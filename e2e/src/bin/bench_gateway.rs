@@ -18,7 +18,10 @@ use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use iotposture::{
     api::HttpSettings,
-    gateway::config::{Layout, generate},
+    gateway::{
+        config::{Layout, generate},
+        settings::GatewaySettings,
+    },
 };
 use iotposture_e2e::{
     bench::{summary, timed_requests, write_report},
@@ -105,7 +108,10 @@ fn start_nginx(
 ) -> Nginx {
     let listen = free_port();
     let layout = Layout::debian(listen, backend.port(), dir.to_str().unwrap_or("/tmp"));
-    let config = generate(http, &layout);
+    let config = generate(
+        &GatewaySettings::from_spec(http).expect("valid http settings"),
+        &layout,
+    );
     let nginx_conf = if waf {
         config.nginx
     } else {

@@ -425,9 +425,10 @@ pub struct Heartbeat {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpSettings {
-    /// Path of the login endpoint, used for lockout counting.
+    /// Path of the login endpoint, used for lockout counting: `/` followed by
+    /// letters, digits and `/ . _ ~ -`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^/"))]
+    #[schemars(length(max = 256), regex(pattern = r"^/[A-Za-z0-9/._~-]*$"))]
     pub login_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lockout: Option<Lockout>,
@@ -439,9 +440,9 @@ pub struct HttpSettings {
     #[serde(default = "default_anomaly_threshold")]
     #[schemars(range(min = 1, max = 100))]
     pub anomaly_threshold: i32,
-    /// Largest request body, in nginx size syntax (`1m`, `512k`).
+    /// Largest request body, in nginx size syntax (`1m`, `512k`), at most `1g`.
     #[serde(default = "default_body_size")]
-    #[schemars(regex(pattern = r"^[0-9]+[kKmM]?$"))]
+    #[schemars(regex(pattern = r"^[0-9]{1,10}[kKmMgG]?$"))]
     pub max_body_size: String,
     /// Requests per second per client, with this burst on top.
     #[serde(default = "default_rate")]

@@ -83,7 +83,7 @@ spec:
         assert!(nginx.contains("listen 8443 ssl;"), "{nginx}");
         assert!(nginx.contains("server 127.0.0.1:18443;"));
         assert!(nginx.contains("ssl_certificate /etc/iotposture-tls/https/tls.crt;"));
-        assert!(nginx.contains("client_max_body_size 64k;"));
+        assert!(nginx.contains("client_max_body_size 65536;"));
         assert!(
             !nginx.contains("9100"),
             "the metrics port is not HTTP-fronted"

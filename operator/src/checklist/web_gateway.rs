@@ -171,12 +171,12 @@ pub fn check_traffic_limits(s: &Scope<'_>) -> Check {
         .map(|c| {
             let h = &c.component.http;
             format!(
-                "{}: {} requests/s (burst {}) and {} at once per client, bodies up to {}",
+                "{}: {} requests/s (burst {}) and {} at once per client, bodies up to {} bytes",
                 c.component.name,
                 h.requests_per_second,
                 h.burst,
                 h.connections_per_client,
-                h.max_body_size
+                h.max_body_bytes
             )
         })
         .collect();

@@ -23,7 +23,6 @@ use crate::{
     api::{EndpointStatus, IoTSystem},
     build::certificate::certificate_name,
     controller::validate::{Neighbourhood, ValidatedSystem, validate},
-    gateway::config::seconds,
     metrics::Metrics,
     probe::{
         http,
@@ -197,7 +196,7 @@ async fn probe_web(
 ) -> Vec<ProbedHttpPort> {
     let mut out = Vec::new();
     for component in &system.components {
-        let lockout = component.http.effective_lockout();
+        let lockout = component.http.lockout.as_ref();
         for port in component.http_ports() {
             let name = format!("{}.{}.svc", component.service, system.namespace);
             let key = format!("{name}:{}", port.port);
@@ -218,9 +217,10 @@ async fn probe_web(
                 tls: port.tls,
             };
             let memo = (uid.to_string(), component.name.clone(), port.name.clone());
-            let again_after =
-                Duration::from_secs(lockout.as_ref().map(|l| seconds(&l.duration)).unwrap_or(0))
-                    .max(options.interval);
+            let again_after = lockout
+                .map(|l| l.duration)
+                .unwrap_or_default()
+                .max(options.interval);
             let previous = logins
                 .0
                 .get(&memo)
@@ -242,10 +242,7 @@ async fn probe_web(
             let plan = http::Plan {
                 login_path: component.http.login_path.clone(),
                 login_checks,
-                max_failures: lockout
-                    .as_ref()
-                    .map(|l| l.max_failures.max(1) as u32)
-                    .unwrap_or(5),
+                max_failures: lockout.map(|l| l.max_failures.max(1)).unwrap_or(5),
                 credentials,
             };
             let mut finding = http::probe(&target, &options.http, &plan).await;

@@ -16,9 +16,10 @@ use kube::{
 };
 
 use crate::api::{
-    Access, Attestation, Component, HttpSettings, ImagePolicy, IoTSystem, Mode, PodDefaults, Port,
-    Protocol, Role, Subject, SubjectKind, TlsPolicy,
+    Access, Attestation, Component, ImagePolicy, IoTSystem, Mode, PodDefaults, Port, Protocol,
+    Role, Subject, SubjectKind, TlsPolicy,
 };
+use crate::gateway::settings::{GatewaySettings, SettingError};
 
 /// SSDP, the discovery protocol of UPnP (checklist item V-2).
 pub const SSDP_PORT: i32 = 1900;
@@ -72,6 +73,11 @@ pub enum ValidationError {
         component: String,
         port: String,
         backend: i32,
+    },
+    #[error("component {component:?}: {error}")]
+    InvalidHttpSetting {
+        component: String,
+        error: SettingError,
     },
     #[error("pod {pod:?} is selected by both component {first:?} and component {second:?}")]
     ComponentOverlap {
@@ -130,8 +136,8 @@ pub struct ValidComponent {
     pub writable_paths: Vec<String>,
     /// The Service in front of the component.
     pub service: String,
-    /// Gateway settings, defaulted; used when a port has `http` set.
-    pub http: HttpSettings,
+    /// Gateway settings, defaulted and checked; used when a port has `http` set.
+    pub http: GatewaySettings,
 }
 
 impl ValidComponent {
@@ -323,7 +329,12 @@ fn validate_component(c: &Component) -> Result<ValidComponent, ValidationError> 
         role: c.role,
         selector: c.selector.clone(),
         ports,
-        http: c.http.clone().unwrap_or_default(),
+        http: GatewaySettings::from_spec(&c.http.clone().unwrap_or_default()).map_err(|error| {
+            ValidationError::InvalidHttpSetting {
+                component: c.name.clone(),
+                error,
+            }
+        })?,
         upnp: c.upnp,
         automount_service_account_token: c.automount_service_account_token,
         devices: c.devices.clone(),
@@ -480,7 +491,7 @@ mod tests {
     use std::sync::Arc;
 
     fn system(yaml: &str) -> IoTSystem {
-        let mut s: IoTSystem = serde_yaml::from_str(yaml).unwrap();
+        let mut s: IoTSystem = serde_saphyr::from_str(yaml).unwrap();
         let uid = format!("uid-{}", s.name_any());
         s.metadata.uid.get_or_insert(uid);
         s

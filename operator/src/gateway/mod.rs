@@ -4,6 +4,7 @@
 //! ModSecurity configuration; tests run it on the real engine.
 pub mod config;
 pub mod exporter;
+pub mod settings;
 
 /// The gateway image: OWASP CRS 3.3.4 on nginx (the CRS release the tests
 /// run on Debian's engine), pinned by tag.

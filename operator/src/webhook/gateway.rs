@@ -15,7 +15,7 @@ use k8s_openapi::{
 use crate::{
     build::{certificate::certificate_name, gateway::gateway_config_name},
     controller::validate::{ValidComponent, ValidatedSystem},
-    gateway::config::{CONFIG_DIR, STATE_DIR, TLS_DIR},
+    gateway::config::{CONFIG_DIR, STATE_DIR, TLS_DIR, supervisor_script},
 };
 
 pub const GATEWAY_CONTAINER: &str = "iotposture-gateway";
@@ -124,12 +124,12 @@ pub fn inject_gateway(
     spec.containers.push(Container {
         name: GATEWAY_CONTAINER.into(),
         image: Some(images.gateway.clone()),
+        // nginx under a small supervisor that reloads it when the
+        // ConfigMap changes, so new settings apply without a restart.
         command: Some(vec![
-            "nginx".into(),
+            "/bin/sh".into(),
             "-c".into(),
-            format!("{CONFIG_DIR}/nginx.conf"),
-            "-e".into(),
-            "stderr".into(),
+            supervisor_script(&format!("{CONFIG_DIR}/nginx.conf")),
         ]),
         ports: Some(
             ports
@@ -192,7 +192,7 @@ mod tests {
     }
 
     fn dashboard_pod() -> Pod {
-        serde_yaml::from_str(
+        serde_saphyr::from_str(
             r#"
 metadata: {name: dash, labels: {app: dashboard}}
 spec:
