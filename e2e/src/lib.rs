@@ -11,7 +11,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicU32, Ordering},
     },
     time::Duration,
 };
@@ -28,7 +28,7 @@ use kube::{
 use serde_json::Value;
 use tokio::sync::{OnceCell, oneshot};
 
-use iotposture::metrics::Metrics;
+use iotposture::{health::Health, metrics::Metrics};
 
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -268,6 +268,7 @@ impl TestNamespace {
 /// The operator, in this process, watching one namespace.
 pub struct RunningOperator {
     pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
     /// The webhook instance (configuration name and namespace label value), if served.
     pub webhook_instance: Option<String>,
     pub webhook_addr: Option<std::net::SocketAddr>,
@@ -300,21 +301,12 @@ impl RunningOperator {
         Self::start_with(ns, false, Some(probes)).await
     }
 
-    /// Also serves the admission webhooks on 127.0.0.1, registered by URL
-    /// under an instance name of this namespace's own.
-    pub async fn start_with_webhooks(ns: &TestNamespace) -> Self {
-        Self::start_with(ns, true, None).await
-    }
-
-    async fn start_with(
-        ns: &TestNamespace,
-        webhooks: bool,
-        probes: Option<iotposture::controller::probing::ProbeOptions>,
-    ) -> Self {
+    /// Options for an operator of this namespace; `webhooks` serves the
+    /// admission webhooks on 127.0.0.1, registered by URL under an instance
+    /// name of this namespace's own. Without them, spec.access is trusted
+    /// (as with --trust-unreviewed-access), unless the test says otherwise.
+    pub fn options(ns: &TestNamespace, webhooks: bool) -> iotposture::controller::Options {
         use iotposture::webhook::registration::{Endpoint, Registration};
-        let metrics = Arc::new(Metrics::default());
-        let ready = Arc::new(AtomicBool::new(false));
-        let (stop, stopped) = oneshot::channel::<()>();
         let admission = webhooks.then(|| {
             let listen = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -332,31 +324,48 @@ impl RunningOperator {
                     endpoint: Endpoint::Url(format!("https://{listen}")),
                     failure_policy: "Fail".into(),
                     own_namespace: None,
+                    managed_namespace: Some(ns.name.clone()),
                     timeout_seconds: 5,
                 },
             }
         });
-        let webhook_instance = admission.as_ref().map(|a| a.registration.instance.clone());
-        let webhook_addr = admission.as_ref().map(|a| a.listen);
-        let options = iotposture::controller::Options {
+        iotposture::controller::Options {
             namespace: Some(ns.name.clone()),
             admission,
-            probes: probes.clone(),
-        };
-        let task = tokio::spawn(iotposture::controller::run(
-            ns.client.clone(),
-            options,
-            metrics.clone(),
-            ready.clone(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        wait_until("the operator's caches", || async {
-            ready.load(Ordering::Relaxed).then_some(())
+            probes: None,
+            trust_unreviewed_access: !webhooks,
+        }
+    }
+
+    /// Also serves the admission webhooks on 127.0.0.1, registered by URL
+    /// under an instance name of this namespace's own.
+    pub async fn start_with_webhooks(ns: &TestNamespace) -> Self {
+        Self::start_with(ns, true, None).await
+    }
+
+    async fn start_with(
+        ns: &TestNamespace,
+        webhooks: bool,
+        probes: Option<iotposture::controller::probing::ProbeOptions>,
+    ) -> Self {
+        let mut options = Self::options(ns, webhooks);
+        options.probes = probes;
+        Self::start_as(ns, ns.client.clone(), options).await
+    }
+
+    /// Starts the operator with `options`, talking to the API server as
+    /// `client`, and waits until it is ready.
+    pub async fn start_as(
+        ns: &TestNamespace,
+        client: Client,
+        options: iotposture::controller::Options,
+    ) -> Self {
+        let running = Self::launch(ns, client, options);
+        wait_until("the operator ready", || async {
+            running.health.is_ready().then_some(())
         })
         .await;
-        if let (Some(instance), Some(addr)) = (&webhook_instance, webhook_addr) {
+        if let (Some(instance), Some(addr)) = (&running.webhook_instance, running.webhook_addr) {
             let configs: Api<
                 k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
             > = Api::all(ns.client.clone());
@@ -366,8 +375,35 @@ impl RunningOperator {
             })
             .await;
         }
+        running
+    }
+
+    /// Starts the operator without waiting for anything.
+    pub fn launch(
+        ns: &TestNamespace,
+        client: Client,
+        options: iotposture::controller::Options,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let health = Arc::new(Health::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let webhook_instance = options
+            .admission
+            .as_ref()
+            .map(|a| a.registration.instance.clone());
+        let webhook_addr = options.admission.as_ref().map(|a| a.listen);
+        let task = tokio::spawn(iotposture::controller::run(
+            client,
+            options,
+            metrics.clone(),
+            health.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             metrics,
+            health,
             webhook_instance,
             webhook_addr,
             client: ns.client.clone(),

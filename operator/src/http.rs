@@ -1,31 +1,28 @@
 //! The operator's HTTP endpoints: Prometheus metrics and probes.
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::Arc;
 
 use axum::{
     Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
 };
 
-use crate::metrics::Metrics;
+use crate::{health::Health, metrics::Metrics};
 
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    health: Arc<Health>,
 }
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    health: Arc<Health>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, ready });
+        .with_state(AppState { metrics, health });
     axum::serve(listener, app).await
 }
 
@@ -40,9 +37,10 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
+    let problems = state.health.problems();
+    if problems.is_empty() {
+        (StatusCode::OK, "ok".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not filled yet")
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n"))
     }
 }

@@ -6,6 +6,7 @@ pub mod check;
 pub mod checklist;
 pub mod controller;
 pub mod gateway;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod probe;

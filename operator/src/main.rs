@@ -33,10 +33,16 @@ enum Command {
         /// Seconds between TLS probe rounds; 0 turns probing off.
         #[arg(long, env = "IOTPOSTURE_PROBE_INTERVAL_SECONDS", default_value_t = 300)]
         probe_interval_seconds: u64,
-        /// Dial NAME:PORT at ADDR:PORT instead of resolving it (repeatable), for
-        /// clusters whose Service names the operator cannot resolve.
+        /// Dial NAME:PORT at ADDR:PORT instead of the Service's ClusterIP
+        /// (repeatable), where the operator cannot reach ClusterIPs.
         #[arg(long = "probe-resolve", value_name = "NAME:PORT=ADDR:PORT")]
         probe_resolve: Vec<String>,
+        /// Without the admission webhooks nothing reviews who may grant the
+        /// access an IoTSystem's spec.access names, so its subjects are not
+        /// bound; set this only where nobody but cluster administrators may
+        /// create or change IoTSystems.
+        #[arg(long, env = "IOTPOSTURE_TRUST_UNREVIEWED_ACCESS")]
+        trust_unreviewed_access: bool,
     },
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
@@ -113,7 +119,10 @@ struct WebhookArgs {
 }
 
 impl WebhookArgs {
-    fn options(self) -> anyhow::Result<Option<iotposture::webhook::Options>> {
+    fn options(
+        self,
+        managed_namespace: Option<String>,
+    ) -> anyhow::Result<Option<iotposture::webhook::Options>> {
         use iotposture::webhook::registration::{Endpoint, Registration};
         let Some(listen) = self.webhook_addr else {
             return Ok(None);
@@ -163,6 +172,7 @@ impl WebhookArgs {
                 endpoint,
                 failure_policy: self.webhook_failure_policy,
                 own_namespace: self.own_namespace,
+                managed_namespace,
                 timeout_seconds: 5,
             },
         }))
@@ -277,6 +287,7 @@ async fn main() -> anyhow::Result<()> {
             webhook,
             probe_interval_seconds,
             probe_resolve,
+            trust_unreviewed_access,
         } => {
             iotposture::telemetry::init(log_json);
             let mut resolve = std::collections::HashMap::new();
@@ -295,9 +306,10 @@ async fn main() -> anyhow::Result<()> {
                 }
             });
             let options = iotposture::controller::Options {
+                admission: webhook.options(namespace.clone())?,
                 namespace,
-                admission: webhook.options()?,
                 probes,
+                trust_unreviewed_access,
             };
             let client = kube::Client::try_default().await?;
             iotposture::controller::run_with_http(client, options, http_addr).await?;

@@ -60,6 +60,11 @@ pub struct AdmissionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
     pub kind: &'static str,
     pub verb: &'static str,
@@ -85,6 +90,8 @@ pub struct Metrics {
     pub tls_handshake_ok: Family<EndpointLabels, Gauge>,
     /// Admission requests by webhook and outcome.
     pub admission: Family<AdmissionLabels, Counter>,
+    /// Failed watch attempts, by kind.
+    pub watch_errors: Family<KindLabels, Counter>,
     /// Endpoint series exported, to remove them with their system.
     endpoint_series: Mutex<HashSet<EndpointLabels>>,
     /// The label sets currently exported per system, to remove them on change.
@@ -156,8 +163,15 @@ impl Default for Metrics {
             "Admission requests by webhook (mutate, validate) and outcome",
             admission.clone(),
         );
+        let watch_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "watch_errors",
+            "Failed watch attempts by kind; each is retried with backoff",
+            watch_errors.clone(),
+        );
         Self {
             registry,
+            watch_errors,
             certificate_expiry,
             tls_handshake_ok,
             admission,
@@ -183,6 +197,11 @@ impl Metrics {
             metrics: self,
             start: Instant::now(),
         }
+    }
+
+    /// A watch failed (it is retried with backoff).
+    pub fn watch_failed(&self, kind: &'static str) {
+        self.watch_errors.get_or_create(&KindLabels { kind }).inc();
     }
 
     pub fn write(&self, kind: &'static str, verb: &'static str) {
@@ -284,13 +303,23 @@ impl Metrics {
         }
     }
 
+    /// Drops the series of one system, which is gone.
+    pub fn forget_system(&self, namespace: &str, system: &str) {
+        let gone = (namespace.to_string(), system.to_string());
+        self.retain_where(|key| *key != gone);
+    }
+
     /// Drops the series of systems that no longer exist.
     pub fn retain_systems(&self, live: &HashSet<(String, String)>) {
+        self.retain_where(|key| live.contains(key));
+    }
+
+    fn retain_where(&self, live: impl Fn(&(String, String)) -> bool) {
         self.endpoint_series
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|l| {
-                let keep = live.contains(&(l.namespace.clone(), l.system.clone()));
+                let keep = live(&(l.namespace.clone(), l.system.clone()));
                 if !keep {
                     self.tls_handshake_ok.remove(l);
                     self.certificate_expiry.remove(l);
@@ -299,7 +328,7 @@ impl Metrics {
             });
         let mut exported = self.exported.lock().unwrap_or_else(|e| e.into_inner());
         exported.retain(|key, labels| {
-            if live.contains(key) {
+            if live(key) {
                 return true;
             }
             for l in labels.iter() {

@@ -116,6 +116,10 @@ async fn main() -> anyhow::Result<()> {
             gateway: iotposture::gateway::DEFAULT_GATEWAY_IMAGE.into(),
             exporter: iotposture::gateway::DEFAULT_EXPORTER_IMAGE.into(),
         },
+        // Ready from the start: the caches here are the one system above.
+        ready: tokio::sync::watch::channel(true).1,
+        // Only the IoTSystem webhook talks to the API server; this measures pods.
+        client: kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse()?))?,
     };
     tokio::spawn(webhook::serve(listener, slot, state));
 

@@ -1,7 +1,7 @@
 //! Checklist verdicts on the real control plane: in status, in the one
 //! PolicyReport, in metrics scraped by a real Prometheus, and equal to what
 //! `iotposture check` says offline about the same manifests.
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, time::Duration};
 
 use iotposture::{
     api::{IoTSystem, ItemStatus, Verdict},
@@ -230,11 +230,10 @@ async fn a_sloppy_system_fails_in_status_report_metrics_and_offline() {
     // A real Prometheus scrapes the operator's /metrics and reads the verdicts back.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = listener.local_addr().unwrap();
-    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let server = tokio::spawn(iotposture::http::serve(
         listener,
         operator.metrics.clone(),
-        ready,
+        operator.health.clone(),
     ));
     assert_eq!(
         iotposture_e2e::http_get(metrics_addr, "/healthz").await.0,

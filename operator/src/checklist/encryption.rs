@@ -35,6 +35,9 @@ pub fn check_flow_encryption(s: &Scope<'_>) -> Check {
     for flow in &s.system.flows {
         let component = &s.system.components[flow.target].name;
         match probed(probes, component, &flow.port.name) {
+            Some(p) if p.finding.unreachable.is_some() => {
+                return not_reached(p);
+            }
             Some(p) => {
                 if let Some(e) = &p.finding.error {
                     offences.add(format!(
@@ -54,6 +57,17 @@ pub fn check_flow_encryption(s: &Scope<'_>) -> Check {
     offences.verdict(format!(
         "all {} flows use TLS ports, and the probe completed a TLS handshake on each",
         s.system.flows.len()
+    ))
+}
+
+/// A probe that could not run decides nothing.
+fn not_reached(p: &crate::controller::probing::ProbedPort) -> Check {
+    Check::unknown(format!(
+        "{}/{}: the probe could not reach {}: {}",
+        p.component,
+        p.port,
+        p.finding.endpoint,
+        p.finding.unreachable.as_deref().unwrap_or("?")
     ))
 }
 
@@ -104,6 +118,9 @@ pub fn check_encryption_in_use(s: &Scope<'_>) -> Check {
                 component.name, port.name
             ));
         };
+        if p.finding.unreachable.is_some() {
+            return not_reached(p);
+        }
         match &p.finding.error {
             Some(e) => offences.add(format!("{}/{}: {e}", component.name, port.name)),
             None => seen.push(format!(

@@ -99,15 +99,21 @@ pub fn check_tls_certificate(s: &Scope<'_>) -> Check {
     if !offences.is_empty() {
         return offences.verdict("");
     }
+    let mut not_reached = Vec::new();
     if let Some(probes) = &s.snapshot.tls_probes {
         let mut verified = 0;
         for (component, port) in &tls_ports {
-            if let Some(p) = super::encryption::probed(probes, &component.name, &port.name) {
-                for problem in p.finding.problems() {
-                    offences.add(problem);
-                }
-                verified += 1;
+            let Some(p) = super::encryption::probed(probes, &component.name, &port.name) else {
+                continue;
+            };
+            if let Some(why) = &p.finding.unreachable {
+                not_reached.push(format!("{}: {why}", p.finding.endpoint));
+                continue;
             }
+            for problem in p.finding.problems() {
+                offences.add(problem);
+            }
+            verified += 1;
         }
         if verified == tls_ports.len() {
             return offences.verdict(format!(
@@ -118,8 +124,13 @@ pub fn check_tls_certificate(s: &Scope<'_>) -> Check {
             return offences.verdict("");
         }
     }
+    let why = if not_reached.is_empty() {
+        "the TLS probe has not yet confirmed what the endpoints present".to_string()
+    } else {
+        format!("the TLS probe could not reach {}", not_reached.join("; "))
+    };
     Check::unknown(format!(
-        "{} Certificates requested from {:?} {} ({} Ready); the TLS probe has not yet confirmed what the endpoints present",
+        "{} Certificates requested from {:?} {} ({} Ready); {why}",
         tls_ports.len(),
         tls.issuer_ref.kind,
         tls.issuer_ref.name,

@@ -1,16 +1,22 @@
 //! Step 4 of the pipeline: make the cluster hold exactly the desired objects.
-//! Server-side apply with one field manager, only for objects whose cached copy
-//! differs from what we built; then delete our objects that are no longer
-//! wanted. Reads come from the watch caches, so a reconcile with nothing to
-//! change sends no request at all.
+//!
+//! Reads come from the watch caches, so a reconcile with nothing to change
+//! sends no request at all. An object is compared with its cached copy on
+//! everything it carries (not only the fields we set), so a field someone
+//! else added counts as drift: a missing object is created by server-side
+//! apply; a drifted one is replaced whole (PUT), which also removes fields
+//! other managers own and an apply would leave in place. Then our objects
+//! that are no longer wanted are deleted. Every object is tried even when
+//! another fails, NetworkPolicies first, and the report carries the objects
+//! as the API server now holds them, for the checklist to judge.
 
-use std::{collections::BTreeSet, fmt::Debug};
+use std::{collections::BTreeSet, fmt::Debug, sync::Arc};
 
-use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::{NamespaceResourceScope, api::core::v1::Namespace};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
-    core::DynamicObject,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    core::{DynamicObject, PartialObjectMeta},
     runtime::reflector::{ObjectRef, Store},
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -20,6 +26,7 @@ use super::{Context, FIELD_MANAGER};
 use crate::{
     build::{DesiredObjects, meta::SYSTEM_LABEL},
     controller::validate::ValidatedSystem,
+    metrics::Metrics,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +49,8 @@ pub enum ApplyError {
         #[source]
         source: kube::Error,
     },
+    #[error("updating the admission webhooks for this system failed: {0}")]
+    Webhooks(String),
     #[error("encoding {kind} {name:?} failed: {source}")]
     Encode {
         kind: &'static str,
@@ -55,9 +64,34 @@ impl ApplyError {
     pub fn reason(&self) -> &'static str {
         match self {
             ApplyError::NotOurs { .. } => "NameConflict",
-            ApplyError::Apply { .. } | ApplyError::Encode { .. } => "ApplyFailed",
+            ApplyError::Apply { .. } | ApplyError::Encode { .. } | ApplyError::Webhooks(_) => {
+                "ApplyFailed"
+            }
             ApplyError::Prune { .. } => "PruneFailed",
         }
+    }
+}
+
+/// Every object that could not be applied or pruned in one reconcile.
+#[derive(Debug)]
+pub struct ApplyFailures(pub Vec<ApplyError>);
+
+impl std::fmt::Display for ApplyFailures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [] => write!(f, "nothing failed"),
+            [one] => write!(f, "{one}"),
+            [first, rest @ ..] => write!(f, "{first} (and {} more failures)", rest.len()),
+        }
+    }
+}
+
+impl std::error::Error for ApplyFailures {}
+
+impl ApplyFailures {
+    /// The reason of the first failure: the one the message leads with.
+    pub fn reason(&self) -> &'static str {
+        self.0.first().map_or("ApplyFailed", ApplyError::reason)
     }
 }
 
@@ -74,13 +108,17 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
-/// What one apply step changed.
+/// What one apply step changed, and what the cluster holds afterwards.
 #[derive(Debug, Default)]
 pub struct ApplyReport {
     pub applied: Vec<ObjectKey>,
     pub pruned: Vec<ObjectKey>,
     /// Objects the cluster already held as built.
     pub kept: Vec<ObjectKey>,
+    pub failed: Vec<ApplyError>,
+    /// The system's objects as the API server holds them now: our writes'
+    /// answers, the cached copies of what was kept or could not be written.
+    pub current: DesiredObjects,
 }
 
 impl ApplyReport {
@@ -93,7 +131,7 @@ pub async fn apply_all(
     ctx: &Context,
     system: &ValidatedSystem,
     desired: &DesiredObjects,
-) -> Result<ApplyReport, ApplyError> {
+) -> ApplyReport {
     // No `..`: a new kind must be synced here before this compiles.
     let DesiredObjects {
         service_accounts,
@@ -105,40 +143,190 @@ pub async fn apply_all(
     } = desired;
     let caches = &ctx.caches;
     let mut report = ApplyReport::default();
-    // Gateway configuration first: pods admitted next find it mounted.
-    sync_kind(ctx, system, &caches.config_maps, config_maps, &mut report).await?;
-    // Roles before their bindings; isolation last, once identities exist.
-    sync_kind(
-        ctx,
-        system,
-        &caches.service_accounts,
-        service_accounts,
-        &mut report,
-    )
-    .await?;
-    sync_kind(ctx, system, &caches.roles, roles, &mut report).await?;
-    sync_kind(
-        ctx,
-        system,
-        &caches.role_bindings,
-        role_bindings,
-        &mut report,
-    )
-    .await?;
-    sync_kind(
+    // Isolation first: whatever fails after it, the pods are fenced in.
+    let network_policies = sync_kind(
         ctx,
         system,
         &caches.network_policies,
         network_policies,
         &mut report,
     )
-    .await?;
+    .await;
+    // Gateway configuration next: pods admitted later find it to mount.
+    let config_maps = sync_kind(ctx, system, &caches.config_maps, config_maps, &mut report).await;
+    let service_accounts = sync_kind(
+        ctx,
+        system,
+        &caches.service_accounts,
+        service_accounts,
+        &mut report,
+    )
+    .await;
+    // Roles before their bindings.
+    let roles = sync_kind(ctx, system, &caches.roles, roles, &mut report).await;
+    let role_bindings = sync_kind(
+        ctx,
+        system,
+        &caches.role_bindings,
+        role_bindings,
+        &mut report,
+    )
+    .await;
     // Without cert-manager's CRDs there is nowhere to put Certificates; III-9
     // and VI-4 then say so.
-    if let Some(store) = &caches.certificates {
-        sync_kind(ctx, system, store, certificates, &mut report).await?;
+    let certificates = match &caches.certificates {
+        Some(store) => sync_kind(ctx, system, store, certificates, &mut report).await,
+        None => Vec::new(),
+    };
+    report.current = DesiredObjects {
+        service_accounts,
+        roles,
+        role_bindings,
+        network_policies,
+        certificates,
+        config_maps,
+    };
+    report
+}
+
+/// What happened to one desired object.
+enum Synced<K> {
+    Kept(K),
+    Written(K),
+    /// Not written; the cluster's copy, if any, stays as it is.
+    Failed(ApplyError, Option<K>),
+}
+
+/// Makes the cluster's copy of `object` equal to it; `cached` is what the
+/// watch cache holds under its name.
+async fn sync_object<K>(
+    api: &Api<K>,
+    metrics: &Metrics,
+    kind: &'static str,
+    object: &K,
+    cached: Option<Arc<K>>,
+    owner_uid: &str,
+) -> Synced<K>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let name = object.name_any();
+    let failed_apply = |source| ApplyError::Apply {
+        kind,
+        name: name.clone(),
+        source,
+    };
+    let Some(current) = cached else {
+        // An object missing from our cache may still exist unlabelled: never
+        // take over someone else's object of the same name.
+        return match api.get_opt(&name).await {
+            Err(source) => Synced::Failed(failed_apply(source), None),
+            Ok(Some(existing)) if !is_owned_by(&existing, owner_uid) => Synced::Failed(
+                ApplyError::NotOurs {
+                    kind,
+                    name: name.clone(),
+                },
+                Some(existing),
+            ),
+            Ok(Some(existing)) => replace_if_drifted(api, metrics, kind, object, existing).await,
+            Ok(None) => {
+                metrics.write(kind, "apply");
+                let created = api
+                    .patch(
+                        &name,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(object),
+                    )
+                    .await;
+                match created {
+                    Ok(created) => Synced::Written(created),
+                    Err(source) => Synced::Failed(failed_apply(source), None),
+                }
+            }
+        };
+    };
+    if !is_owned_by(current.as_ref(), owner_uid) {
+        return Synced::Failed(
+            ApplyError::NotOurs { kind, name },
+            Some(current.as_ref().clone()),
+        );
     }
-    Ok(report)
+    match replace_if_drifted(api, metrics, kind, object, current.as_ref().clone()).await {
+        // The cache may be behind the server: look at the server's copy once.
+        Synced::Failed(ApplyError::Apply { source, .. }, _) if is_conflict(&source) => {
+            match api.get_opt(&name).await {
+                Ok(Some(fresh)) => replace_if_drifted(api, metrics, kind, object, fresh).await,
+                Ok(None) => Synced::Failed(failed_apply(source), None),
+                Err(e) => Synced::Failed(failed_apply(e), Some(current.as_ref().clone())),
+            }
+        }
+        other => other,
+    }
+}
+
+async fn replace_if_drifted<K>(
+    api: &Api<K>,
+    metrics: &Metrics,
+    kind: &'static str,
+    object: &K,
+    current: K,
+) -> Synced<K>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let name = object.name_any();
+    let (desired_value, current_value) =
+        match (serde_json::to_value(object), serde_json::to_value(&current)) {
+            (Ok(d), Ok(c)) => (d, c),
+            (Err(source), _) | (_, Err(source)) => {
+                return Synced::Failed(ApplyError::Encode { kind, name, source }, Some(current));
+            }
+        };
+    if !differs(&desired_value, &current_value) {
+        return Synced::Kept(current);
+    }
+    let replacement = merge_into_current(object, &current);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    metrics.write(kind, "update");
+    match api.replace(&name, &params, &replacement).await {
+        Ok(written) => Synced::Written(written),
+        Err(source) => Synced::Failed(ApplyError::Apply { kind, name, source }, Some(current)),
+    }
+}
+
+/// `object` with the identity of `current` (resourceVersion, uid, …) and
+/// the labels, annotations and owners others put there besides ours.
+fn merge_into_current<K: Resource + Clone>(object: &K, current: &K) -> K {
+    let mut out = object.clone();
+    let mut meta = current.meta().clone();
+    let ours = object.meta();
+    let mut labels = meta.labels.take().unwrap_or_default();
+    labels.extend(ours.labels.clone().unwrap_or_default());
+    meta.labels = Some(labels);
+    if let Some(annotations) = &ours.annotations {
+        let mut merged = meta.annotations.take().unwrap_or_default();
+        merged.extend(annotations.clone());
+        meta.annotations = Some(merged);
+    }
+    let mut owners = meta.owner_references.take().unwrap_or_default();
+    for owner in ours.owner_references.iter().flatten() {
+        if !owners.iter().any(|o| o.uid == owner.uid) {
+            owners.push(owner.clone());
+        }
+    }
+    meta.owner_references = Some(owners);
+    // Omitted, the server keeps the field managers it has and moves what
+    // this write changes to ours.
+    meta.managed_fields = None;
+    *out.meta_mut() = meta;
+    out
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 409)
 }
 
 async fn sync_kind<K>(
@@ -147,7 +335,7 @@ async fn sync_kind<K>(
     cache: &Store<K>,
     desired: &[K],
     report: &mut ApplyReport,
-) -> Result<(), ApplyError>
+) -> Vec<K>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
@@ -161,46 +349,29 @@ where
     let kind = kind_of::<K>();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &system.namespace);
     let owner_uid = &system.owner.uid;
+    let mut current = Vec::with_capacity(desired.len());
 
     for object in desired {
         let name = object.name_any();
+        let cached = cache.get(&ObjectRef::new(&name).within(&system.namespace));
         let key = ObjectKey {
             kind,
             name: name.clone(),
         };
-        let cached = cache.get(&ObjectRef::new(&name).within(&system.namespace));
-        match &cached {
-            Some(current) => {
-                if !is_owned_by(current.as_ref(), owner_uid) {
-                    return Err(ApplyError::NotOurs { kind, name });
-                }
-                let encode = |o: &K| {
-                    serde_json::to_value(o).map_err(|source| ApplyError::Encode {
-                        kind,
-                        name: name.clone(),
-                        source,
-                    })
-                };
-                if is_subset(&encode(object)?, &encode(current)?) {
-                    report.kept.push(key);
-                    continue;
-                }
+        match sync_object(&api, &ctx.metrics, kind, object, cached, owner_uid).await {
+            Synced::Kept(o) => {
+                report.kept.push(key);
+                current.push(o);
             }
-            None => refuse_foreign(&api, kind, &name, owner_uid).await?,
+            Synced::Written(o) => {
+                report.applied.push(key);
+                current.push(o);
+            }
+            Synced::Failed(e, o) => {
+                report.failed.push(e);
+                current.extend(o);
+            }
         }
-        ctx.metrics.write(kind, "apply");
-        api.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(object),
-        )
-        .await
-        .map_err(|source| ApplyError::Apply {
-            kind,
-            name: name.clone(),
-            source,
-        })?;
-        report.applied.push(key);
     }
 
     let wanted: BTreeSet<String> = desired.iter().map(|o| o.name_any()).collect();
@@ -214,14 +385,18 @@ where
         }
         ctx.metrics.write(kind, "delete");
         match api.delete(&name, &DeleteParams::background()).await {
-            Ok(_) => {}
+            Ok(_) => report.pruned.push(ObjectKey { kind, name }),
             // Gone already: that is what we wanted.
-            Err(kube::Error::Api(status)) if status.is_not_found() => {}
-            Err(source) => return Err(ApplyError::Prune { kind, name, source }),
+            Err(kube::Error::Api(status)) if status.is_not_found() => {
+                report.pruned.push(ObjectKey { kind, name })
+            }
+            Err(source) => {
+                report.failed.push(ApplyError::Prune { kind, name, source });
+                current.push(stale.as_ref().clone());
+            }
         }
-        report.pruned.push(ObjectKey { kind, name });
     }
-    Ok(())
+    current
 }
 
 /// Writes the system's PolicyReport when it differs from the cached one.
@@ -237,56 +412,34 @@ pub async fn apply_report(
     };
     let resource = crate::build::policy_report::api_resource();
     let name = report.name_any();
-    let failed = |source| ApplyError::Apply {
-        kind: KIND,
-        name: name.clone(),
-        source,
-    };
-    let encode = |o: &DynamicObject| {
-        serde_json::to_value(o).map_err(|source| ApplyError::Encode {
-            kind: KIND,
-            name: name.clone(),
-            source,
-        })
-    };
     let api =
         Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &system.namespace, &resource);
-    match cache.get(&ObjectRef::new_with(&name, resource.clone()).within(&system.namespace)) {
-        Some(current) => {
-            if !is_owned_by(current.as_ref(), &system.owner.uid) {
-                return Err(ApplyError::NotOurs { kind: KIND, name });
-            }
-            if is_subset(&encode(report)?, &encode(&current)?) {
-                return Ok(false);
-            }
-        }
-        None => refuse_foreign(&api, KIND, &name, &system.owner.uid).await?,
+    let cached = cache.get(&ObjectRef::new_with(&name, resource.clone()).within(&system.namespace));
+    match sync_object(&api, &ctx.metrics, KIND, report, cached, &system.owner.uid).await {
+        Synced::Kept(_) => Ok(false),
+        Synced::Written(_) => Ok(true),
+        Synced::Failed(e, _) => Err(e),
     }
-    ctx.metrics.write(KIND, "apply");
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(report),
-    )
-    .await
-    .map_err(failed)?;
-    Ok(true)
 }
 
-/// Puts the admission label on the namespace of a system, so the webhooks
-/// select its pods. Sends nothing when the label is already there.
-pub async fn label_namespace_for_admission(
-    ctx: &Context,
-    namespace: &str,
-) -> Result<(), ApplyError> {
+/// Makes the admission webhooks review this system's pods: their match
+/// conditions cover its selectors, and its namespace carries their label.
+/// Sends nothing when both are in place already.
+pub async fn admit_for_review(ctx: &Context, namespace: &str) -> Result<(), ApplyError> {
     use crate::webhook::registration::ADMISSION_LABEL;
-    let (Some(registration), Some(cache)) = (&ctx.admission, &ctx.caches.namespaces) else {
+    let Some(webhooks) = &ctx.webhooks else {
         return Ok(());
     };
+    webhooks
+        .cover(&ctx.caches.systems.state())
+        .await
+        .map_err(|e| ApplyError::Webhooks(e.to_string()))?;
+    let registration = &webhooks.registration;
     if !registration.may_select(namespace) {
         return Ok(());
     }
-    let current = cache.get(&ObjectRef::new(namespace));
+    let current: Option<Arc<PartialObjectMeta<Namespace>>> =
+        ctx.caches.namespaces.get(&ObjectRef::new(namespace));
     if current.is_some_and(|ns| ns.labels().get(ADMISSION_LABEL) == Some(&registration.instance)) {
         return Ok(());
     }
@@ -296,7 +449,7 @@ pub async fn label_namespace_for_admission(
         "kind": "Namespace",
         "metadata": {"name": namespace, "labels": {ADMISSION_LABEL: registration.instance}},
     });
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(ctx.client.clone())
+    Api::<Namespace>::all(ctx.client.clone())
         .patch(
             namespace,
             &PatchParams::apply(FIELD_MANAGER),
@@ -309,34 +462,6 @@ pub async fn label_namespace_for_admission(
             source,
         })?;
     Ok(())
-}
-
-/// An object missing from our cache may still exist unlabelled: never take
-/// over someone else's object of the same name.
-async fn refuse_foreign<K>(
-    api: &Api<K>,
-    kind: &'static str,
-    name: &str,
-    owner_uid: &str,
-) -> Result<(), ApplyError>
-where
-    K: Resource + Clone + DeserializeOwned + Debug,
-{
-    let existing = api
-        .get_opt(name)
-        .await
-        .map_err(|source| ApplyError::Apply {
-            kind,
-            name: name.to_string(),
-            source,
-        })?;
-    match existing {
-        Some(e) if !is_owned_by(&e, owner_uid) => Err(ApplyError::NotOurs {
-            kind,
-            name: name.to_string(),
-        }),
-        _ => Ok(()),
-    }
 }
 
 pub fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
@@ -361,31 +486,69 @@ fn is_owned_by<K: Resource>(object: &K, uid: &str) -> bool {
         .any(|r| r.uid == uid)
 }
 
-/// True when every field we set is present with the same value in `actual`.
-/// Fields the API server adds (defaults, managedFields, status) are ignored; an
-/// empty list or map we set matches an absent one, as the server drops those.
-pub fn is_subset(desired: &Value, actual: &Value) -> bool {
-    match (desired, actual) {
-        (Value::Null, _) => true,
-        (Value::Object(d), Value::Object(a)) => d.iter().all(|(k, v)| match a.get(k) {
-            Some(av) => is_subset(v, av),
-            None => is_empty(v),
-        }),
-        (Value::Array(d), Value::Array(a)) => {
-            d.len() == a.len() && d.iter().zip(a).all(|(dv, av)| is_subset(dv, av))
+/// Whether the cluster's copy (`actual`, as JSON) differs from what we built
+/// (`desired`): any difference in the object's content (everything but
+/// apiVersion, kind, metadata and status) counts, fields others added
+/// included; of the metadata, our labels, annotations and owner must be there.
+/// Empty values count as absent, as the API server drops them.
+pub fn differs(desired: &Value, actual: &Value) -> bool {
+    content(desired) != content(actual) || !metadata_kept(&desired["metadata"], &actual["metadata"])
+}
+
+fn content(object: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    if let Value::Object(fields) = object {
+        for (key, value) in fields {
+            if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata" | "status") {
+                out.insert(key.clone(), value.clone());
+            }
         }
-        (Value::Object(_) | Value::Array(_), Value::Null) => is_empty(desired),
-        (d, a) => d == a,
+    }
+    pruned(Value::Object(out)).unwrap_or(Value::Null)
+}
+
+/// Drops null, "", [] and {} values from maps, recursively. Elements of
+/// lists stay, even empty ones: `ingress: [{}]` (allow everything) is not
+/// the same as no ingress rule at all.
+fn pruned(value: Value) -> Option<Value> {
+    match value {
+        Value::Null => None,
+        Value::String(s) if s.is_empty() => None,
+        Value::Array(items) if items.is_empty() => None,
+        Value::Array(items) => Some(Value::Array(
+            items
+                .into_iter()
+                .map(|i| pruned(i).unwrap_or(Value::Null))
+                .collect(),
+        )),
+        Value::Object(fields) => {
+            let kept: serde_json::Map<String, Value> = fields
+                .into_iter()
+                .filter_map(|(k, v)| pruned(v).map(|v| (k, v)))
+                .collect();
+            (!kept.is_empty()).then_some(Value::Object(kept))
+        }
+        other => Some(other),
     }
 }
 
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Array(a) => a.is_empty(),
-        Value::Object(o) => o.values().all(is_empty),
-        _ => false,
-    }
+fn metadata_kept(desired: &Value, actual: &Value) -> bool {
+    let map_kept = |field: &str| match desired[field].as_object() {
+        None => true,
+        Some(ours) => ours.iter().all(|(k, v)| actual[field].get(k) == Some(v)),
+    };
+    let owners_kept = desired["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|ours| {
+            actual["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|theirs| theirs["uid"] == ours["uid"])
+        });
+    map_kept("labels") && map_kept("annotations") && owners_kept
 }
 
 #[cfg(test)]
@@ -394,39 +557,77 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn server_additions_do_not_count_as_drift() {
+    fn server_additions_to_metadata_and_status_are_not_drift() {
         let desired = json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "spec": {"types": ["Ingress"]}});
         let actual = json!({
             "metadata": {"name": "a", "labels": {"x": "1", "other": "2"}, "resourceVersion": "7", "managedFields": []},
-            "spec": {"types": ["Ingress"], "defaulted": true}
+            "spec": {"types": ["Ingress"]},
+            "status": {"observed": 3}
         });
-        assert!(is_subset(&desired, &actual));
+        assert!(!differs(&desired, &actual));
     }
 
     #[test]
-    fn edits_and_removals_are_drift() {
-        let desired = json!({"spec": {"rules": [{"verbs": ["get"]}]}});
-        assert!(!is_subset(
-            &desired,
-            &json!({"spec": {"rules": [{"verbs": ["get", "delete"]}]}})
-        ));
-        assert!(!is_subset(
-            &desired,
-            &json!({"spec": {"rules": [{"verbs": ["get"]}, {"verbs": ["list"]}]}})
-        ));
-        assert!(!is_subset(&desired, &json!({"spec": {}})));
-        assert!(!is_subset(
-            &json!({"automount": false}),
-            &json!({"automount": true})
+    fn empty_values_match_absent_ones() {
+        // The API server drops an empty apiGroup of a ServiceAccount subject.
+        let desired = json!({"subjects": [{"kind": "ServiceAccount", "name": "bot", "apiGroup": ""}], "x": {}, "y": []});
+        let actual = json!({"subjects": [{"kind": "ServiceAccount", "name": "bot"}]});
+        assert!(!differs(&desired, &actual));
+    }
+
+    #[test]
+    fn a_field_added_by_someone_else_is_drift() {
+        let desired = json!({"spec": {"podSelector": {"matchLabels": {"app": "a"}}, "policyTypes": ["Ingress", "Egress"]}});
+        let mut actual = desired.clone();
+        actual["spec"]["ingress"] = json!([{}]);
+        assert!(differs(&desired, &actual), "an allow-all rule slipped in");
+    }
+
+    #[test]
+    fn edits_removals_and_lost_labels_are_drift() {
+        let desired = json!({"metadata": {"labels": {"x": "1"}, "ownerReferences": [{"uid": "u"}]}, "rules": [{"verbs": ["get"]}]});
+        let same = json!({"metadata": {"labels": {"x": "1"}, "ownerReferences": [{"uid": "u"}]}, "rules": [{"verbs": ["get"]}]});
+        assert!(!differs(&desired, &same));
+        let mut edited = same.clone();
+        edited["rules"][0]["verbs"] = json!(["get", "delete"]);
+        assert!(differs(&desired, &edited));
+        let mut removed = same.clone();
+        removed["rules"] = json!([]);
+        assert!(differs(&desired, &removed));
+        let mut relabelled = same.clone();
+        relabelled["metadata"]["labels"]["x"] = json!("2");
+        assert!(differs(&desired, &relabelled));
+        let mut orphaned = same.clone();
+        orphaned["metadata"]["ownerReferences"] = json!([]);
+        assert!(differs(&desired, &orphaned));
+        assert!(differs(
+            &json!({"automountServiceAccountToken": false}),
+            &json!({"automountServiceAccountToken": true})
         ));
     }
 
     #[test]
-    fn empty_desired_collections_match_absent_ones() {
-        assert!(is_subset(
-            &json!({"podSelector": {}, "ingress": []}),
-            &json!({})
-        ));
-        assert!(!is_subset(&json!({"ingress": [{}]}), &json!({})));
+    fn a_replacement_keeps_identity_and_foreign_labels() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let mut desired = ConfigMap::default();
+        desired.metadata.name = Some("c".into());
+        desired.metadata.labels = Some([("ours".to_string(), "1".to_string())].into());
+        desired.data = Some([("k".to_string(), "v".to_string())].into());
+        let mut current = ConfigMap::default();
+        current.metadata.name = Some("c".into());
+        current.metadata.resource_version = Some("42".into());
+        current.metadata.labels = Some([("theirs".to_string(), "x".to_string())].into());
+        current.data = Some(
+            [
+                ("k".to_string(), "old".to_string()),
+                ("extra".to_string(), "1".to_string()),
+            ]
+            .into(),
+        );
+        let out = merge_into_current(&desired, &current);
+        assert_eq!(out.metadata.resource_version.as_deref(), Some("42"));
+        assert_eq!(out.metadata.labels.as_ref().unwrap().len(), 2);
+        assert_eq!(out.data, desired.data, "content is ours, whole");
+        assert!(out.metadata.managed_fields.is_none());
     }
 }

@@ -1,31 +1,49 @@
 //! The controller's watch caches. Everything the pipeline reads comes from
 //! here, never from polling lists: pods and the namespace objects the checklist
-//! judges, the RBAC objects, and Secrets as metadata only.
+//! judges, the RBAC objects, and Secrets and Namespaces as metadata only
+//! (`Api<PartialObjectMeta<K>>` asks the API server for metadata alone, so
+//! secret values never even cross the wire).
+//!
+//! Each cache is driven by a task of its own, which also turns every change
+//! into the systems it can affect (sent on one channel, the controller's
+//! triggers) and reports to `Health` when it has listed and when it fails, so
+//! nothing starts before every cache is filled and a failing watch shows.
 
-use std::sync::Arc;
+use std::{fmt::Debug, hash::Hash, sync::Arc};
 
-use futures::future;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
     core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount},
     networking::v1::NetworkPolicy,
     rbac::v1::{ClusterRole, Role, RoleBinding},
 };
 use kube::{
-    Resource, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     core::{DynamicObject, PartialObjectMeta},
-    runtime::reflector::Store,
+    runtime::{
+        WatchStreamExt, reflector,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
 
 use crate::{
     api::{IoTSystem, certmanager::certificate::Certificate},
+    build::meta::managed_selector,
     checklist::Snapshot,
+    health::Health,
+    metrics::Metrics,
 };
 
 #[derive(Clone)]
 pub struct Caches {
     pub systems: Store<IoTSystem>,
-    /// Turns true once `systems` has its first full list (see `run`).
-    pub systems_ready: tokio::sync::watch::Receiver<bool>,
+    /// Counts the systems cache's changes: for whoever derives state from
+    /// all systems (the webhooks' match conditions).
+    pub systems_changed: tokio::sync::watch::Receiver<u64>,
     pub pods: Store<Pod>,
     pub services: Store<Service>,
     pub network_policies: Store<NetworkPolicy>,
@@ -35,33 +53,261 @@ pub struct Caches {
     pub cluster_roles: Store<ClusterRole>,
     /// Only the ConfigMaps this operator manages (by label).
     pub config_maps: Store<ConfigMap>,
-    /// Metadata only: secret values never reach the operator's memory.
+    /// Metadata only: secret values never reach the operator.
     pub secrets: Store<PartialObjectMeta<Secret>>,
+    /// Metadata only: labels (admission) and termination.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Our PolicyReports; None when the cluster has no PolicyReport CRD.
     pub policy_reports: Option<Store<DynamicObject>>,
     /// cert-manager Certificates; None when cert-manager is not installed.
     pub certificates: Option<Store<Certificate>>,
-    /// Namespaces (for their labels); only when the admission webhooks run.
-    pub namespaces: Option<Store<Namespace>>,
 }
 
-pub fn in_namespace<K>(store: &Store<K>, namespace: &str) -> Vec<Arc<K>>
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: std::hash::Hash + Eq + Clone,
-{
-    store
-        .state()
-        .into_iter()
-        .filter(|o| o.namespace().as_deref() == Some(namespace))
-        .collect()
+/// Systems to reconcile, from every cache's changes.
+pub type Triggers = mpsc::UnboundedReceiver<ObjectRef<IoTSystem>>;
+
+/// Called with (namespace, name) when an IoTSystem is gone, so that state
+/// kept about it elsewhere (metrics, probe findings) goes too.
+pub type OnSystemGone = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// What every watch task needs.
+struct Drivers {
+    client: Client,
+    namespace: Option<String>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    triggers: mpsc::UnboundedSender<ObjectRef<IoTSystem>>,
+    systems: Store<IoTSystem>,
 }
 
-fn owned<K: Clone>(items: Vec<Arc<K>>) -> Vec<K> {
-    items.into_iter().map(|a| a.as_ref().clone()).collect()
+impl Drivers {
+    /// All namespaces, or the one the operator manages.
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+
+    /// Drives `events` into a new store; every change triggers the systems
+    /// that `affected` names.
+    fn spawn<K, S>(
+        &self,
+        kind: &'static str,
+        events: S,
+        affected: impl Fn(&K, bool) -> Vec<ObjectRef<IoTSystem>> + Send + 'static,
+    ) -> Store<K>
+    where
+        K: Resource + Clone + Debug + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+        S: Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+    {
+        let writer = reflector::store::Writer::default();
+        self.spawn_into(kind, writer, events, affected)
+    }
+
+    fn spawn_into<K, S>(
+        &self,
+        kind: &'static str,
+        writer: reflector::store::Writer<K>,
+        events: S,
+        affected: impl Fn(&K, bool) -> Vec<ObjectRef<IoTSystem>> + Send + 'static,
+    ) -> Store<K>
+    where
+        K: Resource + Clone + Debug + Send + Sync + 'static,
+        K::DynamicType: Eq + Hash + Clone + Send + Sync,
+        S: Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+    {
+        let store = writer.as_reader();
+        self.health.expect_watch(kind);
+        let health = self.health.clone();
+        let metrics = self.metrics.clone();
+        let triggers = self.triggers.clone();
+        let events = reflector(writer, events.default_backoff());
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                let refs = match event {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                        affected(&o, false)
+                    }
+                    Ok(watcher::Event::Delete(o)) => affected(&o, true),
+                    Ok(watcher::Event::InitDone) => {
+                        health.watch_listed(kind);
+                        Vec::new()
+                    }
+                    Ok(watcher::Event::Init) => Vec::new(),
+                    Err(e) => {
+                        health.watch_failed(kind);
+                        metrics.watch_failed(kind);
+                        warn!(kind, error = %e, "watch failed; retrying with backoff");
+                        Vec::new()
+                    }
+                };
+                for r in refs {
+                    // The receiver goes only when the controller stops.
+                    let _ = triggers.send(r);
+                }
+            }
+        });
+        store
+    }
+
+    /// A namespaced kind whose changes re-judge the systems of its namespace.
+    fn namespaced<K>(&self, kind: &'static str, config: watcher::Config) -> Store<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + Debug
+            + DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+    {
+        let systems = self.systems.clone();
+        self.spawn(kind, watcher(self.api::<K>(), config), move |o: &K, _| {
+            systems_in_namespace(&systems, o.namespace().as_deref())
+        })
+    }
 }
 
 impl Caches {
+    /// Starts a watch per kind (all namespaces, or `namespace` only) and
+    /// returns the caches with the stream of systems their changes affect.
+    /// `Health` learns when they have listed.
+    pub async fn start(
+        client: Client,
+        namespace: Option<String>,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+        on_system_gone: OnSystemGone,
+    ) -> (Caches, Triggers) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let systems_writer = reflector::store::Writer::<IoTSystem>::default();
+        let drivers = Drivers {
+            client: client.clone(),
+            namespace,
+            health,
+            metrics,
+            triggers: tx,
+            systems: systems_writer.as_reader(),
+        };
+        let every = watcher::Config::default();
+        let managed = every.clone().labels(&managed_selector());
+
+        // A system's change also re-runs its siblings: a selector conflict
+        // may have been settled.
+        let (changed_tx, systems_changed) = tokio::sync::watch::channel(0u64);
+        let systems = {
+            let store = drivers.systems.clone();
+            drivers.spawn_into(
+                "IoTSystem",
+                systems_writer,
+                watcher(drivers.api::<IoTSystem>(), every.clone()),
+                move |s: &IoTSystem, deleted| {
+                    changed_tx.send_modify(|n| *n = n.wrapping_add(1));
+                    let (namespace, name) = (s.namespace().unwrap_or_default(), s.name_any());
+                    if deleted {
+                        on_system_gone(&namespace, &name);
+                    }
+                    let mut refs = siblings_of(&store, s);
+                    if !deleted {
+                        refs.push(ObjectRef::from_obj(s));
+                    }
+                    refs
+                },
+            )
+        };
+        let namespaces = {
+            let store = drivers.systems.clone();
+            let config = match &drivers.namespace {
+                Some(ns) => every.clone().fields(&format!("metadata.name={ns}")),
+                None => every.clone(),
+            };
+            drivers.spawn(
+                "Namespace",
+                watcher(
+                    Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                    config,
+                ),
+                move |n: &PartialObjectMeta<Namespace>, _| {
+                    systems_in_namespace(&store, Some(&n.name_any()))
+                },
+            )
+        };
+        let secrets = {
+            let store = drivers.systems.clone();
+            drivers.spawn(
+                "Secret",
+                watcher(drivers.api::<PartialObjectMeta<Secret>>(), every.clone()),
+                move |s: &PartialObjectMeta<Secret>, _| {
+                    systems_in_namespace(&store, s.namespace().as_deref())
+                },
+            )
+        };
+        // Cluster-wide; a change re-judges every system (bindings may refer to it).
+        let cluster_roles = {
+            let store = drivers.systems.clone();
+            drivers.spawn(
+                "ClusterRole",
+                watcher(Api::<ClusterRole>::all(client.clone()), every.clone()),
+                move |_: &ClusterRole, _| systems_in_namespace(&store, None),
+            )
+        };
+        // PolicyReports only where their CRD is installed; the rest works without.
+        let policy_reports = if serves(&client, "wgpolicyk8s.io/v1alpha2", "policyreports").await {
+            let resource = crate::build::policy_report::api_resource();
+            let api = match &drivers.namespace {
+                Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource),
+                None => Api::<DynamicObject>::all_with(client.clone(), &resource),
+            };
+            let store = drivers.systems.clone();
+            Some(drivers.spawn_into(
+                "PolicyReport",
+                reflector::store::Writer::new(resource),
+                watcher(api, managed.clone()),
+                move |r: &DynamicObject, _| systems_in_namespace(&store, r.namespace().as_deref()),
+            ))
+        } else {
+            warn!(
+                "the PolicyReport CRD (wgpolicyk8s.io/v1alpha2) is not installed: verdicts go to status and metrics only"
+            );
+            None
+        };
+        // Certificates only where cert-manager's CRDs are installed.
+        let certificates = if serves(&client, "cert-manager.io/v1", "certificates").await {
+            Some(drivers.namespaced::<Certificate>("Certificate", every.clone()))
+        } else {
+            warn!(
+                "cert-manager is not installed: no Certificates are made; items III-9 and VI-4 report Unknown"
+            );
+            None
+        };
+        let caches = Caches {
+            systems,
+            systems_changed,
+            pods: drivers.namespaced("Pod", every.clone()),
+            services: drivers.namespaced("Service", every.clone()),
+            network_policies: drivers.namespaced("NetworkPolicy", every.clone()),
+            service_accounts: drivers.namespaced("ServiceAccount", every.clone()),
+            roles: drivers.namespaced("Role", every.clone()),
+            role_bindings: drivers.namespaced("RoleBinding", every.clone()),
+            cluster_roles,
+            config_maps: drivers.namespaced("ConfigMap", managed),
+            secrets,
+            namespaces,
+            policy_reports,
+            certificates,
+        };
+        info!("watches started");
+        (caches, rx)
+    }
+
     pub fn snapshot(&self, namespace: &str) -> Snapshot {
         Snapshot {
             pods: owned(in_namespace(&self.pods, namespace)),
@@ -84,40 +330,61 @@ impl Caches {
         }
     }
 
-    /// Resolves once every cache has its first full list.
-    pub async fn wait_until_ready(&self) {
-        let _ = future::join3(
-            future::join4(
-                async {
-                    // Never `self.systems.wait_until_ready()`: see `systems_ready`.
-                    let _ = self.systems_ready.clone().wait_for(|listed| *listed).await;
-                    Ok::<(), kube::runtime::reflector::store::WriterDropped>(())
-                },
-                self.pods.wait_until_ready(),
-                self.services.wait_until_ready(),
-                self.network_policies.wait_until_ready(),
-            ),
-            future::join4(
-                self.service_accounts.wait_until_ready(),
-                self.roles.wait_until_ready(),
-                self.role_bindings.wait_until_ready(),
-                self.cluster_roles.wait_until_ready(),
-            ),
-            async {
-                self.secrets.wait_until_ready().await?;
-                self.config_maps.wait_until_ready().await?;
-                if let Some(reports) = &self.policy_reports {
-                    reports.wait_until_ready().await?;
-                }
-                if let Some(certificates) = &self.certificates {
-                    certificates.wait_until_ready().await?;
-                }
-                if let Some(namespaces) = &self.namespaces {
-                    namespaces.wait_until_ready().await?;
-                }
-                Ok::<(), kube::runtime::reflector::store::WriterDropped>(())
-            },
-        )
-        .await;
+    /// Whether the namespace is being deleted: nothing should be written there.
+    pub fn namespace_terminating(&self, namespace: &str) -> bool {
+        self.namespaces
+            .get(&ObjectRef::new(namespace))
+            .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
     }
+
+    /// Whether this very system (same uid) is still in the cache.
+    pub fn holds_system(&self, namespace: &str, name: &str, uid: Option<&str>) -> bool {
+        self.systems
+            .get(&ObjectRef::new(name).within(namespace))
+            .is_some_and(|s| s.metadata.uid.as_deref() == uid)
+    }
+}
+
+pub fn in_namespace<K>(store: &Store<K>, namespace: &str) -> Vec<Arc<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    store
+        .state()
+        .into_iter()
+        .filter(|o| o.namespace().as_deref() == Some(namespace))
+        .collect()
+}
+
+fn owned<K: Clone>(items: Vec<Arc<K>>) -> Vec<K> {
+    items.into_iter().map(|a| a.as_ref().clone()).collect()
+}
+
+/// Whether the API server serves `resource` in `group_version` (an optional CRD).
+async fn serves(client: &Client, group_version: &str, resource: &str) -> bool {
+    client
+        .list_api_group_resources(group_version)
+        .await
+        .is_ok_and(|list| list.resources.iter().any(|r| r.name == resource))
+}
+
+/// The systems of a namespace (all systems for cluster-scoped objects).
+fn systems_in_namespace(systems: &Store<IoTSystem>, ns: Option<&str>) -> Vec<ObjectRef<IoTSystem>> {
+    systems
+        .state()
+        .into_iter()
+        .filter(|s| ns.is_none() || s.namespace().as_deref() == ns)
+        .map(|s| ObjectRef::from_obj(s.as_ref()))
+        .collect()
+}
+
+fn siblings_of(systems: &Store<IoTSystem>, changed: &IoTSystem) -> Vec<ObjectRef<IoTSystem>> {
+    let ns = changed.namespace();
+    systems
+        .state()
+        .into_iter()
+        .filter(|s| s.namespace() == ns && s.metadata.uid != changed.metadata.uid)
+        .map(|s| ObjectRef::from_obj(s.as_ref()))
+        .collect()
 }

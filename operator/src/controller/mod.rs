@@ -1,81 +1,65 @@
 //! The IoTSystem controller. Each reconcile is a short pipeline:
 //!
-//! 1. fetch: the system, and pods and sibling systems from the watch caches
-//! 2. `validate`: a `ValidatedSystem`, or a reason the spec cannot be enforced
-//! 3. `build`: the desired objects, from pure functions
-//! 4. `apply`: server-side apply what differs, prune what is no longer wanted
-//! 5. `status`: observedGeneration, the Ready condition and the managed objects
+//! 1. `plan`: the system and its neighbourhood from the caches, `validate`d
+//!    into a `ValidatedSystem`, and the desired objects `build` makes of it
+//! 2. `apply`: the cluster made to hold exactly those objects
+//! 3. `judge`: the checklist on the namespace as it now is, to metrics and
+//!    the PolicyReport
+//! 4. `status`: observedGeneration, the Ready condition, the verdicts; Events
+//!    for what changed
 //!
-//! Only steps 4 and 5 (and Events) talk to the API server.
+//! Only steps 2–4 talk to the API server. Starting it all is in `wiring`.
 
+pub mod access;
 pub mod apply;
+pub mod backoff;
 pub mod cache;
 pub mod probing;
 pub mod status;
 pub mod validate;
+pub mod wiring;
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use futures::{StreamExt, future};
-use k8s_openapi::{
-    api::{
-        core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount},
-        networking::v1::NetworkPolicy,
-        rbac::v1::{ClusterRole, Role, RoleBinding},
-    },
-    apimachinery::pkg::apis::meta::v1::Time,
-    jiff::Timestamp,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    core::{DynamicObject, PartialObjectMeta},
     runtime::{
-        Controller, WatchStreamExt,
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
-        reflector,
-        reflector::{ObjectRef, Store},
-        watcher,
+        events::{Event, EventType, Recorder},
+        reflector::ObjectRef,
     },
 };
-use tracing::{error, info, instrument, warn};
+use tracing::{instrument, warn};
 
 use crate::{
-    api::{IoTSystem, Mode, certmanager::certificate::Certificate},
-    build::{DesiredObjects, build_all, meta::managed_selector},
+    api::{EndpointStatus, IoTSystem, ItemStatus, Mode},
+    build::{DesiredObjects, build_all},
     checklist,
     checklist::evidence::truncate,
     metrics::{ErrorLabels, Metrics},
 };
-use apply::{ApplyError, ApplyReport};
+use access::AccessReview;
+use apply::{ApplyFailures, ApplyReport};
+use backoff::Backoff;
 use cache::Caches;
 use status::Outcome;
-use validate::{Neighbourhood, ValidationError, validate};
+use validate::{Neighbourhood, ValidatedSystem, ValidationError, validate};
+pub use wiring::{Options, run, run_with_http};
 
-/// The one field manager for every object we apply.
+/// The one field manager for every object we write.
 pub const FIELD_MANAGER: &str = "iotposture";
 /// A safety net behind the watches: look again now and then even if nothing moved.
 const RESYNC: Duration = Duration::from_secs(600);
-const RETRY: Duration = Duration::from_secs(15);
 /// A refused selector depends on other systems and pods; look again soon even
 /// if the event that settles it was missed.
 const RECHECK_CONFLICT: Duration = Duration::from_secs(30);
-/// Coalesces bursts of events, and lets every cache catch up with an event that
-/// several watches see.
-const DEBOUNCE: Duration = Duration::from_millis(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Apply(#[from] ApplyError),
+    Apply(ApplyFailures),
     #[error("writing status failed: {0}")]
     Status(#[source] kube::Error),
     #[error("the IoTSystem has no namespace")]
@@ -99,426 +83,151 @@ pub struct Context {
     recorder: Recorder,
     /// Injectable for tests that assert exact status.
     pub clock: fn() -> Time,
-    /// The TLS probe's latest findings, when probing runs.
+    /// The probes' latest findings, when probing runs.
     pub probes: Option<Arc<probing::ProbeResults>>,
-    /// Set when the admission webhooks are served: namespaces of systems get their label.
-    pub admission: Option<crate::webhook::registration::Registration>,
+    /// Set when the admission webhooks are served: their match conditions
+    /// must cover a system's pods, and its namespace gets their label.
+    pub webhooks: Option<Arc<crate::webhook::Registrar>>,
+    /// Whether `spec.access` subjects may be bound.
+    pub access_review: AccessReview,
+    pub backoff: Backoff,
 }
 
 fn now() -> Time {
     Time(Timestamp::now())
 }
 
-/// Runs the controller with the HTTP endpoints until SIGINT/SIGTERM.
-/// What to watch, and whether to serve the admission webhooks.
-#[derive(Clone, Debug, Default)]
-pub struct Options {
-    /// Watch and manage only this namespace.
-    pub namespace: Option<String>,
-    pub admission: Option<crate::webhook::Options>,
-    /// TLS probes of every TLS port; None: not probed (III-9, VI-3 stay Unknown).
-    pub probes: Option<probing::ProbeOptions>,
+/// Step 1: what the system should have, or why it cannot be enforced.
+struct Plan {
+    validated: Result<ValidatedSystem, ValidationError>,
+    /// What Enforce keeps (also reported, not applied, in Audit).
+    planned: DesiredObjects,
 }
 
-pub async fn run_with_http(
-    client: Client,
-    options: Options,
-    http_addr: SocketAddr,
-) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
-    let ready = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind(http_addr).await?;
-    info!(%http_addr, "serving /metrics, /healthz and /readyz");
-    let http = tokio::spawn(crate::http::serve(listener, metrics.clone(), ready.clone()));
-    run(client, options, metrics, ready, shutdown_signal()).await;
-    http.abort();
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
-}
-
-/// Runs the controller until `shutdown` completes. With `namespace` it watches
-/// and manages that namespace only. `ready` turns true once the caches are filled.
-pub async fn run(
-    client: Client,
-    options: Options,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) {
-    let scope = Scope {
-        client: client.clone(),
-        namespace: options.namespace.clone(),
-    };
-
-    // One cache per kind. Any change in a namespace re-runs the systems there:
-    // children are restored, and the checklist is judged again.
-    let every = watcher::Config::default();
-    // The systems' own cache. Its first full list is announced on a channel
-    // rather than awaited on the store: a store's readiness wakes one waiter
-    // only, and the controller's runner is already waiting on it.
-    let (systems, writer) = reflector::store();
-    let (systems_listed, systems_ready) = tokio::sync::watch::channel(false);
-    let system_events = reflector(writer, watcher(scope.api::<IoTSystem>(), every.clone()))
-        .inspect(move |event| {
-            if matches!(event, Ok(watcher::Event::InitDone)) {
-                systems_listed.send_replace(true);
-            }
-        })
-        .default_backoff()
-        .applied_objects();
-    let controller = Controller::for_stream(system_events, systems.clone())
-        .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE));
-    let mut streams = Vec::new();
-    macro_rules! cache {
-        ($api:expr) => {
-            cache!($api, every.clone())
-        };
-        ($api:expr, $config:expr) => {{
-            let (store, writer) = reflector::store();
-            let systems = systems.clone();
-            let stream = reflector(writer, watcher($api, $config))
-                .default_backoff()
-                .touched_objects()
-                .map(move |event| {
-                    event.map(|obj| systems_in_namespace(&systems, obj.namespace().as_deref()))
-                })
-                .boxed();
-            streams.push(stream);
-            store
-        }};
-    }
-    let caches = Caches {
-        systems: systems.clone(),
-        systems_ready,
-        pods: cache!(scope.api::<Pod>()),
-        services: cache!(scope.api::<Service>()),
-        network_policies: cache!(scope.api::<NetworkPolicy>()),
-        service_accounts: cache!(scope.api::<ServiceAccount>()),
-        roles: cache!(scope.api::<Role>()),
-        role_bindings: cache!(scope.api::<RoleBinding>()),
-        secrets: cache!(scope.api::<PartialObjectMeta<Secret>>()),
-        config_maps: cache!(
-            scope.api::<ConfigMap>(),
-            every.clone().labels(&managed_selector())
-        ),
-        // Cluster-wide; a change re-judges every system (bindings may refer to it).
-        cluster_roles: cache!(Api::<ClusterRole>::all(client.clone())),
-        policy_reports: None,
-        namespaces: None,
-        certificates: None,
-    };
-    // PolicyReports only where their CRD is installed; the rest works without.
-    let report_resource = crate::build::policy_report::api_resource();
-    let policy_reports = if serves(&client, "wgpolicyk8s.io/v1alpha2", "policyreports").await {
-        let writer = reflector::store::Writer::new(report_resource.clone());
-        let store = writer.as_reader();
-        let api = match &scope.namespace {
-            Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &report_resource),
-            None => Api::<DynamicObject>::all_with(client.clone(), &report_resource),
-        };
-        let systems = systems.clone();
-        streams.push(
-            reflector(
-                writer,
-                watcher(api, every.clone().labels(&managed_selector())),
-            )
-            .default_backoff()
-            .touched_objects()
-            .map(move |event| {
-                event.map(|obj| systems_in_namespace(&systems, obj.namespace().as_deref()))
-            })
-            .boxed(),
-        );
-        Some(store)
-    } else {
-        warn!(
-            "the PolicyReport CRD (wgpolicyk8s.io/v1alpha2) is not installed: verdicts go to status and metrics only"
-        );
-        None
-    };
-    // Namespace labels select the webhooks; only needed when serving them.
-    let namespaces = options.admission.as_ref().map(|_| {
-        let (store, writer) = reflector::store();
-        let config = match &scope.namespace {
-            Some(ns) => every.clone().fields(&format!("metadata.name={ns}")),
-            None => every.clone(),
-        };
-        let stream = reflector(
-            writer,
-            watcher(Api::<Namespace>::all(client.clone()), config),
-        )
-        .default_backoff()
-        .touched_objects()
-        .map(|event| event.map(|_| Vec::new()))
-        .boxed();
-        streams.push(stream);
-        store
-    });
-    // Certificates only where cert-manager's CRDs are installed.
-    let certificates = if serves(&client, "cert-manager.io/v1", "certificates").await {
-        Some(cache!(scope.api::<Certificate>()))
-    } else {
-        warn!(
-            "cert-manager is not installed: no Certificates are made; items III-9 and VI-4 report Unknown"
-        );
-        None
-    };
-    let caches = Caches {
-        policy_reports,
-        namespaces,
-        certificates,
-        ..caches
-    };
-    let webhooks = options.admission.clone().map(|admission| {
-        let state = crate::webhook::WebhookState {
-            systems: systems.clone(),
-            metrics: metrics.clone(),
-            images: admission.images.clone(),
-        };
-        let client = client.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::webhook::run(client, admission, state).await {
-                error!(error = %e, "the admission webhooks stopped");
-            }
-        })
-    });
-    // A change to one system can settle a selector conflict of a sibling.
-    {
-        let systems = systems.clone();
-        streams.push(
-            watcher(scope.api::<PartialObjectMeta<IoTSystem>>(), every.clone())
-                .default_backoff()
-                .touched_objects()
-                .map(move |event| event.map(|changed| siblings_of(&systems, &changed)))
-                .boxed(),
-        );
-    }
-
-    // TLS probes run beside the reconciles and wake a system when its findings change.
-    let probe_results = options.probes.clone().map(|probe| {
-        let results = Arc::new(probing::ProbeResults::default());
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(probing::probe_loop(
-            client.clone(),
-            systems.clone(),
-            probe,
-            results.clone(),
-            metrics.clone(),
-            tx,
-        ));
-        streams.push(
-            futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|r| (Ok(vec![r]), rx))
-            })
-            .boxed(),
-        );
-        results
-    });
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
+fn plan(system: &IoTSystem, ctx: &Context, namespace: &str) -> Plan {
+    let pods = cache::in_namespace(&ctx.caches.pods, namespace);
+    let systems = cache::in_namespace(&ctx.caches.systems, namespace);
+    let validated = validate(
+        system,
+        &Neighbourhood {
+            pods: &pods,
+            systems: &systems,
         },
-    );
-    let ctx = Arc::new(Context {
-        client,
-        caches: caches.clone(),
-        metrics,
-        recorder,
-        clock: now,
-        admission: options.admission.map(|a| a.registration),
-        probes: probe_results,
-    });
-    tokio::spawn(async move {
-        caches.wait_until_ready().await;
-        ready.store(true, Ordering::Relaxed);
-        info!("caches filled; reconciling");
-    });
+    )
+    .and_then(|v| ctx.access_review.permits(&v).map(|()| v));
+    let planned = validated.as_ref().map(build_all).unwrap_or_default();
+    Plan { validated, planned }
+}
 
-    // Every trigger stream yields the systems to look at again.
-    let triggers = futures::stream::select_all(streams).flat_map(|event| {
-        futures::stream::iter(match event {
-            Ok(refs) => refs.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(e) => vec![Err(e)],
-        })
-    });
-    controller
-        .reconcile_on(triggers.filter_map(|r| future::ready(r.ok())))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| {
-            if let Err(e) = result {
-                // Already counted and logged by error_policy when it came from reconcile.
-                tracing::debug!(error = %e, "reconcile did not complete");
-            }
-            future::ready(())
-        })
-        .await;
-    if let Some(webhooks) = webhooks {
-        webhooks.abort();
+/// Step 3's result: the verdicts and what the probe saw at each endpoint.
+struct Judgement {
+    items: Vec<ItemStatus>,
+    endpoints: Option<Vec<EndpointStatus>>,
+}
+
+/// Judges the namespace as the API server now holds it: the caches, with
+/// this system's objects as step 2 left them.
+async fn judge(
+    ctx: &Context,
+    valid: &ValidatedSystem,
+    applied: &ApplyReport,
+    now: &Time,
+    failures: &mut Vec<apply::ApplyError>,
+) -> Judgement {
+    let mut snapshot = ctx
+        .caches
+        .snapshot(&valid.namespace)
+        .with_desired(&valid.name, &applied.current);
+    let findings = ctx
+        .probes
+        .as_ref()
+        .and_then(|p| p.get(&valid.namespace, &valid.name));
+    snapshot.tls_probes = findings.as_ref().map(|f| f.tls.clone());
+    snapshot.http_probes = findings.map(|f| f.http);
+    let endpoints = snapshot
+        .tls_probes
+        .as_ref()
+        .map(|ports| ports.iter().take(64).map(|p| p.status()).collect());
+    let today = now.0.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC).date();
+    let items = checklist::evaluate(valid, &snapshot, today);
+    ctx.metrics
+        .record_verdicts(&valid.namespace, &valid.name, &items);
+    let report = crate::build::policy_report::build_policy_report(valid, &items);
+    if let Err(e) = apply::apply_report(ctx, valid, &report).await {
+        failures.push(e);
     }
-}
-
-/// All namespaces, or the one the operator was told to manage.
-struct Scope {
-    client: Client,
-    namespace: Option<String>,
-}
-
-impl Scope {
-    fn api<K>(&self) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        match &self.namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
-        }
-    }
-}
-
-/// Whether the API server serves `resource` in `group_version` (an optional CRD).
-async fn serves(client: &Client, group_version: &str, resource: &str) -> bool {
-    client
-        .list_api_group_resources(group_version)
-        .await
-        .is_ok_and(|list| list.resources.iter().any(|r| r.name == resource))
-}
-
-/// The systems of a namespace (all systems for cluster-scoped objects).
-fn systems_in_namespace(systems: &Store<IoTSystem>, ns: Option<&str>) -> Vec<ObjectRef<IoTSystem>> {
-    systems
-        .state()
-        .into_iter()
-        .filter(|s| ns.is_none() || s.namespace().as_deref() == ns)
-        .map(|s| ObjectRef::from_obj(s.as_ref()))
-        .collect()
-}
-
-fn siblings_of(
-    systems: &Store<IoTSystem>,
-    changed: &PartialObjectMeta<IoTSystem>,
-) -> Vec<ObjectRef<IoTSystem>> {
-    let ns = changed.namespace();
-    systems
-        .state()
-        .into_iter()
-        .filter(|s| s.namespace() == ns && s.metadata.uid != changed.metadata.uid)
-        .map(|s| ObjectRef::from_obj(s.as_ref()))
-        .collect()
+    Judgement { items, endpoints }
 }
 
 #[instrument(skip_all, fields(system = %system.name_any(), namespace = system.namespace().unwrap_or_default()))]
 async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started();
     let namespace = system.namespace().ok_or(Error::NoNamespace)?;
-    if system.metadata.deletion_timestamp.is_some() {
-        // Owner references let the garbage collector remove our objects.
+    let name = system.name_any();
+    if system.metadata.deletion_timestamp.is_some() || ctx.caches.namespace_terminating(&namespace)
+    {
+        // Owner references let the garbage collector remove our objects;
+        // a namespace being deleted takes no new writes.
         return Ok(Action::await_change());
     }
 
-    // 1. fetch (from caches)
-    let pods = cache::in_namespace(&ctx.caches.pods, &namespace);
-    let systems = cache::in_namespace(&ctx.caches.systems, &namespace);
-
-    // 2. validate
-    let validated = validate(
-        &system,
-        &Neighbourhood {
-            pods: &pods,
-            systems: &systems,
-        },
-    );
-
-    // 3. build → 4. apply, then judge the checklist on the state that leaves
+    // 1. plan
+    let Plan { validated, planned } = plan(&system, &ctx, &namespace);
     let now = (ctx.clock)();
+
+    // 2. apply, and 3. judge what that left
     let mut report = ApplyReport::default();
-    let mut planned = DesiredObjects::default();
-    let mut apply_error = None;
-    let mut verdicts = None;
-    let mut endpoints = None;
+    let mut judgement = None;
     if let Ok(valid) = &validated {
-        planned = build_all(valid);
         // Audit changes nothing of its own: it removes what Enforce had made.
         let to_apply = match valid.mode {
             Mode::Enforce => planned.clone(),
             Mode::Audit => DesiredObjects::default(),
         };
-        let mut snapshot = ctx.caches.snapshot(&namespace);
-        let findings = ctx
-            .probes
-            .as_ref()
-            .and_then(|p| p.get(&namespace, &valid.name));
-        snapshot.tls_probes = findings.as_ref().map(|f| f.tls.clone());
-        snapshot.http_probes = findings.map(|f| f.http);
-        endpoints = snapshot
-            .tls_probes
-            .as_ref()
-            .map(|ports| ports.iter().take(64).map(|p| p.status()).collect());
-        // A failed namespace label is reported, but does not hold back enforcement.
-        let labelled = apply::label_namespace_for_admission(&ctx, &namespace).await;
-        let applied = apply::apply_all(&ctx, valid, &to_apply).await;
-        match labelled.and(applied) {
-            Ok(r) => {
-                report = r;
-                snapshot = snapshot.with_desired(&valid.name, &to_apply);
-            }
-            Err(e) => apply_error = Some(e),
-        }
-        let today = now.0.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC).date();
-        let items = checklist::evaluate(valid, &snapshot, today);
-        ctx.metrics.record_verdicts(&namespace, &valid.name, &items);
-        if apply_error.is_none() {
-            let report = crate::build::policy_report::build_policy_report(valid, &items);
-            if let Err(e) = apply::apply_report(&ctx, valid, &report).await {
-                apply_error = Some(e);
-            }
-        }
-        verdicts = Some(items);
+        let labelled = apply::admit_for_review(&ctx, &namespace).await;
+        report = apply::apply_all(&ctx, valid, &to_apply).await;
+        report.failed.extend(labelled.err());
+        let mut failures = std::mem::take(&mut report.failed);
+        judgement = Some(judge(&ctx, valid, &report, &now, &mut failures).await);
+        report.failed = failures;
     }
-    ctx.metrics.retain_systems(
-        &ctx.caches
-            .systems
-            .state()
-            .iter()
-            .map(|s| (s.namespace().unwrap_or_default(), s.name_any()))
-            .collect(),
-    );
-    let outcome = match (&validated, &apply_error) {
+    // A system deleted while this ran keeps no series.
+    if !ctx
+        .caches
+        .holds_system(&namespace, &name, system.metadata.uid.as_deref())
+    {
+        ctx.metrics.forget_system(&namespace, &name);
+    }
+    let failures = ApplyFailures(std::mem::take(&mut report.failed));
+    let outcome = match (&validated, failures.0.is_empty()) {
         (Err(invalid), _) => Outcome::Invalid(invalid),
-        (Ok(_), Some(e)) => Outcome::ApplyFailed(e),
-        (Ok(valid), None) if valid.mode == Mode::Enforce => Outcome::Enforced { report: &report },
-        (Ok(_), None) => Outcome::Audited { planned: &planned },
+        (Ok(_), false) => Outcome::ApplyFailed(&failures),
+        (Ok(valid), true) if valid.mode == Mode::Enforce => Outcome::Enforced { report: &report },
+        (Ok(_), true) => Outcome::Audited { planned: &planned },
     };
 
-    // 5. status, and Events for what changed
-    let new_status =
-        status::desired_status(&system, &outcome, verdicts.as_deref(), endpoints, &now);
-    let api: Api<IoTSystem> = Api::namespaced(ctx.client.clone(), &namespace);
-    let status_changed = {
-        let would_write = system.status.as_ref() != Some(&new_status);
-        if would_write {
-            ctx.metrics.write("IoTSystem", "status");
-        }
-        status::write_if_changed(&api, &system, new_status)
-            .await
-            .map_err(Error::Status)?
+    // 4. status, and Events for what changed
+    let (items, endpoints) = match judgement {
+        Some(j) => (Some(j.items), j.endpoints),
+        None => (None, None),
     };
+    let new_status = status::desired_status(&system, &outcome, items.as_deref(), endpoints, &now);
+    let api: Api<IoTSystem> = Api::namespaced(ctx.client.clone(), &namespace);
+    if system.status.as_ref() != Some(&new_status) {
+        ctx.metrics.write("IoTSystem", "status");
+    }
+    let status_changed = status::write_if_changed(&api, &system, new_status)
+        .await
+        .map_err(Error::Status)?;
     publish_events(&ctx, &system, &outcome, &report, status_changed).await;
 
-    match (validated, apply_error) {
-        (_, Some(e)) => Err(Error::Apply(e)),
-        (Err(ValidationError::SelectorConflict { .. }), _) => Ok(Action::requeue(RECHECK_CONFLICT)),
+    let this = ObjectRef::from_obj(system.as_ref());
+    if !failures.0.is_empty() {
+        return Err(Error::Apply(failures));
+    }
+    ctx.backoff.succeeded(&this);
+    match validated {
+        Err(ValidationError::SelectorConflict { .. }) => Ok(Action::requeue(RECHECK_CONFLICT)),
         _ => Ok(Action::requeue(RESYNC)),
     }
 }
@@ -595,6 +304,7 @@ fn error_policy(system: Arc<IoTSystem>, error: &Error, ctx: Arc<Context>) -> Act
             reason: error.reason(),
         })
         .inc();
-    warn!(system = %system.name_any(), reason = error.reason(), error = %error, "reconcile failed; retrying");
-    Action::requeue(RETRY)
+    let delay = ctx.backoff.failed(&ObjectRef::from_obj(system.as_ref()));
+    warn!(system = %system.name_any(), reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
 }

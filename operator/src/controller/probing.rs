@@ -2,27 +2,36 @@
 //! reconciles (network calls are slow and may hang; reconciles must not). The
 //! findings land in a shared map; a system whose findings changed is
 //! reconciled again so its verdicts and status follow.
+//!
+//! Where the probe goes is decided from the API, never from DNS: the
+//! ClusterIP of the component's Service (or a ready pod's IP behind a
+//! headless one), so a probe can be pointed only at the cluster's own
+//! Service and pod addresses; ExternalName Services are not followed. A
+//! test account's password is sent only over TLS verified against the
+//! port's CA, and only from a Secret labelled for it.
 
 use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, RwLock},
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{
-    Api, Client,
-    runtime::reflector::{ObjectRef, Store},
+    Api, Client, ResourceExt,
+    core::{Selector, SelectorExt},
+    runtime::reflector::ObjectRef,
 };
 use rustls::pki_types::{CertificateDer, pem::PemObject};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
+use super::cache::Caches;
 use crate::{
-    api::{EndpointStatus, IoTSystem},
+    api::{EndpointStatus, IoTSystem, Port},
     build::certificate::certificate_name,
-    controller::validate::{Neighbourhood, ValidatedSystem, validate},
+    controller::validate::{Neighbourhood, ValidComponent, ValidatedSystem, validate},
     metrics::Metrics,
     probe::{
         http,
@@ -30,11 +39,15 @@ use crate::{
     },
 };
 
+/// The label a Secret must carry before the probe may log in with it.
+pub const PROBE_CREDENTIALS_LABEL: &str = "iotposture.dev/probe-credentials";
+
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
     pub interval: Duration,
-    /// `name:port` → address, for names the operator's resolver does not know
-    /// (a local control plane has no cluster DNS); like curl's --resolve.
+    /// `name:port` → address, for Service names the operator cannot reach by
+    /// their ClusterIP (a local control plane without a node); like curl's
+    /// --resolve. Set by whoever runs the operator, so trusted.
     pub resolve: HashMap<String, SocketAddr>,
     pub settings: tls::Settings,
     pub http: http::Settings,
@@ -50,6 +63,13 @@ pub struct ProbedPort {
 
 impl ProbedPort {
     pub fn status(&self) -> EndpointStatus {
+        let mut problems = self.finding.problems();
+        problems.extend(
+            self.finding
+                .unreachable
+                .iter()
+                .map(|why| format!("{}: not reached: {why}", self.finding.endpoint)),
+        );
         EndpointStatus {
             component: self.component.clone(),
             port: self.port.clone(),
@@ -58,7 +78,7 @@ impl ProbedPort {
             cipher_suite: self.finding.cipher_suite.clone(),
             key: self.finding.key.clone(),
             not_after: self.finding.not_after.clone(),
-            problems: self.finding.problems(),
+            problems,
         }
     }
 }
@@ -91,6 +111,14 @@ impl ProbeResults {
             .cloned()
     }
 
+    /// Forgets a system that is gone.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
     /// Stores the findings; true when they differ from the previous round.
     fn put(&self, namespace: &str, name: &str, ports: Findings) -> bool {
         let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
@@ -103,10 +131,20 @@ impl ProbeResults {
     }
 }
 
-/// Probes every system's TLS ports every `interval`, forever.
+/// Everything one round needs, shared by the systems probed at once.
+struct Round<'a> {
+    client: &'a Client,
+    caches: &'a Caches,
+    options: &'a ProbeOptions,
+    /// Endpoints probed at once, across all systems.
+    permits: &'a Semaphore,
+    logins: &'a LoginChecks,
+}
+
+/// Probes every system's TLS and web ports every `interval`, forever.
 pub async fn probe_loop(
     client: Client,
-    systems: Store<IoTSystem>,
+    caches: Caches,
     options: ProbeOptions,
     results: Arc<ProbeResults>,
     metrics: Arc<Metrics>,
@@ -116,16 +154,18 @@ pub async fn probe_loop(
     // system is probed again once `interval` has passed since its last round.
     let tick = options.interval.min(Duration::from_secs(5));
     let mut last: HashMap<String, tokio::time::Instant> = HashMap::new();
-    let mut logins = LoginChecks::default();
+    let logins = LoginChecks::default();
+    let permits = Semaphore::new(options.settings.concurrency.max(1));
     loop {
         let now = tokio::time::Instant::now();
-        let current = systems.state();
+        let current = caches.systems.state();
         last.retain(|uid, _| {
             current
                 .iter()
                 .any(|s| s.metadata.uid.as_deref() == Some(uid.as_str()))
         });
-        logins.0.retain(|(uid, _, _), _| last.contains_key(uid));
+        logins.retain(|uid| last.contains_key(uid));
+        let mut due = Vec::new();
         for system in current {
             let uid = system.metadata.uid.clone().unwrap_or_default();
             if last
@@ -139,224 +179,362 @@ pub async fn probe_loop(
                 pods: &[],
                 systems: &[],
             };
-            let Ok(valid) = validate(&system, &alone) else {
-                continue;
-            };
-            let ports = probe_system(&client, &valid, &options).await;
-            let web = probe_web(&client, &valid, &uid, &options, &mut logins).await;
-            for p in &ports {
-                metrics.record_tls_probe(
-                    &valid.namespace,
-                    &valid.name,
-                    &p.component,
-                    &p.port,
-                    p.finding.error.is_none(),
-                    p.finding.not_after.as_deref(),
-                );
-            }
-            let findings = Findings {
-                tls: ports,
-                http: web,
-            };
-            if results.put(&valid.namespace, &valid.name, findings) {
-                let _ = changed.send(ObjectRef::from_obj(system.as_ref()));
+            if let Ok(valid) = validate(&system, &alone) {
+                due.push((system, uid, valid));
             }
         }
+        let round = Round {
+            client: &client,
+            caches: &caches,
+            options: &options,
+            permits: &permits,
+            logins: &logins,
+        };
+        futures::stream::iter(due)
+            .for_each_concurrent(None, |(system, uid, valid)| {
+                let round = &round;
+                let results = &results;
+                let metrics = &metrics;
+                let changed = &changed;
+                async move {
+                    let (ports, web) =
+                        futures::join!(probe_tls(round, &valid), probe_web(round, &valid, &uid));
+                    for p in &ports {
+                        metrics.record_tls_probe(
+                            &valid.namespace,
+                            &valid.name,
+                            &p.component,
+                            &p.port,
+                            p.finding.error.is_none() && p.finding.unreachable.is_none(),
+                            p.finding.not_after.as_deref(),
+                        );
+                    }
+                    let findings = Findings {
+                        tls: ports,
+                        http: web,
+                    };
+                    // Only for a system still there: a deleted one's state is gone.
+                    if round
+                        .caches
+                        .holds_system(&valid.namespace, &valid.name, Some(&uid))
+                        && results.put(&valid.namespace, &valid.name, findings)
+                    {
+                        let _ = changed.send(ObjectRef::from_obj(system.as_ref()));
+                    }
+                }
+            })
+            .await;
         tokio::time::sleep(tick).await;
     }
 }
 
-/// `name:port` → address: the --probe-resolve map first, then DNS, bounded.
-async fn resolve(options: &ProbeOptions, key: &str) -> Option<SocketAddr> {
-    match options.resolve.get(key) {
-        Some(a) => Some(*a),
-        None => tokio::time::timeout(
-            options.settings.connect_timeout,
-            tokio::net::lookup_host(key),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .and_then(|mut a| a.next()),
+/// Where a port of a component may be dialled, as the API shows it.
+#[derive(Debug, PartialEq)]
+pub enum Dial {
+    To(SocketAddr),
+    /// The API already shows the fault (no Service, no ready pod).
+    Fault(String),
+    /// Not dialled (an ExternalName Service); nothing is known.
+    Refused(String),
+}
+
+/// The component's Service name, and the key --probe-resolve uses.
+fn service_name(
+    system: &ValidatedSystem,
+    component: &ValidComponent,
+    port: &Port,
+) -> (String, String) {
+    let name = format!("{}.{}.svc", component.service, system.namespace);
+    let key = format!("{name}:{}", port.port);
+    (name, key)
+}
+
+/// The address to probe `port` of `component` at: an address given with
+/// --probe-resolve, else the Service's ClusterIP, else (headless) a ready pod's IP.
+pub fn dial(
+    caches: &Caches,
+    options: &ProbeOptions,
+    system: &ValidatedSystem,
+    component: &ValidComponent,
+    port: &Port,
+) -> Dial {
+    let (_, key) = service_name(system, component, port);
+    if let Some(addr) = options.resolve.get(&key) {
+        return Dial::To(*addr);
     }
+    let service = caches
+        .services
+        .get(&ObjectRef::new(&component.service).within(&system.namespace));
+    let Some(spec) = service.as_ref().and_then(|s| s.spec.as_ref()) else {
+        return Dial::Fault(format!(
+            "no Service {} in namespace {} in front of component {}",
+            component.service, system.namespace, component.name
+        ));
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Dial::Refused(format!(
+            "Service {} is of type ExternalName; the probe dials only the cluster's own Service and pod addresses",
+            component.service
+        ));
+    }
+    let pods = ready_pod_ips(caches, system, component);
+    let Some(pod_ip) = pods.first() else {
+        return Dial::Fault(format!(
+            "no ready pod of component {} behind Service {} (no endpoints)",
+            component.name, component.service
+        ));
+    };
+    let port = port.port as u16;
+    match spec.cluster_ip.as_deref().map(str::parse::<IpAddr>) {
+        Some(Ok(ip)) => Dial::To(SocketAddr::new(ip, port)),
+        // Headless ("None"): the pods themselves.
+        _ => Dial::To(SocketAddr::new(*pod_ip, port)),
+    }
+}
+
+fn ready_pod_ips(
+    caches: &Caches,
+    system: &ValidatedSystem,
+    component: &ValidComponent,
+) -> Vec<IpAddr> {
+    let Ok(selector) = Selector::try_from(component.selector.clone()) else {
+        return Vec::new();
+    };
+    let empty = BTreeMap::new();
+    super::cache::in_namespace(&caches.pods, &system.namespace)
+        .iter()
+        .filter(|p| selector.matches(p.metadata.labels.as_ref().unwrap_or(&empty)))
+        .filter(|p| is_ready(p))
+        .filter_map(|p| p.status.as_ref()?.pod_ip.as_deref()?.parse().ok())
+        .collect()
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The login checks (lockout and session fixation) of each web port, kept
 /// between rounds: they run again only once the probe account's lockout
 /// has run out, so the probe never sits locked out on its own account.
 #[derive(Default)]
-struct LoginChecks(HashMap<(String, String, String), (tokio::time::Instant, http::Finding)>);
+struct LoginChecks(Mutex<HashMap<LoginKey, (tokio::time::Instant, http::Finding)>>);
 
-async fn probe_web(
-    client: &Client,
-    system: &ValidatedSystem,
-    uid: &str,
-    options: &ProbeOptions,
-    logins: &mut LoginChecks,
-) -> Vec<ProbedHttpPort> {
-    let mut out = Vec::new();
-    for component in &system.components {
-        let lockout = component.http.lockout.as_ref();
-        for port in component.http_ports() {
-            let name = format!("{}.{}.svc", component.service, system.namespace);
-            let key = format!("{name}:{}", port.port);
-            let Some(addr) = resolve(options, &key).await else {
-                out.push(ProbedHttpPort {
-                    component: component.name.clone(),
-                    port: port.name.clone(),
-                    finding: http::Finding::unreachable(
-                        key,
-                        "the Service name does not resolve here (see --probe-resolve)".into(),
-                    ),
-                });
-                continue;
-            };
-            let target = http::Target {
-                name,
-                addr,
-                tls: port.tls,
-            };
-            let memo = (uid.to_string(), component.name.clone(), port.name.clone());
-            let again_after = lockout
-                .map(|l| l.duration)
-                .unwrap_or_default()
-                .max(options.interval);
-            let previous = logins
-                .0
-                .get(&memo)
-                .filter(|(at, _)| at.elapsed() < again_after)
-                .map(|(_, f)| f.clone());
-            // A rerun inside the lockout would only meet its own lockout.
-            let login_checks = previous.is_none() && component.http.login_path.is_some();
-            let credentials = match &component.http.probe_credentials_secret {
-                Some(secret) if login_checks => test_credentials(client, &system.namespace, secret)
-                    .await
-                    .map(Some)
-                    .ok_or_else(|| {
-                        format!(
-                            "probeCredentialsSecret {secret}: no such Secret, or it lacks username and password"
-                        )
-                    }),
-                _ => Ok(None),
-            };
-            let plan = http::Plan {
-                login_path: component.http.login_path.clone(),
-                login_checks,
-                max_failures: lockout.map(|l| l.max_failures.max(1)).unwrap_or(5),
-                credentials,
-            };
-            let mut finding = http::probe(&target, &options.http, &plan).await;
-            match previous {
-                Some(p) => {
-                    finding.lockout = p.lockout;
-                    finding.fixation = p.fixation;
-                }
-                // Kept only once the lockout check got its answers: an
-                // endpoint not up yet is asked again next round.
-                None if login_checks
-                    && !matches!(finding.lockout, http::Observation::Unknown(_)) =>
-                {
-                    logins
-                        .0
-                        .insert(memo, (tokio::time::Instant::now(), finding.clone()));
-                }
-                None => {}
-            }
-            out.push(ProbedHttpPort {
-                component: component.name.clone(),
-                port: port.name.clone(),
-                finding,
-            });
-        }
+/// (system uid, component, port)
+type LoginKey = (String, String, String);
+
+impl LoginChecks {
+    fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(uid, _, _), _| keep(uid));
     }
-    out
+
+    fn recent(&self, key: &LoginKey, within: Duration) -> Option<http::Finding> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < within)
+            .map(|(_, f)| f.clone())
+    }
+
+    fn remember(&self, key: LoginKey, finding: http::Finding) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (tokio::time::Instant::now(), finding));
+    }
 }
 
-/// `username` and `password` of the test account Secret; read with one GET
-/// when needed, never cached.
+async fn probe_web(round: &Round<'_>, system: &ValidatedSystem, uid: &str) -> Vec<ProbedHttpPort> {
+    let mut jobs = Vec::new();
+    for component in &system.components {
+        for port in component.http_ports() {
+            jobs.push(probe_web_port(round, system, uid, component, port));
+        }
+    }
+    futures::future::join_all(jobs).await
+}
+
+async fn probe_web_port(
+    round: &Round<'_>,
+    system: &ValidatedSystem,
+    uid: &str,
+    component: &ValidComponent,
+    port: &Port,
+) -> ProbedHttpPort {
+    let done = |finding| ProbedHttpPort {
+        component: component.name.clone(),
+        port: port.name.clone(),
+        finding,
+    };
+    let (name, key) = service_name(system, component, port);
+    let addr = match dial(round.caches, round.options, system, component, port) {
+        Dial::To(addr) => addr,
+        Dial::Fault(why) => return done(http::Finding::fault(key, why)),
+        Dial::Refused(why) => return done(http::Finding::unreachable(key, why)),
+    };
+    let target = http::Target {
+        name,
+        addr,
+        tls: port.tls,
+    };
+    let lockout = component.http.lockout.as_ref();
+    let memo = (uid.to_string(), component.name.clone(), port.name.clone());
+    let again_after = lockout
+        .map(|l| l.duration)
+        .unwrap_or_default()
+        .max(round.options.interval);
+    let previous = round.logins.recent(&memo, again_after);
+    // A rerun inside the lockout would only meet its own lockout.
+    let login_checks = previous.is_none() && component.http.login_path.is_some();
+    let credentials = match &component.http.probe_credentials_secret {
+        Some(secret) if login_checks => test_credentials(round, system, component, port, secret)
+            .await
+            .map(Some),
+        _ => Ok(None),
+    };
+    let plan = http::Plan {
+        login_path: component.http.login_path.clone(),
+        login_checks,
+        max_failures: lockout.map(|l| l.max_failures.max(1)).unwrap_or(5),
+        credentials,
+    };
+    let mut finding = {
+        let _permit = round.permits.acquire().await;
+        http::probe(&target, &round.options.http, &plan).await
+    };
+    match previous {
+        Some(p) => {
+            finding.lockout = p.lockout;
+            finding.fixation = p.fixation;
+        }
+        // Kept only once the lockout check got its answers: an endpoint not
+        // up yet is asked again next round.
+        None if login_checks && !matches!(finding.lockout, http::Observation::Unknown(_)) => {
+            round.logins.remember(memo, finding.clone());
+        }
+        None => {}
+    }
+    done(finding)
+}
+
+/// `username` and `password` of the test account, with the TLS client they
+/// may travel with; or why they may not be used.
 async fn test_credentials(
-    client: &Client,
-    namespace: &str,
+    round: &Round<'_>,
+    system: &ValidatedSystem,
+    component: &ValidComponent,
+    port: &Port,
     secret: &str,
-) -> Option<(String, String)> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let data = api.get_opt(secret).await.ok()??.data?;
+) -> Result<http::Credentials, String> {
+    let field = format!("probeCredentialsSecret {secret}");
+    let labelled = |labels: &BTreeMap<String, String>| {
+        labels.get(PROBE_CREDENTIALS_LABEL).map(String::as_str) == Some("true")
+    };
+    // The metadata cache first: an unlabelled Secret is never read.
+    let meta = round
+        .caches
+        .secrets
+        .get(&ObjectRef::new(secret).within(&system.namespace))
+        .ok_or_else(|| format!("{field}: no such Secret in namespace {}", system.namespace))?;
+    if !labelled(meta.labels()) {
+        return Err(format!(
+            "{field}: the Secret lacks the label {PROBE_CREDENTIALS_LABEL}=true that lets the probe log in with it"
+        ));
+    }
+    if !port.tls {
+        return Err(format!(
+            "{field}: port {} is not TLS, and the test account's password is sent only over verified TLS",
+            port.name
+        ));
+    }
+    let trust = issuer_ca(
+        round.client,
+        system,
+        &certificate_name(system, component, &port.name),
+    )
+    .await;
+    let verified_tls = http::verifying_tls(&trust).map_err(|why| {
+        format!("{field}: the password is sent only over TLS verified against the port's CA: {why}")
+    })?;
+    let api: Api<Secret> = Api::namespaced(round.client.clone(), &system.namespace);
+    let full = api
+        .get_opt(secret)
+        .await
+        .map_err(|e| format!("{field}: reading it failed: {e}"))?
+        .ok_or_else(|| format!("{field}: no such Secret"))?;
+    if !labelled(full.labels()) {
+        return Err(format!(
+            "{field}: the Secret lacks the label {PROBE_CREDENTIALS_LABEL}=true"
+        ));
+    }
+    let data = full.data.unwrap_or_default();
     let text = |k: &str| {
         data.get(k)
             .and_then(|v| String::from_utf8(v.0.clone()).ok())
     };
-    Some((text("username")?, text("password")?))
+    match (text("username"), text("password")) {
+        (Some(username), Some(password)) => Ok(http::Credentials {
+            username,
+            password,
+            verified_tls,
+        }),
+        _ => Err(format!("{field}: the Secret lacks username or password")),
+    }
 }
 
-async fn probe_system(
-    client: &Client,
-    system: &ValidatedSystem,
-    options: &ProbeOptions,
-) -> Vec<ProbedPort> {
-    let mut targets = Vec::new();
-    let mut unresolved = Vec::new();
-    let mut labels = Vec::new();
+async fn probe_tls(round: &Round<'_>, system: &ValidatedSystem) -> Vec<ProbedPort> {
+    let mut jobs = Vec::new();
     for component in &system.components {
         for port in component.ports.iter().filter(|p| p.tls) {
-            let name = format!("{}.{}.svc", component.service, system.namespace);
-            let key = format!("{name}:{}", port.port);
-            let addr = resolve(options, &key).await;
-            let trust = issuer_ca(
-                client,
-                system,
-                &certificate_name(system, component, &port.name),
-            )
-            .await;
-            match addr {
-                Some(addr) => {
-                    targets.push((Target { name, addr }, trust));
-                    labels.push((component.name.clone(), port.name.clone()));
-                }
-                None => unresolved.push(ProbedPort {
-                    component: component.name.clone(),
-                    port: port.name.clone(),
-                    finding: Finding {
-                        endpoint: key.clone(),
-                        error: Some(
-                            "the Service name does not resolve here (see --probe-resolve)".into(),
-                        ),
+            jobs.push(async move {
+                let (name, key) = service_name(system, component, port);
+                let finding = match dial(round.caches, round.options, system, component, port) {
+                    Dial::To(addr) => {
+                        let trust = issuer_ca(
+                            round.client,
+                            system,
+                            &certificate_name(system, component, &port.name),
+                        )
+                        .await;
+                        let settings = tls::Settings {
+                            trust,
+                            ..round.options.settings.clone()
+                        };
+                        let _permit = round.permits.acquire().await;
+                        tls::probe(&Target { name, addr }, &settings).await
+                    }
+                    Dial::Fault(why) => Finding {
+                        endpoint: key,
+                        error: Some(why),
                         ..Finding::default()
                     },
-                }),
-            }
+                    Dial::Refused(why) => Finding::unreachable(key, why),
+                };
+                ProbedPort {
+                    component: component.name.clone(),
+                    port: port.name.clone(),
+                    finding,
+                }
+            });
         }
     }
-    let mut out = unresolved;
-    // Each target has its own trust anchors, so settings differ per target;
-    // at most `concurrency` handshakes are under way at once.
-    let jobs: Vec<(Target, tls::Settings)> = targets
-        .into_iter()
-        .map(|(t, trust)| {
-            let settings = tls::Settings {
-                trust,
-                ..options.settings.clone()
-            };
-            (t, settings)
-        })
-        .collect();
-    let findings: Vec<Finding> = futures::stream::iter(jobs)
-        .map(|(t, settings)| async move { tls::probe(&t, &settings).await })
-        .buffered(options.settings.concurrency.max(1))
+    let mut out: Vec<ProbedPort> = futures::stream::iter(jobs)
+        .buffer_unordered(usize::MAX)
         .collect()
         .await;
-    for ((component, port), finding) in labels.into_iter().zip(findings) {
-        out.push(ProbedPort {
-            component,
-            port,
-            finding,
-        });
-    }
     out.sort_by(|a, b| (&a.component, &a.port).cmp(&(&b.component, &b.port)));
     out
 }
 
 /// The CA cert-manager stored with the certificate (`ca.crt`), the anchor the
-/// presented chain must lead to. Read with one GET: Secrets are not cached.
+/// presented chain must lead to. Read with one GET: Secrets are cached as
+/// metadata only.
 async fn issuer_ca(
     client: &Client,
     system: &ValidatedSystem,

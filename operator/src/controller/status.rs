@@ -13,7 +13,7 @@ use super::{apply::ApplyReport, validate::ValidationError};
 use crate::{
     api::{EndpointStatus, IoTSystem, IoTSystemStatus, ItemStatus, ManagedObject},
     build::DesiredObjects,
-    controller::apply::{ApplyError, ObjectKey},
+    controller::apply::{ApplyFailures, ObjectKey},
 };
 
 pub const READY: &str = "Ready";
@@ -33,7 +33,7 @@ pub enum Outcome<'a> {
         planned: &'a DesiredObjects,
     },
     Invalid(&'a ValidationError),
-    ApplyFailed(&'a ApplyError),
+    ApplyFailed(&'a ApplyFailures),
 }
 
 /// `checklist` is the fresh evaluation; without one (the spec could not be
@@ -224,6 +224,7 @@ mod tests {
                 name: "factory-gateway".into(),
             }],
             pruned: vec![],
+            ..ApplyReport::default()
         };
         let status = desired_status(
             &system(),

@@ -74,6 +74,10 @@ pub enum ValidationError {
         port: String,
         backend: i32,
     },
+    #[error(
+        "spec.access names subjects, but no admission webhook of this operator reviews who may grant them: run the operator with its webhooks (--webhook-addr), or with --trust-unreviewed-access where only cluster administrators can write IoTSystems"
+    )]
+    AccessNotReviewed,
     #[error("component {component:?}: {error}")]
     InvalidHttpSetting {
         component: String,
@@ -102,6 +106,7 @@ impl ValidationError {
             ValidationError::UnbindableSubject { .. } => "UnbindableSubject",
             ValidationError::ComponentOverlap { .. } => "ComponentOverlap",
             ValidationError::SelectorConflict { .. } => "SelectorConflict",
+            ValidationError::AccessNotReviewed => "AccessNotReviewed",
             _ => "InvalidSpec",
         }
     }

@@ -59,7 +59,45 @@ pub struct Plan {
     pub max_failures: u32,
     /// Test account for the session fixation check: none declared, or the
     /// reason the declared one cannot be used.
-    pub credentials: Result<Option<(String, String)>, String>,
+    pub credentials: Result<Option<Credentials>, String>,
+}
+
+/// A test account, and the only TLS client its password may travel with:
+/// one that verifies the port's certificate against the issuer's CA.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+    pub verified_tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        write!(f, "Credentials {{ username: {:?} }}", self.username)
+    }
+}
+
+/// A TLS client that accepts only certificates chaining to `trust` and
+/// carrying the name it dials.
+pub fn verifying_tls(
+    trust: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in trust {
+        roots.add(ca.clone()).map_err(|e| e.to_string())?;
+    }
+    if roots.is_empty() {
+        return Err("no CA certificate to verify the port against".into());
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 impl Default for Plan {
@@ -110,7 +148,22 @@ pub struct Exchange {
 impl Finding {
     /// Every check Unknown, for a port the probe could not reach.
     pub fn unreachable(endpoint: String, why: String) -> Self {
-        let u = Observation::Unknown(format!("{endpoint}: {why}"));
+        Self::all(
+            endpoint.clone(),
+            Observation::Unknown(format!("{endpoint}: {why}")),
+        )
+    }
+
+    /// Every check Fail, for a port the API already shows broken (no
+    /// Service, no ready pod): nothing can be served there.
+    pub fn fault(endpoint: String, why: String) -> Self {
+        Self::all(
+            endpoint.clone(),
+            Observation::Fail(format!("{endpoint}: {why}")),
+        )
+    }
+
+    fn all(endpoint: String, u: Observation) -> Self {
         Self {
             endpoint,
             cookies: u.clone(),
@@ -123,8 +176,9 @@ impl Finding {
     }
 }
 
-/// The probe's TLS client, built once: any certificate is accepted (the TLS
-/// probe judges them), only TLS 1.2 and 1.3 are offered.
+/// The probe's TLS client for its harmless requests, built once: any
+/// certificate is accepted (the TLS probe judges them), only TLS 1.2 and 1.3
+/// are offered. Nothing secret is ever sent with it.
 static TLS_CONFIG: LazyLock<Result<Arc<rustls::ClientConfig>, String>> = LazyLock::new(|| {
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -137,10 +191,24 @@ static TLS_CONFIG: LazyLock<Result<Arc<rustls::ClientConfig>, String>> = LazyLoc
     Ok(Arc::new(config))
 });
 
-/// Sends one request on a connection of its own.
+/// Sends one harmless request on a connection of its own.
 pub async fn request(
     target: &Target,
     settings: &Settings,
+    method: &str,
+    path: &str,
+    headers: &[(hyper::header::HeaderName, String)],
+    body: &str,
+) -> Result<Exchange, String> {
+    let config = TLS_CONFIG.clone()?;
+    request_over(target, settings, &config, method, path, headers, body).await
+}
+
+/// Sends one request with the TLS client `tls` (when the port speaks TLS).
+async fn request_over(
+    target: &Target,
+    settings: &Settings,
+    tls: &Arc<rustls::ClientConfig>,
     method: &str,
     path: &str,
     headers: &[(hyper::header::HeaderName, String)],
@@ -164,7 +232,7 @@ pub async fn request(
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
         if target.tls {
-            let config = TLS_CONFIG.clone()?;
+            let config = tls.clone();
             let name = ServerName::try_from(target.name.clone()).map_err(|e| e.to_string())?;
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
@@ -414,13 +482,22 @@ pub fn judge_lockout(
 }
 
 /// III-4: log in with the test account; the session cookie must change.
+/// Only over TLS that verified the port's certificate: the password never
+/// travels in plaintext or to a peer that could not prove its name.
 async fn check_fixation(
     target: &Target,
     settings: &Settings,
     path: &str,
-    (user, password): &(String, String),
+    credentials: &Credentials,
 ) -> Observation {
-    let before = match request(target, settings, "GET", path, &[], "").await {
+    if !target.tls {
+        return Observation::Unknown(format!(
+            "{}: the port is not TLS, and the test account's password is sent only over verified TLS",
+            target.name
+        ));
+    }
+    let tls = &credentials.verified_tls;
+    let before = match request_over(target, settings, tls, "GET", path, &[], "").await {
         Ok(e) => e,
         Err(why) => return Observation::Unknown(format!("{}: {why}", target.name)),
     };
@@ -439,10 +516,10 @@ async fn check_fixation(
     }
     let body = format!(
         "username={}&password={}",
-        form_encode(user),
-        form_encode(password)
+        form_encode(&credentials.username),
+        form_encode(&credentials.password)
     );
-    let after = match request(target, settings, "POST", path, &headers, &body).await {
+    let after = match request_over(target, settings, tls, "POST", path, &headers, &body).await {
         Ok(e) => e,
         Err(why) => return Observation::Unknown(format!("{}: {why}", target.name)),
     };

@@ -73,12 +73,28 @@ pub struct Finding {
     pub key_too_short: Option<bool>,
     /// Why no handshake was possible (plaintext, old protocol, weak suites, silence).
     pub error: Option<String>,
+    /// Why the probe could not reach the endpoint at all (no connection, no
+    /// address it may dial): nothing about its TLS is known.
+    pub unreachable: Option<String>,
 }
 
 impl Finding {
-    /// Everything wrong with the endpoint, in words; empty when it passes.
+    /// A finding for an endpoint the probe could not reach.
+    pub fn unreachable(endpoint: String, why: String) -> Self {
+        Self {
+            endpoint,
+            unreachable: Some(why),
+            ..Self::default()
+        }
+    }
+
+    /// Everything wrong with the endpoint, in words; empty when it passes,
+    /// and when it could not be reached (then nothing is known).
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if self.unreachable.is_some() {
+            return out;
+        }
         if let Some(e) = &self.error {
             out.push(format!("{}: {e}", self.endpoint));
             return out;
@@ -254,15 +270,16 @@ pub async fn probe(target: &Target, settings: &Settings) -> Finding {
     )
     .await
     {
+        // No connection says nothing about the endpoint's TLS.
         Err(_) => {
-            finding.error = Some(format!(
+            finding.unreachable = Some(format!(
                 "no TCP connection within {:?}",
                 settings.connect_timeout
             ));
             return finding;
         }
         Ok(Err(e)) => {
-            finding.error = Some(format!("TCP connection failed: {e}"));
+            finding.unreachable = Some(format!("TCP connection failed: {e}"));
             return finding;
         }
         Ok(Ok(tcp)) => tcp,

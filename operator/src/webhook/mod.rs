@@ -1,9 +1,14 @@
 //! Admission webhooks for component pods: `harden` (mutating) gives them their
 //! own ServiceAccount and a restricted security context; `review` (validating)
 //! refuses in Enforce, or warns about in Audit, what the checklist forbids.
-//! The server speaks TLS with a certificate the operator issues and renews
-//! itself (`certs`), and keeps the webhook configurations (`registration`).
+//! For IoTSystems, `access` refuses a spec.access that grants more than the
+//! requester could grant. The server speaks TLS with a certificate the
+//! operator issues and renews itself (`certs`), and keeps the webhook
+//! configurations (`registration`). Until every cache has listed, each
+//! webhook answers 503, so the API server applies its failure policy:
+//! nothing is admitted on the word of an empty cache.
 
+pub mod access;
 pub mod certs;
 pub mod gateway;
 pub mod harden;
@@ -47,10 +52,13 @@ use tracing::{info, warn};
 use crate::{
     api::IoTSystem,
     controller::{FIELD_MANAGER, cache::in_namespace},
+    health::{Health, WebhookState as Serving},
     metrics::{AdmissionLabels, Metrics},
 };
 use certs::ServingCert;
-use registration::{MUTATE_PATH, Registration, VALIDATE_PATH};
+use registration::{
+    ComponentFilter, MUTATE_PATH, Registration, VALIDATE_PATH, VALIDATE_SYSTEM_PATH,
+};
 use review::Decision;
 
 /// How often the certificate is looked at; it is renewed 30 days before expiry.
@@ -76,6 +84,8 @@ pub enum Error {
     Register(#[source] kube::Error),
     #[error("the webhook server could not listen: {0}")]
     Listen(#[source] std::io::Error),
+    #[error("the webhook server stopped")]
+    Stopped,
 }
 
 #[derive(Clone)]
@@ -83,42 +93,142 @@ pub struct WebhookState {
     pub systems: Store<IoTSystem>,
     pub metrics: Arc<Metrics>,
     pub images: gateway::Images,
+    /// True once every cache has listed; until then every webhook answers 503.
+    pub ready: tokio::sync::watch::Receiver<bool>,
+    /// For the SubjectAccessReviews of the IoTSystem webhook.
+    pub client: Client,
 }
 
 /// TLS settings that renewal swaps under running connections.
 pub type TlsSlot = Arc<RwLock<Arc<rustls::ServerConfig>>>;
 
-/// Issues the certificate, registers the webhooks and serves them until the
-/// task is dropped; renews the certificate before it expires.
-pub async fn run(client: Client, options: Options, state: WebhookState) -> Result<(), Error> {
-    let mut cert = ServingCert::issue(&options.hosts, SystemTime::now())?;
-    register(&client, &options.registration, &cert.ca_pem).await?;
+/// How long to wait before registering again after a failure.
+const REGISTER_RETRY: Duration = Duration::from_secs(5);
+/// How long systems may keep changing before the match conditions follow.
+const FILTER_SETTLE: Duration = Duration::from_millis(200);
+
+/// The webhook configurations as last published, and the one way to change
+/// them: the webhook task (start, certificate renewal, systems removed) and
+/// every reconcile (before a system reports Ready, its pods must be covered
+/// by the match conditions) go through here.
+pub struct Registrar {
+    client: Client,
+    pub registration: Registration,
+    published: tokio::sync::Mutex<Published>,
+}
+
+struct Published {
+    ca_bundle: String,
+    /// None until the first publication.
+    filter: Option<ComponentFilter>,
+}
+
+impl Registrar {
+    pub fn new(client: Client, registration: Registration, ca_pem: &str) -> Self {
+        Self {
+            client,
+            registration,
+            published: tokio::sync::Mutex::new(Published {
+                ca_bundle: ca_pem.to_string(),
+                filter: None,
+            }),
+        }
+    }
+
+    /// Server-side applies both configurations, unless they already say
+    /// this. `ca_bundle` None keeps the current one.
+    async fn publish(
+        &self,
+        ca_bundle: Option<String>,
+        filter: ComponentFilter,
+    ) -> Result<(), Error> {
+        let mut published = self.published.lock().await;
+        let ca_bundle = ca_bundle.unwrap_or_else(|| published.ca_bundle.clone());
+        if published.filter.as_ref() == Some(&filter) && published.ca_bundle == ca_bundle {
+            return Ok(());
+        }
+        register(&self.client, &self.registration, &ca_bundle, &filter).await?;
+        *published = Published {
+            ca_bundle,
+            filter: Some(filter),
+        };
+        Ok(())
+    }
+
+    /// Makes the match conditions cover the pods of every system given.
+    pub async fn cover(&self, systems: &[Arc<IoTSystem>]) -> Result<(), Error> {
+        self.publish(None, ComponentFilter::of(systems)).await
+    }
+}
+
+/// Listens, registers the webhooks once every cache has listed (retrying
+/// until the API server takes them) and serves them until the task is
+/// dropped; renews the certificate before it expires, and narrows the match
+/// conditions when systems go. `health` follows the server.
+pub async fn run(
+    registrar: Arc<Registrar>,
+    mut cert: ServingCert,
+    options: Options,
+    state: WebhookState,
+    systems_changed: tokio::sync::watch::Receiver<u64>,
+    health: Arc<Health>,
+) -> Result<(), Error> {
     let tls: TlsSlot = Arc::new(RwLock::new(Arc::new(cert.server_config()?)));
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(Error::Listen)?;
     info!(addr = %options.listen, "serving admission webhooks");
-    let server = AbortOnDrop(tokio::spawn(serve(listener, tls.clone(), state)));
-    loop {
-        tokio::time::sleep(RENEWAL_CHECK).await;
-        if !cert.needs_renewal(SystemTime::now()) {
-            continue;
-        }
-        let next = ServingCert::issue(&options.hosts, SystemTime::now())?;
-        // Trust both CAs while connections made with the old one finish.
-        let bundle = format!("{}{}", next.ca_pem, cert.ca_pem);
-        if let Err(e) = register(&client, &options.registration, &bundle).await {
-            warn!(error = %e, "could not publish the renewed webhook CA; keeping the current certificate");
-            continue;
-        }
-        *tls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next.server_config()?);
-        cert = next;
-        info!("renewed the webhook serving certificate");
-        if server.0.is_finished() {
-            break;
+    let mut ready = state.ready.clone();
+    let systems = state.systems.clone();
+    let mut systems_changed = systems_changed;
+    let mut server = AbortOnDrop(tokio::spawn(serve(listener, tls.clone(), state)));
+    // Registered only once the systems are known: the match conditions come
+    // from their selectors. An earlier registration stays meanwhile; its CA
+    // is not this process's, so calls fail and the failure policy decides.
+    tokio::select! {
+        _ = ready.wait_for(|listed| *listed) => {},
+        _ = &mut server.0 => return Err(Error::Stopped),
+    }
+    while let Err(e) = registrar.cover(&systems.state()).await {
+        warn!(error = %e, "registering the webhook configurations failed; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(REGISTER_RETRY) => {},
+            _ = &mut server.0 => return Err(Error::Stopped),
         }
     }
-    Ok(())
+    health.set_webhooks(Serving::Serving);
+    let mut renewal = tokio::time::interval(RENEWAL_CHECK);
+    loop {
+        tokio::select! {
+            _ = renewal.tick() => {
+                if !cert.needs_renewal(SystemTime::now()) {
+                    continue;
+                }
+                let next = ServingCert::issue(&options.hosts, SystemTime::now())?;
+                // Trust both CAs while connections made with the old one finish.
+                let bundle = format!("{}{}", next.ca_pem, cert.ca_pem);
+                let filter = ComponentFilter::of(&systems.state());
+                if let Err(e) = registrar.publish(Some(bundle), filter).await {
+                    warn!(error = %e, "could not publish the renewed webhook CA; keeping the current certificate");
+                    continue;
+                }
+                *tls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next.server_config()?);
+                cert = next;
+                info!("renewed the webhook serving certificate");
+            }
+            changed = systems_changed.changed() => {
+                if changed.is_err() {
+                    return Err(Error::Stopped);
+                }
+                // Let a burst of changes settle into one update.
+                tokio::time::sleep(FILTER_SETTLE).await;
+                if let Err(e) = registrar.cover(&systems.state()).await {
+                    warn!(error = %e, "updating the webhooks' match conditions failed; retrying on the next change");
+                }
+            }
+            _ = &mut server.0 => return Err(Error::Stopped),
+        }
+    }
 }
 
 /// Stops the server with the task that started it.
@@ -131,22 +241,27 @@ impl Drop for AbortOnDrop {
 }
 
 /// Server-side applies both webhook configurations with `ca_pem` as caBundle.
-pub async fn register(
+async fn register(
     client: &Client,
     registration: &Registration,
     ca_pem: &str,
+    filter: &ComponentFilter,
 ) -> Result<(), Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let name = registration.instance.clone();
     Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .patch(&name, &params, &Patch::Apply(registration.mutating(ca_pem)))
+        .patch(
+            &name,
+            &params,
+            &Patch::Apply(registration.mutating(ca_pem, filter)),
+        )
         .await
         .map_err(Error::Register)?;
     Api::<ValidatingWebhookConfiguration>::all(client.clone())
         .patch(
             &name,
             &params,
-            &Patch::Apply(registration.validating(ca_pem)),
+            &Patch::Apply(registration.validating(ca_pem, filter)),
         )
         .await
         .map_err(Error::Register)?;
@@ -155,9 +270,15 @@ pub async fn register(
 
 /// Accepts TLS connections and serves the webhook routes, each connection on
 /// its own task so a slow client never holds up the others.
+/// Connections live in a set owned by this future: when the server stops,
+/// kept-alive connections stop with it, rather than answer for a server that
+/// is gone.
 pub async fn serve(listener: tokio::net::TcpListener, tls: TlsSlot, state: WebhookState) {
     let app = router(state);
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        // Reap finished connections as they go.
+        while connections.try_join_next().is_some() {}
         let (tcp, _) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
@@ -168,7 +289,7 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: TlsSlot, state: Webho
         };
         let config = tls.read().unwrap_or_else(|e| e.into_inner()).clone();
         let app = app.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             let Ok(Ok(stream)) =
                 tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
@@ -187,6 +308,7 @@ pub fn router(state: WebhookState) -> Router {
     Router::new()
         .route(MUTATE_PATH, post(mutate))
         .route(VALIDATE_PATH, post(validate))
+        .route(VALIDATE_SYSTEM_PATH, post(validate_system))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
@@ -221,7 +343,25 @@ fn count(state: &WebhookState, webhook: &'static str, outcome: &'static str) {
         .inc();
 }
 
+/// 503 until every cache has listed: an empty cache would admit anything.
+fn not_ready(state: &WebhookState, webhook: &'static str) -> Option<Response> {
+    if *state.ready.borrow() {
+        return None;
+    }
+    count(state, webhook, "unready");
+    Some(
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "iotposture is starting: its caches are not filled yet",
+        )
+            .into_response(),
+    )
+}
+
 async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
+    if let Some(r) = not_ready(&state, "mutate") {
+        return r;
+    }
     let request = match parse(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -288,6 +428,9 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
 }
 
 async fn validate(State(state): State<WebhookState>, body: Bytes) -> Response {
+    if let Some(r) = not_ready(&state, "validate") {
+        return r;
+    }
     let request = match parse(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -335,6 +478,64 @@ async fn validate(State(state): State<WebhookState>, body: Bytes) -> Response {
         Decision::Deny(message) => {
             count(&state, "validate", "denied");
             respond(response.deny(message))
+        }
+    }
+}
+
+/// IoTSystems: whoever adds a subject to spec.access must be able to grant
+/// that access themselves.
+async fn validate_system(State(state): State<WebhookState>, body: Bytes) -> Response {
+    const WEBHOOK: &str = "iotsystem";
+    // Needs no cache: it judges the request alone, so it serves from the start.
+    let request = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            count(&state, WEBHOOK, "invalid");
+            return *e;
+        }
+    };
+    let response = AdmissionResponse::from(&request);
+    let Some(object) = request.object.as_ref() else {
+        count(&state, WEBHOOK, "ignored");
+        return respond(response);
+    };
+    let parsed = |o: &DynamicObject| {
+        serde_json::to_value(o)
+            .and_then(serde_json::from_value::<IoTSystem>)
+            .map_err(|e| e.to_string())
+    };
+    let system = match parsed(object) {
+        Ok(s) => s,
+        Err(e) => {
+            count(&state, WEBHOOK, "invalid");
+            return respond(response.deny(format!("the IoTSystem does not parse: {e}")));
+        }
+    };
+    let old = request.old_object.as_ref().and_then(|o| parsed(o).ok());
+    let namespace = request.namespace.clone().unwrap_or_default();
+    let requester = access::Requester::of(&request);
+    let name = system
+        .metadata
+        .name
+        .clone()
+        .or_else(|| (!request.name.is_empty()).then(|| request.name.clone()));
+    match access::review(
+        &access::ApiServer(state.client.clone()),
+        &requester,
+        &namespace,
+        name.as_deref(),
+        &system,
+        old.as_ref(),
+    )
+    .await
+    {
+        Ok(()) => {
+            count(&state, WEBHOOK, "allowed");
+            respond(response)
+        }
+        Err(refusal) => {
+            count(&state, WEBHOOK, "denied");
+            respond(response.deny(refusal.message(&requester, &namespace)))
         }
     }
 }

@@ -1,24 +1,35 @@
-//! The webhook configurations the operator keeps, scoped to namespaces it
-//! labels (never kube-system or its own), with short timeouts and a failure
-//! policy chosen by the installer.
+//! The webhook configurations the operator keeps. The pod and workload
+//! webhooks are scoped twice: to namespaces the operator labels (never
+//! kube-system or its own), and by `matchConditions` to objects whose labels
+//! can make them a component, so other pods never depend on the operator
+//! being up. Their failure policy is the installer's choice. The IoTSystem
+//! webhook (who may grant spec.access) always fails closed: a review that
+//! could be skipped would be no review.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use k8s_openapi::{
     ByteString,
     api::admissionregistration::v1::{
-        MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
-        ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+        MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+        ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
     },
     apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta},
 };
 
-use crate::build::meta::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::{
+    api::IoTSystem,
+    build::meta::{MANAGED_BY, MANAGED_BY_LABEL},
+};
 
 /// Namespaces carrying this label (value: the operator instance) get the webhooks.
 pub const ADMISSION_LABEL: &str = "iotposture.dev/admission";
 pub const MUTATE_PATH: &str = "/mutate";
 pub const VALIDATE_PATH: &str = "/validate";
+pub const VALIDATE_SYSTEM_PATH: &str = "/validate-iotsystem";
 /// Namespaces the webhooks never select, whatever their labels say.
 pub const NEVER_SELECTED: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
@@ -44,7 +55,95 @@ pub struct Registration {
     pub failure_policy: String,
     /// The operator's own namespace, never selected.
     pub own_namespace: Option<String>,
+    /// The one namespace the operator manages, if it manages only one: the
+    /// IoTSystem webhook then reviews that namespace only.
+    pub managed_namespace: Option<String>,
     pub timeout_seconds: i32,
+}
+
+/// Which pods can be components: for each selector of each system, one
+/// label it requires (a superset, never missing a component), by namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ComponentFilter {
+    /// `namespace/key=value`
+    pairs: BTreeSet<String>,
+    /// `namespace/key`, for `Exists` requirements.
+    keys: BTreeSet<String>,
+    /// Namespaces where a selector requires no label at all: every pod there.
+    whole: BTreeSet<String>,
+}
+
+impl ComponentFilter {
+    pub fn of(systems: &[Arc<IoTSystem>]) -> Self {
+        let mut f = Self::default();
+        for system in systems {
+            let ns = system.metadata.namespace.clone().unwrap_or_default();
+            for c in &system.spec.components {
+                let labels = c.selector.match_labels.iter().flatten().next();
+                if let Some((k, v)) = labels {
+                    f.pairs.insert(format!("{ns}/{k}={v}"));
+                    continue;
+                }
+                let positive =
+                    c.selector.match_expressions.iter().flatten().find(|e| {
+                        e.operator == "Exists" || (e.operator == "In" && e.values.is_some())
+                    });
+                match positive {
+                    Some(e) if e.operator == "Exists" => {
+                        f.keys.insert(format!("{ns}/{}", e.key));
+                    }
+                    Some(e) => {
+                        for v in e.values.iter().flatten() {
+                            f.pairs.insert(format!("{ns}/{}={v}", e.key));
+                        }
+                    }
+                    None => {
+                        f.whole.insert(ns.clone());
+                    }
+                }
+            }
+        }
+        f
+    }
+
+    /// A CEL condition true for every object whose labels (at `labels`, a
+    /// field path under `object`) could put it in a component.
+    pub fn condition(&self, labels: &str) -> String {
+        let map = |set: &BTreeSet<String>| {
+            let entries: Vec<String> = set
+                .iter()
+                .map(|s| format!("{}: true", cel_string(s)))
+                .collect();
+            format!("{{{}}}", entries.join(", "))
+        };
+        let (parent, field) = labels.rsplit_once('.').unwrap_or(("object", labels));
+        format!(
+            "request.namespace in {whole} || (has({parent}.{field}) && {parent}.{field}.exists(k, (request.namespace + '/' + k) in {keys} || (request.namespace + '/' + k + '=' + {parent}.{field}[k]) in {pairs}))",
+            whole = map(&self.whole),
+            keys = map(&self.keys),
+            pairs = map(&self.pairs),
+        )
+    }
+}
+
+/// A CEL string literal.
+fn cel_string(s: &str) -> String {
+    let escaped: String = s
+        .chars()
+        .flat_map(|c| match c {
+            '\\' => vec!['\\', '\\'],
+            '"' => vec!['\\', '"'],
+            c => vec![c],
+        })
+        .collect();
+    format!("\"{escaped}\"")
+}
+
+fn component_condition(filter: &ComponentFilter, labels: &str) -> Option<Vec<MatchCondition>> {
+    Some(vec![MatchCondition {
+        name: "could-be-a-component".into(),
+        expression: filter.condition(labels),
+    }])
 }
 
 impl Registration {
@@ -100,7 +199,7 @@ impl Registration {
         }
     }
 
-    pub fn mutating(&self, ca_pem: &str) -> MutatingWebhookConfiguration {
+    pub fn mutating(&self, ca_pem: &str, filter: &ComponentFilter) -> MutatingWebhookConfiguration {
         MutatingWebhookConfiguration {
             metadata: self.meta(),
             webhooks: Some(vec![MutatingWebhook {
@@ -108,6 +207,7 @@ impl Registration {
                 client_config: self.client_config(MUTATE_PATH, ca_pem),
                 rules: Some(vec![rule(&[""], &["pods"], &["CREATE"])]),
                 namespace_selector: Some(self.namespace_selector()),
+                match_conditions: component_condition(filter, "object.metadata.labels"),
                 failure_policy: Some(self.failure_policy.clone()),
                 side_effects: "None".into(),
                 admission_review_versions: vec!["v1".into()],
@@ -119,28 +219,70 @@ impl Registration {
         }
     }
 
-    pub fn validating(&self, ca_pem: &str) -> ValidatingWebhookConfiguration {
-        ValidatingWebhookConfiguration {
-            metadata: self.meta(),
-            webhooks: Some(vec![ValidatingWebhook {
-                name: "workloads.checklist.iotposture.dev".into(),
+    pub fn validating(
+        &self,
+        ca_pem: &str,
+        filter: &ComponentFilter,
+    ) -> ValidatingWebhookConfiguration {
+        let workloads =
+            |name: &str, rules: Vec<RuleWithOperations>, labels: &str| ValidatingWebhook {
+                name: name.into(),
                 client_config: self.client_config(VALIDATE_PATH, ca_pem),
-                rules: Some(vec![
-                    rule(&[""], &["pods"], &["CREATE"]),
-                    rule(
-                        &["apps"],
-                        &["deployments", "statefulsets", "daemonsets", "replicasets"],
-                        &["CREATE", "UPDATE"],
-                    ),
-                    rule(&["batch"], &["jobs", "cronjobs"], &["CREATE", "UPDATE"]),
-                ]),
+                rules: Some(rules),
                 namespace_selector: Some(self.namespace_selector()),
+                match_conditions: component_condition(filter, labels),
                 failure_policy: Some(self.failure_policy.clone()),
                 side_effects: "None".into(),
                 admission_review_versions: vec!["v1".into()],
                 timeout_seconds: Some(self.timeout_seconds),
                 ..ValidatingWebhook::default()
-            }]),
+            };
+        ValidatingWebhookConfiguration {
+            metadata: self.meta(),
+            webhooks: Some(vec![
+                workloads(
+                    "pods.checklist.iotposture.dev",
+                    vec![rule(&[""], &["pods"], &["CREATE"])],
+                    "object.metadata.labels",
+                ),
+                workloads(
+                    "workloads.checklist.iotposture.dev",
+                    vec![
+                        rule(
+                            &["apps"],
+                            &["deployments", "statefulsets", "daemonsets", "replicasets"],
+                            &["CREATE", "UPDATE"],
+                        ),
+                        rule(&["batch"], &["jobs"], &["CREATE", "UPDATE"]),
+                    ],
+                    "object.spec.template.metadata.labels",
+                ),
+                workloads(
+                    "cronjobs.checklist.iotposture.dev",
+                    vec![rule(&["batch"], &["cronjobs"], &["CREATE", "UPDATE"])],
+                    "object.spec.jobTemplate.spec.template.metadata.labels",
+                ),
+                ValidatingWebhook {
+                    name: "access.iotsystems.iotposture.dev".into(),
+                    client_config: self.client_config(VALIDATE_SYSTEM_PATH, ca_pem),
+                    rules: Some(vec![RuleWithOperations {
+                        api_versions: Some(vec!["v1alpha1".into()]),
+                        ..rule(&["iotposture.dev"], &["iotsystems"], &["CREATE", "UPDATE"])
+                    }]),
+                    namespace_selector: self.managed_namespace.as_ref().map(|ns| LabelSelector {
+                        match_labels: Some(BTreeMap::from([(
+                            "kubernetes.io/metadata.name".into(),
+                            ns.clone(),
+                        )])),
+                        match_expressions: None,
+                    }),
+                    failure_policy: Some("Fail".into()),
+                    side_effects: "None".into(),
+                    admission_review_versions: vec!["v1".into()],
+                    timeout_seconds: Some(self.timeout_seconds),
+                    ..ValidatingWebhook::default()
+                },
+            ]),
         }
     }
 
@@ -176,9 +318,10 @@ mod tests {
             },
             failure_policy: "Fail".into(),
             own_namespace: Some("iotposture-system".into()),
+            managed_namespace: None,
             timeout_seconds: 5,
         };
-        let m = r.mutating("CA");
+        let m = r.mutating("CA", &ComponentFilter::default());
         let hook = &m.webhooks.as_ref().unwrap()[0];
         let sel = hook.namespace_selector.as_ref().unwrap();
         assert_eq!(
@@ -204,14 +347,41 @@ mod tests {
                 && !r.may_select("iotposture-system")
                 && r.may_select("plant")
         );
-        let v = r.validating("CA");
+        let v = r.validating("CA", &ComponentFilter::default());
+        let hooks = v.webhooks.as_ref().unwrap();
+        assert_eq!(hooks.len(), 4);
+        let system = hooks.last().unwrap();
         assert_eq!(
-            v.webhooks.as_ref().unwrap()[0]
-                .rules
-                .as_ref()
-                .unwrap()
-                .len(),
-            3
+            system.failure_policy.as_deref(),
+            Some("Fail"),
+            "never skipped"
         );
+        assert_eq!(system.namespace_selector, None, "every namespace");
+    }
+
+    #[test]
+    fn the_filter_keeps_one_required_label_per_selector() {
+        let system: IoTSystem = serde_saphyr::from_str(
+            r#"
+apiVersion: iotposture.dev/v1alpha1
+kind: IoTSystem
+metadata: {name: s, namespace: plant}
+spec:
+  components:
+    - {name: a, role: Sensor, selector: {matchLabels: {app: sensor, tier: edge}}}
+    - {name: b, role: Sensor, selector: {matchExpressions: [{key: app, operator: In, values: [x, y]}]}}
+    - {name: c, role: Sensor, selector: {matchExpressions: [{key: probe, operator: Exists}]}}
+    - {name: d, role: Sensor, selector: {matchExpressions: [{key: app, operator: NotIn, values: [z]}]}}
+"#,
+        )
+        .unwrap();
+        let f = ComponentFilter::of(&[Arc::new(system)]);
+        let cel = f.condition("object.metadata.labels");
+        assert!(cel.starts_with(r#"request.namespace in {"plant": true} || (has(object.metadata.labels) && object.metadata.labels.exists(k, (request.namespace + '/' + k) in {"plant/probe": true} || (request.namespace + '/' + k + '=' + object.metadata.labels[k]) in {"#), "{cel}");
+        assert!(
+            cel.contains(r#""plant/app=sensor": true, "plant/app=x": true, "plant/app=y": true"#),
+            "{cel}"
+        );
+        assert_eq!(cel_string(r#"a"b\c"#), r#""a\"b\\c""#);
     }
 }

@@ -1,0 +1,233 @@
+//! Starting the operator, in the order that never acts on half-filled
+//! caches: watches first; the webhook server right away, but answering
+//! "not ready" (an error, so each webhook's failure policy decides) until
+//! every cache has listed; then the probes and the reconciles.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use futures::{FutureExt, StreamExt, future};
+use kube::{Client, runtime::Controller};
+use tracing::{error, info};
+
+use super::{Context, FIELD_MANAGER, access::AccessReview, backoff::Backoff, cache::Caches};
+use crate::{
+    health::{Health, WebhookState},
+    metrics::Metrics,
+};
+
+/// Coalesces bursts of events, and lets every cache catch up with an event that
+/// several watches see.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+/// Reconciles under way at once: bounded, so a burst of changes cannot run
+/// the process out of memory or flood the API server.
+const CONCURRENCY: u16 = 16;
+
+/// What to watch, and whether to serve the admission webhooks.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Watch and manage only this namespace.
+    pub namespace: Option<String>,
+    pub admission: Option<crate::webhook::Options>,
+    /// TLS probes of every TLS port; None: not probed (III-9, VI-3 stay Unknown).
+    pub probes: Option<super::probing::ProbeOptions>,
+    /// Bind `spec.access` subjects even though no admission webhook of this
+    /// operator reviews who asked for them: only for clusters where nobody
+    /// but cluster administrators may write IoTSystems.
+    pub trust_unreviewed_access: bool,
+}
+
+/// Runs the controller with the HTTP endpoints until SIGINT/SIGTERM.
+pub async fn run_with_http(
+    client: Client,
+    options: Options,
+    http_addr: SocketAddr,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let listener = tokio::net::TcpListener::bind(http_addr).await?;
+    info!(%http_addr, "serving /metrics, /healthz and /readyz");
+    let http = tokio::spawn(crate::http::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+    ));
+    run(client, options, metrics, health, shutdown_signal()).await;
+    http.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// Runs the operator until `shutdown` completes. With `namespace` it watches
+/// and manages that namespace only. `health` tells when it is ready.
+pub async fn run(
+    client: Client,
+    options: Options,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let probe_results = options
+        .probes
+        .as_ref()
+        .map(|_| Arc::new(super::probing::ProbeResults::default()));
+    // State kept per system goes with the system, whatever deletes it.
+    let on_gone: super::cache::OnSystemGone = {
+        let metrics = metrics.clone();
+        let probes = probe_results.clone();
+        Arc::new(move |namespace: &str, name: &str| {
+            metrics.forget_system(namespace, name);
+            if let Some(p) = &probes {
+                p.forget(namespace, name);
+            }
+        })
+    };
+    let (caches, triggers) = Caches::start(
+        client.clone(),
+        options.namespace.clone(),
+        health.clone(),
+        metrics.clone(),
+        on_gone,
+    )
+    .await;
+
+    // The serving certificate and the registrar exist before anything is
+    // served, so reconciles and the webhook task publish the same CA.
+    let admission = options.admission.clone().and_then(|admission| {
+        match crate::webhook::certs::ServingCert::issue(
+            &admission.hosts,
+            std::time::SystemTime::now(),
+        ) {
+            Ok(cert) => {
+                let registrar = Arc::new(crate::webhook::Registrar::new(
+                    client.clone(),
+                    admission.registration.clone(),
+                    &cert.ca_pem,
+                ));
+                Some((admission, cert, registrar))
+            }
+            Err(e) => {
+                error!(error = %e, "cannot issue the webhook serving certificate; no webhooks");
+                health.set_webhooks(WebhookState::Down);
+                None
+            }
+        }
+    });
+    let registrar = admission.as_ref().map(|(_, _, r)| r.clone());
+    let webhooks = admission.map(|(admission, cert, registrar)| {
+        health.set_webhooks(WebhookState::Starting);
+        let state = crate::webhook::WebhookState {
+            systems: caches.systems.clone(),
+            metrics: metrics.clone(),
+            images: admission.images.clone(),
+            ready: health.listed_receiver(),
+            client: client.clone(),
+        };
+        let health = health.clone();
+        let systems_changed = caches.systems_changed.clone();
+        tokio::spawn(async move {
+            let run = crate::webhook::run(
+                registrar,
+                cert,
+                admission,
+                state,
+                systems_changed,
+                health.clone(),
+            );
+            if let Err(e) = run.await {
+                error!(error = %e, "the admission webhooks stopped");
+            }
+            health.set_webhooks(WebhookState::Down);
+        })
+    });
+
+    let shutdown = shutdown.boxed().shared();
+    tokio::select! {
+        _ = health.wait_listed() => info!("caches filled; reconciling"),
+        _ = shutdown.clone() => {
+            if let Some(w) = webhooks { w.abort(); }
+            return;
+        }
+    }
+
+    // Probes run beside the reconciles and wake a system when its findings change.
+    let (probe_tx, probe_rx) = tokio::sync::mpsc::unbounded_channel();
+    let probe_task = options
+        .probes
+        .clone()
+        .zip(probe_results.clone())
+        .map(|(probe, results)| {
+            tokio::spawn(super::probing::probe_loop(
+                client.clone(),
+                caches.clone(),
+                probe,
+                results,
+                metrics.clone(),
+                probe_tx,
+            ))
+        });
+    let access_review = if webhooks.is_some() {
+        AccessReview::AtAdmission
+    } else if options.trust_unreviewed_access {
+        AccessReview::Trusted
+    } else {
+        AccessReview::Unavailable
+    };
+    let ctx = Arc::new(Context {
+        recorder: kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        client,
+        caches: caches.clone(),
+        metrics,
+        clock: super::now,
+        webhooks: registrar,
+        probes: probe_results,
+        access_review,
+        backoff: Backoff::default(),
+    });
+
+    // Every change in every cache, and every changed probe finding, names the
+    // systems to look at again; the systems' own cache starts each of them once.
+    let triggers = futures::stream::select(tokio_stream_of(triggers), tokio_stream_of(probe_rx));
+    Controller::for_stream(futures::stream::pending(), caches.systems.clone())
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .debounce(DEBOUNCE)
+                .concurrency(CONCURRENCY),
+        )
+        .reconcile_on(triggers)
+        .graceful_shutdown_on(shutdown)
+        .run(super::reconcile, super::error_policy, ctx)
+        .for_each(|result| {
+            if let Err(e) = result {
+                // Already counted and logged by error_policy when it came from reconcile.
+                tracing::debug!(error = %e, "reconcile did not complete");
+            }
+            future::ready(())
+        })
+        .await;
+    if let Some(w) = webhooks {
+        w.abort();
+    }
+    if let Some(p) = probe_task {
+        p.abort();
+    }
+}
+
+fn tokio_stream_of<T: Send + 'static>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|t| (t, rx)) })
+}
