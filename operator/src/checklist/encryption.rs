@@ -27,6 +27,23 @@ pub fn check_flow_encryption(s: &Scope<'_>) -> Check {
         return offences.verdict("");
     }
     let Some(probes) = &s.snapshot.tls_probes else {
+        // Offline: the probe would find the port through its Service.
+        for (component, port) in tls_ports(s) {
+            let found = s
+                .snapshot
+                .services
+                .iter()
+                .any(|svc| svc.metadata.name.as_deref() == Some(component.service.as_str()));
+            if !found {
+                offences.add(format!(
+                    "TLS port {} of component {}: no Service {} in namespace {} (set the component's service: to its Service's name)",
+                    port.name, component.name, component.service, s.system.namespace
+                ));
+            }
+        }
+        if !offences.is_empty() {
+            return offences.verdict("");
+        }
         return Check::unknown(format!(
             "all {} flows use ports declared tls; the TLS probe has not reached them yet",
             s.system.flows.len()

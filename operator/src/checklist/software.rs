@@ -34,13 +34,51 @@ fn selects(policy: &NetworkPolicy, pod: &Pod) -> bool {
         .is_ok_and(|sel| sel.matches(pod.metadata.labels.as_ref().unwrap_or(&empty)))
 }
 
-/// II-2: every component pod is isolated for ingress and egress by some policy.
+/// Rules that let everything through: no peers and no ports.
+fn allows_everything(p: &NetworkPolicy) -> Vec<&'static str> {
+    let spec = p.spec.clone().unwrap_or_default();
+    let (ingress_isolated, egress_isolated) = policy_types(p);
+    let mut open = Vec::new();
+    if ingress_isolated
+        && spec.ingress.iter().flatten().any(|r| {
+            r.from.as_ref().is_none_or(Vec::is_empty) && r.ports.as_ref().is_none_or(Vec::is_empty)
+        })
+    {
+        open.push("ingress");
+    }
+    if egress_isolated
+        && spec.egress.iter().flatten().any(|r| {
+            r.to.as_ref().is_none_or(Vec::is_empty) && r.ports.as_ref().is_none_or(Vec::is_empty)
+        })
+    {
+        open.push("egress");
+    }
+    open
+}
+
+fn policy_name(p: &NetworkPolicy) -> &str {
+    p.metadata.name.as_deref().unwrap_or("<unnamed>")
+}
+
+/// II-2: every component pod is isolated for ingress and egress by some
+/// policy, and no policy that selects it lets everything through.
 pub fn check_firewall(s: &Scope<'_>) -> Check {
     let mut offences = Offences::default();
     let policies = &s.snapshot.network_policies;
     let mut checked = 0;
     for c in &s.targets {
         if c.pods.is_empty() {
+            for p in policies.iter().filter(|p| {
+                p.spec.as_ref().and_then(|s| s.pod_selector.as_ref()) == Some(&c.component.selector)
+            }) {
+                for dir in allows_everything(p) {
+                    offences.add(format!(
+                        "NetworkPolicy {} allows all {dir} of component {}",
+                        policy_name(p),
+                        c.component.name
+                    ));
+                }
+            }
             // Judge the selector: a policy must select exactly the component's pods.
             let covered = |want_ingress: bool| {
                 policies.iter().any(|p| {
@@ -64,6 +102,15 @@ pub fn check_firewall(s: &Scope<'_>) -> Check {
         for pod in &c.pods {
             checked += 1;
             let applying: Vec<_> = policies.iter().filter(|p| selects(p, pod)).collect();
+            for p in &applying {
+                for dir in allows_everything(p) {
+                    offences.add(format!(
+                        "NetworkPolicy {} allows all {dir} of pod {}",
+                        policy_name(p),
+                        pod_name(pod)
+                    ));
+                }
+            }
             let ingress = applying.iter().any(|p| policy_types(p).0);
             let egress = applying.iter().any(|p| policy_types(p).1);
             if !ingress {

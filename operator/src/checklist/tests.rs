@@ -287,3 +287,50 @@ fn without_cert_manager_certificate_items_are_unknown_and_the_rest_goes_on() {
     let i5 = items.iter().find(|i| i.id == "I-5").unwrap();
     assert_eq!(i5.verdict, Verdict::Pass);
 }
+
+#[test]
+fn a_policy_that_lets_everything_through_fails_the_firewall() {
+    // Someone else's allow-all policy beside ours: the pods are "isolated"
+    // by policy type but reachable by anything.
+    let open = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: let-everyone-in, namespace: smart-factory}
+spec:
+  podSelector: {matchLabels: {app: mqtt-gateway}}
+  policyTypes: [Ingress]
+  ingress: [{}]
+"#;
+    let r = judge(&format!("{GOOD}{open}"));
+    let i = item(&r, "II-2");
+    assert_eq!(i.verdict, Verdict::Fail, "{}", i.evidence);
+    assert!(
+        i.evidence.contains(
+            "NetworkPolicy let-everyone-in allows all ingress of pod deployment/mqtt-gateway"
+        ),
+        "{}",
+        i.evidence
+    );
+    // A rule limited to a port is not "everything".
+    let port_only = open.replace("ingress: [{}]", "ingress: [{ports: [{port: 8883}]}]");
+    assert_eq!(
+        item(&judge(&format!("{GOOD}{port_only}")), "II-2").verdict,
+        Verdict::Pass
+    );
+}
+
+#[test]
+fn a_tls_port_needs_a_service_of_the_declared_name() {
+    // The component's Service is named otherwise than `service` says: its
+    // certificate would carry names nobody dials.
+    let r = judge(&GOOD.replace("      service: mqtt-gateway\n", ""));
+    let i = item(&r, "VI-2");
+    assert_eq!(i.verdict, Verdict::Fail, "{}", i.evidence);
+    assert!(
+        i.evidence
+            .contains("no Service gateway in namespace smart-factory"),
+        "{}",
+        i.evidence
+    );
+}
