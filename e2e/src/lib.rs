@@ -58,6 +58,19 @@ pub async fn client() -> Client {
     Client::try_from(config).expect("client builds")
 }
 
+/// A client for the local control plane that acts as `user` (in `groups`)
+/// by impersonation: the API server authorizes each request as that user.
+pub async fn client_as(user: &str, groups: &[&str]) -> Client {
+    let path = plane_dir().join("kubeconfig");
+    let kubeconfig = Kubeconfig::read_from(&path).expect("a local control plane");
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig is usable");
+    config.auth_info.impersonate = Some(user.to_string());
+    config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+    Client::try_from(config).expect("client builds")
+}
+
 static CRDS: OnceCell<()> = OnceCell::const_new();
 
 /// CRD files the tests install: ours, and the third-party ones that
