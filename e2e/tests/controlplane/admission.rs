@@ -315,7 +315,7 @@ async fn audit_admits_with_warnings() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_operator_down_only_labelled_namespaces_are_affected() {
+async fn with_the_operator_down_only_component_pods_are_affected() {
     let (ns, operator) = setup("down", Mode::Enforce).await;
     let instance = operator.crash().await.unwrap();
     // An unrelated namespace, not labelled, is untouched by the registered webhooks.
@@ -334,6 +334,33 @@ async fn with_the_operator_down_only_labelled_namespaces_are_affected() {
             .await,
     );
     assert!(message.contains("failed calling webhook"), "{message}");
+    // Only pods that can be components: another pod in the same labelled
+    // namespace never reaches the webhooks (their match conditions), so it
+    // does not depend on the operator being up.
+    let mut outsider = bare_pod("outsider", "not-a-component", 8080);
+    outsider.spec.as_mut().unwrap().security_context =
+        Some(k8s_openapi::api::core::v1::PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(1000),
+            seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        });
+    outsider.spec.as_mut().unwrap().containers[0].security_context =
+        Some(k8s_openapi::api::core::v1::SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..Default::default()
+        });
+    ns.api::<Pod>()
+        .create(&PostParams::default(), &outsider)
+        .await
+        .expect("a pod of no component is admitted while the operator is down");
     RunningOperator::remove_webhooks(&ns.client, &instance).await;
     other.delete().await;
     ns.delete().await;

@@ -150,3 +150,54 @@ async fn objects_of_others_are_not_taken_over() {
     operator.stop().await;
     ns.delete().await;
 }
+
+#[tokio::test]
+async fn gateway_settings_are_refused_naming_the_field_never_dropped() {
+    let ns = TestNamespace::new("gwbad").await;
+    let operator = RunningOperator::start(&ns).await;
+    let systems: Api<IoTSystem> = ns.api();
+    // Through the API server's schema: a login path that would break out of
+    // the configuration's quotes is refused at the door.
+    let mut quoted = factory("quoted");
+    quoted.spec.components[2].http = Some(iotposture::api::HttpSettings {
+        login_path: Some("/login\" deny".into()),
+        ..Default::default()
+    });
+    let refused = systems.create(&PostParams::default(), &quoted).await;
+    let Err(kube::Error::Api(status)) = refused else {
+        panic!("admitted: {refused:?}")
+    };
+    assert!(status.message.contains("loginPath"), "{}", status.message);
+
+    // What the schema cannot say is the controller's: Ready=False naming the
+    // field, and no gateway configuration without it.
+    let mut untyped = factory("untyped");
+    untyped.spec.components[2].http = Some(iotposture::api::HttpSettings {
+        login_path: Some("/login".into()),
+        allowed_content_types: vec!["application/json".into(), "json".into()],
+        ..Default::default()
+    });
+    systems
+        .create(&PostParams::default(), &untyped)
+        .await
+        .unwrap();
+    let system = wait_ready(&ns, "untyped", "False").await;
+    let ready = ready_condition(&system);
+    assert_eq!(ready.reason, "InvalidSpec");
+    assert!(
+        ready.message.contains(
+            "component \"dashboard\": http.allowedContentTypes[1] \"json\": must be a media type"
+        ),
+        "{}",
+        ready.message
+    );
+    assert!(
+        ns.api::<k8s_openapi::api::core::v1::ConfigMap>()
+            .get_opt("untyped-dashboard-gateway")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    operator.stop().await;
+    ns.delete().await;
+}

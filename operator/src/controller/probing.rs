@@ -199,6 +199,13 @@ pub async fn probe_loop(
                 async move {
                     let (ports, web) =
                         futures::join!(probe_tls(round, &valid), probe_web(round, &valid, &uid));
+                    // Only for a system still there: a deleted one's state is gone.
+                    if !round
+                        .caches
+                        .holds_system(&valid.namespace, &valid.name, Some(&uid))
+                    {
+                        return;
+                    }
                     for p in &ports {
                         metrics.record_tls_probe(
                             &valid.namespace,
@@ -213,12 +220,7 @@ pub async fn probe_loop(
                         tls: ports,
                         http: web,
                     };
-                    // Only for a system still there: a deleted one's state is gone.
-                    if round
-                        .caches
-                        .holds_system(&valid.namespace, &valid.name, Some(&uid))
-                        && results.put(&valid.namespace, &valid.name, findings)
-                    {
+                    if results.put(&valid.namespace, &valid.name, findings) {
                         let _ = changed.send(ObjectRef::from_obj(system.as_ref()));
                     }
                 }
