@@ -56,6 +56,23 @@ async fn creates_restores_and_prunes_children() {
             .await
             .contains("15 applied")
     );
+    // What `kubectl get iots` shows, as the README says.
+    let (ok, table, err) = ns.kubectl(&["get", "iots"], "").await;
+    assert!(ok, "{err}");
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "MODE", "COMPONENTS", "READY", "COMPLIANT", "AGE"]
+    );
+    let compliant = status.compliant.as_deref().unwrap();
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .unwrap()
+            .contains(&format!(" {compliant} ")),
+        "{table}"
+    );
 
     let accounts: Api<ServiceAccount> = ns.api();
     let roles: Api<Role> = ns.api();

@@ -423,3 +423,66 @@ async fn a_webhook_server_that_cannot_serve_is_not_ready() {
     operator.stop().await;
     ns.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_schema_cannot_check_is_refused_at_admission() {
+    // `from` takes a name or an object, which no structural schema can say:
+    // the IoTSystem webhook refuses what the controller would, at the door.
+    let ns = TestNamespace::new("admit-spec").await;
+    let operator = RunningOperator::start_with_webhooks(&ns).await;
+    let api = Api::<kube::core::DynamicObject>::namespaced_with(
+        ns.client.clone(),
+        &ns.name,
+        &kube::core::ApiResource::erase::<IoTSystem>(&()),
+    );
+    let with_from = |name: &str, from: serde_json::Value| -> kube::core::DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "iotposture.dev/v1alpha1", "kind": "IoTSystem",
+            "metadata": {"name": name},
+            "spec": {
+                "components": [
+                    {"name": "sensor", "role": "Sensor", "selector": {"matchLabels": {"app": "sensor"}}},
+                    {"name": "gateway", "role": "Aggregator", "selector": {"matchLabels": {"app": "gateway"}},
+                     "ports": [{"name": "mqtts", "port": 8883, "tls": true}]}
+                ],
+                "flows": [{"from": from, "to": "gateway", "port": "mqtts"}]
+            }
+        }))
+        .unwrap()
+    };
+    for (name, from, expected) in [
+        ("ghost", json!("ghost"), "flow 0 names component \"ghost\""),
+        (
+            "ghost-long",
+            json!({"component": "ghost"}),
+            "flow 0 names component \"ghost\"",
+        ),
+        ("number", json!(7), "flow 0: from must be a component name"),
+        (
+            "extra",
+            json!({"component": "sensor", "pod": "x"}),
+            "flow 0: from must be a component name",
+        ),
+        (
+            "both",
+            json!({"component": "sensor", "ingress": true}),
+            "flow 0: from must be a component name",
+        ),
+    ] {
+        let message = refusal(
+            api.create(&PostParams::default(), &with_from(name, from))
+                .await,
+        );
+        assert!(
+            message.contains("IoTSystem spec is invalid: "),
+            "{name}: {message}"
+        );
+        assert!(message.contains(expected), "{name}: {message}");
+    }
+    api.create(&PostParams::default(), &with_from("short", json!("sensor")))
+        .await
+        .expect("the short form");
+    wait_ready(&ns, "short", "True").await;
+    operator.stop().await;
+    ns.delete().await;
+}

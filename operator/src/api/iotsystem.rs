@@ -43,6 +43,7 @@ pub const MAX_SUBJECTS: usize = 32;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
+    printcolumn(name = "Compliant", type_ = "string", json_path = ".status.compliant"),
     printcolumn(
         name = "Reason",
         type_ = "string",
@@ -65,9 +66,6 @@ pub const MAX_SUBJECTS: usize = 32;
 #[x_kube(validation = Rule::new(
     "self.flows.all(f, self.components.exists(c, c.name == f.to))"
 ).message("every flow's 'to' must name a component of spec.components").field_path(".flows"))]
-#[x_kube(validation = Rule::new(
-    "self.flows.all(f, !has(f.from.component) || self.components.exists(c, c.name == f.from.component))"
-).message("every flow's 'from.component' must name a component of spec.components").field_path(".flows"))]
 #[x_kube(validation = Rule::new(
     "self.flows.all(f, !self.components.exists(c, c.name == f.to) || self.components.exists(c, c.name == f.to && c.ports.exists(p, p.name == f.port)))"
 ).message("every flow's 'port' must name a port that its target component declares in ports").field_path(".flows"))]
@@ -589,6 +587,7 @@ pub struct Lockout {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Flow {
+    #[schemars(schema_with = "flow_source_schema")]
     pub from: FlowSource,
     /// Name of the target component.
     #[schemars(length(min = 1, max = 40))]
@@ -598,19 +597,96 @@ pub struct Flow {
     pub port: String,
 }
 
-/// Exactly one of `component` or `ingress: true`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new(
-    "has(self.component) != (has(self.ingress) && self.ingress)"
-).message("from must name either a component or set ingress: true, not both"))]
+/// Where a flow comes from: `from: NAME` (a component), `from: {component:
+/// NAME}` or `from: {ingress: true}`. Reading one never fails: the schema
+/// cannot hold `from` to a shape, and one bad object must not stop the
+/// watch of all; what is none of these forms is kept as `malformed`, and
+/// validation refuses it.
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct FlowSource {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 40))]
     pub component: Option<String>,
     /// From outside the system (any source, e.g. an ingress controller or users).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<bool>,
+    /// What was written, when it is none of the accepted forms.
+    pub malformed: Option<serde_json::Value>,
+}
+
+impl FlowSource {
+    pub fn component(name: &str) -> Self {
+        Self {
+            component: Some(name.into()),
+            ..Self::default()
+        }
+    }
+
+    pub fn ingress() -> Self {
+        Self {
+            ingress: Some(true),
+            ..Self::default()
+        }
+    }
+}
+
+impl Serialize for FlowSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if let Some(raw) = &self.malformed {
+            return raw.serialize(s);
+        }
+        let mut map = s.serialize_map(None)?;
+        if let Some(c) = &self.component {
+            map.serialize_entry("component", c)?;
+        }
+        if let Some(i) = &self.ingress {
+            map.serialize_entry("ingress", i)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for FlowSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = serde_json::Value::deserialize(d)?;
+        let malformed = || Self {
+            malformed: Some(raw.clone()),
+            ..Self::default()
+        };
+        Ok(match &raw {
+            serde_json::Value::String(name) => Self::component(name),
+            serde_json::Value::Object(fields) => {
+                let component = match fields.get("component") {
+                    None => None,
+                    Some(serde_json::Value::String(c)) => Some(c.clone()),
+                    Some(_) => return Ok(malformed()),
+                };
+                let ingress = match fields.get("ingress") {
+                    None => None,
+                    Some(serde_json::Value::Bool(b)) => Some(*b),
+                    Some(_) => return Ok(malformed()),
+                };
+                if fields.keys().any(|k| k != "component" && k != "ingress") {
+                    return Ok(malformed());
+                }
+                Self {
+                    component,
+                    ingress,
+                    malformed: None,
+                }
+            }
+            _ => malformed(),
+        })
+    }
+}
+
+/// A string or an object: a structural schema can only say "any value",
+/// and CEL cannot look into a value without a type. So `from` is checked by
+/// the IoTSystem admission webhook and the controller (`validate`), with the
+/// same messages.
+fn flow_source_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Where the flow comes from: a component's name (`from: line-sensor`), `{component: NAME}`, or `{ingress: true}` for anything outside the system.",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// RBAC subjects per access level (checklist items I-7, I-8, I-9).

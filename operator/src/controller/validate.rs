@@ -50,7 +50,9 @@ pub enum ValidationError {
         component: String,
         port: String,
     },
-    #[error("flow {index} must come from either a component or ingress: true")]
+    #[error(
+        "flow {index}: from must be a component name, {{component: NAME}} or {{ingress: true}}, not both"
+    )]
     InvalidFlowSource { index: usize },
     #[error(
         "component {0:?} declares UDP port 1900 (SSDP/UPnP) without upnp: true (checklist item V-2)"
@@ -223,6 +225,9 @@ pub fn validate(
     let index_of = |name: &str| components.iter().position(|c| c.name == name);
     let mut flows = Vec::with_capacity(system.spec.flows.len());
     for (index, f) in system.spec.flows.iter().enumerate() {
+        if f.from.malformed.is_some() {
+            return Err(ValidationError::InvalidFlowSource { index });
+        }
         let source = match (&f.from.component, f.from.ingress.unwrap_or(false)) {
             (Some(from), false) => FlowSource::Component(index_of(from).ok_or_else(|| {
                 ValidationError::UnknownFlowComponent {
@@ -629,5 +634,37 @@ spec:
         );
         // The elder keeps its pods.
         validate(&elder, &around).unwrap();
+    }
+
+    #[test]
+    fn flows_come_from_a_name_an_object_or_ingress() {
+        let short = FACTORY.replace("{from: {component: sensor}", "{from: sensor");
+        let v = validate(&system(&short), &alone()).unwrap();
+        assert_eq!(v.flows[0].source, FlowSource::Component(0));
+        for (from, expected) in [
+            ("7", ValidationError::InvalidFlowSource { index: 0 }),
+            (
+                "{component: sensor, pod: x}",
+                ValidationError::InvalidFlowSource { index: 0 },
+            ),
+            (
+                "{component: sensor, ingress: true}",
+                ValidationError::InvalidFlowSource { index: 0 },
+            ),
+            ("[sensor]", ValidationError::InvalidFlowSource { index: 0 }),
+            (
+                "ghost",
+                ValidationError::UnknownFlowComponent {
+                    index: 0,
+                    name: "ghost".into(),
+                },
+            ),
+        ] {
+            let yaml = FACTORY.replace("{from: {component: sensor}", &format!("{{from: {from}"));
+            assert_eq!(validate(&system(&yaml), &alone()), Err(expected), "{from}");
+        }
+        // Read back as written, in the long form.
+        let written = serde_json::to_value(&system(&short).spec.flows[0].from).unwrap();
+        assert_eq!(written, serde_json::json!({"component": "sensor"}));
     }
 }

@@ -513,6 +513,29 @@ async fn validate_system(State(state): State<WebhookState>, body: Bytes) -> Resp
     };
     let old = request.old_object.as_ref().and_then(|o| parsed(o).ok());
     let namespace = request.namespace.clone().unwrap_or_default();
+    // What the controller would refuse anyway is refused at the door, with
+    // the same message (CEL cannot check every field, e.g. flows' `from`).
+    let mut candidate = system.clone();
+    candidate.metadata.namespace = Some(namespace.clone());
+    candidate
+        .metadata
+        .uid
+        .get_or_insert_with(|| request.uid.clone());
+    if candidate.metadata.name.is_none() {
+        candidate.metadata.name = Some(request.name.clone()).filter(|n| !n.is_empty());
+    }
+    candidate
+        .metadata
+        .name
+        .get_or_insert_with(|| "new-iotsystem".into());
+    let alone = crate::controller::validate::Neighbourhood {
+        pods: &[],
+        systems: &[],
+    };
+    if let Err(invalid) = crate::controller::validate::validate(&candidate, &alone) {
+        count(&state, WEBHOOK, "denied");
+        return respond(response.deny(format!("IoTSystem spec is invalid: {invalid}")));
+    }
     let requester = access::Requester::of(&request);
     let name = system
         .metadata
