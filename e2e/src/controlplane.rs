@@ -28,6 +28,16 @@ pub struct Plane {
 }
 
 const SERVICE_CIDR: &str = "10.96.0.0/16";
+
+/// The plane's processes, in the order they start.
+const PROCESSES: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
+
+/// Where one plane listens, kept so that a process restarts as it was.
+struct Ports {
+    etcd_client: u16,
+    etcd_peer: u16,
+    api: u16,
+}
 const SERVICE_API_IP: [u8; 4] = [10, 96, 0, 1];
 
 /// Audit only writes, so tests can count what a component wrote.
@@ -96,12 +106,7 @@ impl Plane {
     }
 
     fn start(&self) -> Result<()> {
-        for bin in [
-            "etcd",
-            "kube-apiserver",
-            "kube-controller-manager",
-            "kubectl",
-        ] {
+        for bin in PROCESSES.iter().chain(&["kubectl"]) {
             if !self.bin_dir.join(bin).exists() {
                 bail!(
                     "{} is missing: run e2e/controlplane/build.sh (make testplane-bins) first",
@@ -113,17 +118,63 @@ impl Plane {
         fs::create_dir_all(self.pki())?;
         self.write_pki()?;
         fs::write(self.dir.join("audit-policy.yaml"), AUDIT_POLICY)?;
+        let ports = Ports {
+            etcd_client: free_port()?,
+            etcd_peer: free_port()?,
+            api: free_port()?,
+        };
+        fs::write(
+            self.dir.join("ports"),
+            format!("{} {} {}", ports.etcd_client, ports.etcd_peer, ports.api),
+        )?;
+        self.write_kubeconfig(&format!("https://127.0.0.1:{}", ports.api))?;
 
-        let etcd_client = free_port()?;
-        let etcd_peer = free_port()?;
-        let api_port = free_port()?;
         let mut children: Vec<(&str, Child)> = Vec::new();
+        for bin in PROCESSES {
+            children.push(self.spawn(bin, &self.args(bin, &ports))?);
+            // Record what runs so far, so a failed start can still be cleaned up.
+            fs::write(self.pid_file(), join_pids(&children))?;
+            match bin {
+                "kube-apiserver" => self.wait_for(
+                    &mut children,
+                    "kube-apiserver /readyz",
+                    Duration::from_secs(180),
+                    || self.api_ready(),
+                )?,
+                // The controller manager is up once it has made the default ServiceAccount.
+                "kube-controller-manager" => self.wait_for(
+                    &mut children,
+                    "the default ServiceAccount",
+                    Duration::from_secs(120),
+                    || {
+                        Ok(self
+                            .kubectl(&["get", "serviceaccount", "default", "-n", "default"])?
+                            .status
+                            .success())
+                    },
+                )?,
+                _ => {}
+            }
+        }
+        eprintln!(
+            "control plane ready: KUBECONFIG={}",
+            self.kubeconfig().display()
+        );
+        Ok(())
+    }
 
-        let etcd_url = format!("http://127.0.0.1:{etcd_client}");
-        let peer_url = format!("http://127.0.0.1:{etcd_peer}");
-        children.push(self.spawn(
-            "etcd",
-            &[
+    fn api_ready(&self) -> Result<bool> {
+        Ok(self.kubectl(&["get", "--raw=/readyz"])?.status.success())
+    }
+
+    /// How each process is started; the same on a restart.
+    fn args(&self, bin: &str, ports: &Ports) -> Vec<String> {
+        let pki = self.pki();
+        let p = |f: &str| pki.join(f).display().to_string();
+        let etcd_url = format!("http://127.0.0.1:{}", ports.etcd_client);
+        let peer_url = format!("http://127.0.0.1:{}", ports.etcd_peer);
+        match bin {
+            "etcd" => vec![
                 "--name=plane".into(),
                 format!("--data-dir={}", self.dir.join("etcd").display()),
                 format!("--listen-client-urls={etcd_url}"),
@@ -135,19 +186,13 @@ impl Plane {
                 "--unsafe-no-fsync".into(),
                 "--log-level=warn".into(),
             ],
-        )?);
-
-        let pki = self.pki();
-        let p = |f: &str| pki.join(f).display().to_string();
-        children.push(self.spawn(
-            "kube-apiserver",
-            &[
+            "kube-apiserver" => vec![
                 format!("--etcd-servers={etcd_url}"),
                 format!("--cert-dir={}", p("")),
                 format!("--tls-cert-file={}", p("apiserver.crt")),
                 format!("--tls-private-key-file={}", p("apiserver.key")),
                 format!("--client-ca-file={}", p("ca.crt")),
-                format!("--secure-port={api_port}"),
+                format!("--secure-port={}", ports.api),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
                 // Loopback may not be published as the `kubernetes` Service
@@ -168,22 +213,7 @@ impl Plane {
                 "--audit-log-maxsize=200".into(),
                 "--profiling=false".into(),
             ],
-        )?);
-        let server = format!("https://127.0.0.1:{api_port}");
-        self.write_kubeconfig(&server)?;
-
-        // Record what runs so far, so a failed start can still be cleaned up.
-        fs::write(self.pid_file(), join_pids(&children))?;
-        self.wait_for(
-            &mut children,
-            "kube-apiserver /readyz",
-            Duration::from_secs(180),
-            || Ok(self.kubectl(&["get", "--raw=/readyz"])?.status.success()),
-        )?;
-
-        children.push(self.spawn(
-            "kube-controller-manager",
-            &[
+            _ => vec![
                 format!("--kubeconfig={}", self.kubeconfig().display()),
                 format!("--service-account-private-key-file={}", p("sa.key")),
                 format!("--root-ca-file={}", p("ca.crt")),
@@ -193,25 +223,47 @@ impl Plane {
                 "--secure-port=0".into(),
                 "--profiling=false".into(),
             ],
-        )?);
-        fs::write(self.pid_file(), join_pids(&children))?;
-        // The controller manager is up once it has made the default ServiceAccount.
-        self.wait_for(
+        }
+    }
+
+    /// Kills one process of the running plane (etcd, kube-apiserver or
+    /// kube-controller-manager) and starts it again as it was; returns once
+    /// the API server answers ready again. For fault tests.
+    pub fn restart(&self, bin: &str) -> Result<()> {
+        let index = PROCESSES
+            .iter()
+            .position(|b| *b == bin)
+            .with_context(|| format!("{bin} is not a process of the plane"))?;
+        let pids = fs::read_to_string(self.pid_file())?;
+        let mut pids: Vec<String> = pids.split_whitespace().map(String::from).collect();
+        let old = pids.get(index).cloned().context("no pid recorded")?;
+        let _ = Command::new("kill").args(["-9", &old]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while is_alive(&old) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let ports: Vec<u16> = fs::read_to_string(self.dir.join("ports"))?
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        let ports = Ports {
+            etcd_client: ports[0],
+            etcd_peer: ports[1],
+            api: ports[2],
+        };
+        let (_, child) = self.spawn(PROCESSES[index], &self.args(bin, &ports))?;
+        pids[index] = child.id().to_string();
+        fs::write(self.pid_file(), pids.join(" "))?;
+        let mut children = vec![(PROCESSES[index], child)];
+        let waited = self.wait_for(
             &mut children,
-            "the default ServiceAccount",
-            Duration::from_secs(120),
-            || {
-                Ok(self
-                    .kubectl(&["get", "serviceaccount", "default", "-n", "default"])?
-                    .status
-                    .success())
-            },
-        )?;
-        eprintln!(
-            "control plane ready: KUBECONFIG={}",
-            self.kubeconfig().display()
+            "kube-apiserver /readyz after a restart",
+            Duration::from_secs(180),
+            || self.api_ready(),
         );
-        Ok(())
+        // The process belongs to the plane, not to this handle: never reaped here.
+        std::mem::forget(children);
+        waited
     }
 
     /// Stops the processes of this plane and removes its data.
@@ -246,7 +298,11 @@ impl Plane {
     }
 
     fn spawn<'b>(&self, bin: &'b str, args: &[String]) -> Result<(&'b str, Child)> {
-        let log = fs::File::create(self.dir.join("logs").join(format!("{bin}.log")))?;
+        // Appended: a restarted process keeps the log of the one before.
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("logs").join(format!("{bin}.log")))?;
         let child = Command::new(self.bin_dir.join(bin))
             .args(args)
             .stdin(Stdio::null())
@@ -403,8 +459,20 @@ fn name(common_name: &str, organization: Option<&str>) -> DistinguishedName {
     dn
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up here): a
+/// port from that range may be taken by some client's outgoing connection
+/// while its server restarts, and the restart would fail.
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .subsec_nanos();
+    for i in 0..2000u32 {
+        let port = 20000 + ((seed.wrapping_add(i.wrapping_mul(7919))) % 12000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between 20000 and 32000")
 }
 
 fn join_pids(children: &[(&str, Child)]) -> String {

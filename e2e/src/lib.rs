@@ -34,9 +34,20 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The state folder of the plane the tests use: `IOTPOSTURE_TESTPLANE` or
-/// `target/testplane`.
+static PLANE_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes this test process use the plane in `dir` (one of its own, e.g. for
+/// tests that restart the API server); the first call wins.
+pub fn use_plane(dir: PathBuf) {
+    let _ = PLANE_DIR.set(dir);
+}
+
+/// The state folder of the plane the tests use: the one `use_plane` chose,
+/// else `IOTPOSTURE_TESTPLANE`, else `target/testplane`.
 pub fn plane_dir() -> PathBuf {
+    if let Some(dir) = PLANE_DIR.get() {
+        return dir.clone();
+    }
     std::env::var_os("IOTPOSTURE_TESTPLANE")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target/testplane"))
@@ -246,18 +257,19 @@ impl TestNamespace {
     /// Async, so servers on this test's runtime (webhooks) keep answering meanwhile.
     pub async fn kubectl(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
         use tokio::io::AsyncWriteExt;
-        let mut child = tokio::process::Command::new(plane_dir().join("bin/kubectl"))
-            .arg(format!(
-                "--kubeconfig={}",
-                plane_dir().join("kubeconfig").display()
-            ))
-            .args(["-n", &self.name])
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("kubectl runs");
+        let mut child =
+            tokio::process::Command::new(workspace_root().join("target/testplane/bin/kubectl"))
+                .arg(format!(
+                    "--kubeconfig={}",
+                    plane_dir().join("kubeconfig").display()
+                ))
+                .args(["-n", &self.name])
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("kubectl runs");
         let mut input = child.stdin.take().unwrap();
         input.write_all(stdin.as_bytes()).await.unwrap();
         drop(input);

@@ -285,6 +285,7 @@ where
     if !differs(&desired_value, &current_value) {
         return Synced::Kept(current);
     }
+
     let replacement = merge_into_current(object, &current);
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),

@@ -213,12 +213,12 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
     };
     let new_status = status::desired_status(&system, &outcome, items.as_deref(), endpoints, &now);
     let api: Api<IoTSystem> = Api::namespaced(ctx.client.clone(), &namespace);
-    if system.status.as_ref() != Some(&new_status) {
-        ctx.metrics.write("IoTSystem", "status");
-    }
     let status_changed = status::write_if_changed(&api, &system, new_status)
         .await
         .map_err(Error::Status)?;
+    if status_changed {
+        ctx.metrics.write("IoTSystem", "status");
+    }
     publish_events(&ctx, &system, &outcome, &report, status_changed).await;
 
     let this = ObjectRef::from_obj(system.as_ref());

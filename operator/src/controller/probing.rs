@@ -197,8 +197,9 @@ pub async fn probe_loop(
                 let metrics = &metrics;
                 let changed = &changed;
                 async move {
-                    let (ports, web) =
-                        futures::join!(probe_tls(round, &valid), probe_web(round, &valid, &uid));
+                    // One after the other: a port sees one probe connection at a time.
+                    let ports = probe_tls(round, &valid).await;
+                    let web = probe_web(round, &valid, &uid).await;
                     // Only for a system still there: a deleted one's state is gone.
                     if !round
                         .caches

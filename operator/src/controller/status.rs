@@ -178,13 +178,20 @@ fn condition(
     }
 }
 
-/// Writes `status` unless the object already carries it. Returns whether it wrote.
+/// Writes `status` unless the object already carries it. Returns whether it
+/// wrote. The cached copy may be behind (a watch reconnecting after the API
+/// server restarted): before writing, the server's copy is read once, and
+/// a status already there is not written again.
 pub async fn write_if_changed(
     api: &Api<IoTSystem>,
     system: &IoTSystem,
     status: IoTSystemStatus,
 ) -> Result<bool, kube::Error> {
     if system.status.as_ref() == Some(&status) {
+        return Ok(false);
+    }
+    let fresh = api.get_status(&system.name_any()).await?;
+    if fresh.metadata.uid == system.metadata.uid && fresh.status.as_ref() == Some(&status) {
         return Ok(false);
     }
     api.patch_status(
