@@ -650,3 +650,54 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A line of an audit log: an event of some namespace, or anything else
+    /// (a line cut short by a restart, bytes that are not UTF-8).
+    fn line() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            3 => (prop::sample::select(vec!["ns-a", "ns-b", ""]), "[a-z]{1,8}", "[a-z]{1,8}")
+                .prop_map(|(ns, verb, name)| serde_json::to_vec(&serde_json::json!({
+                    "verb": verb, "objectRef": {"namespace": ns, "resource": "roles", "name": name},
+                    "responseStatus": {"code": 200}})).unwrap()),
+            1 => prop::collection::vec(any::<u8>(), 0..80),
+            1 => Just(br#"{"verb": "patch", "objectRef": {"namespace": "ns-a""#.to_vec()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any log, read from any mark: the events of the namespace asked
+        /// for, and nothing else; never a panic.
+        #[test]
+        fn the_audit_log_reader_keeps_only_whole_events_of_the_namespace(
+            lines in prop::collection::vec(line(), 0..40),
+            mark in 0u64..4000,
+        ) {
+            let dir = std::env::temp_dir().join(format!("iotposture-audit-prop-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("{mark}-{}.log", lines.len()));
+            let text: Vec<u8> = lines.join(&b'\n');
+            std::fs::write(&path, &text).unwrap();
+            let log = AuditLog { path: path.clone() };
+            let events = log.writes_since(mark, "ns-a");
+            let _ = std::fs::remove_file(&path);
+            for e in &events {
+                prop_assert_eq!(&e["objectRef"]["namespace"], "ns-a");
+            }
+            if mark == 0 {
+                let whole = lines
+                    .iter()
+                    .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+                    .filter(|e| e["objectRef"]["namespace"] == "ns-a")
+                    .count();
+                prop_assert_eq!(events.len(), whole);
+            }
+        }
+    }
+}

@@ -2,6 +2,8 @@
 pub mod certmanager;
 pub mod duration;
 pub mod iotsystem;
+#[cfg(test)]
+pub(crate) mod strategies;
 
 pub use iotsystem::*;
 

@@ -471,3 +471,61 @@ pub fn evaluate(
     }
     Ok(reports)
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const EXAMPLE: &str = include_str!("../../../manifests/examples/smart-factory.yaml");
+
+    /// The example with a few characters cut out or put in: almost YAML.
+    fn mangled() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            (
+                0..EXAMPLE.len(),
+                prop::option::of(prop::sample::select(vec![
+                    ":", "-", "\n", "{", "]", "'", "\"", "---\n", " ", "\t", "7",
+                ])),
+            ),
+            1..6,
+        )
+        .prop_map(|edits| {
+            let mut text = EXAMPLE.to_string();
+            for (at, insert) in edits {
+                let at = (0..=at.min(text.len()))
+                    .rev()
+                    .find(|i| text.is_char_boundary(*i))
+                    .unwrap_or(0);
+                match insert {
+                    Some(s) => text.insert_str(at, s),
+                    None if at < text.len() => {
+                        let end = (at + 1..=text.len())
+                            .find(|i| text.is_char_boundary(*i))
+                            .unwrap_or(text.len());
+                        text.replace_range(at..end, "");
+                    }
+                    None => {}
+                }
+            }
+            text
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any text: read or refused with an error naming the file, never a panic;
+        /// what is read is judged.
+        #[test]
+        fn the_reader_never_panics(text in prop_oneof![mangled(), ".{0,300}"]) {
+            let mut m = Manifests::default();
+            match load_text(&mut m, Path::new("input.yaml"), &text, "default") {
+                Ok(()) => {
+                    let _ = evaluate(&m, k8s_openapi::jiff::civil::date(2026, 11, 29), Admission::Mutated);
+                }
+                Err(e) => prop_assert!(e.to_string().contains("input.yaml"), "{}", e),
+            }
+        }
+    }
+}

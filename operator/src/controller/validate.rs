@@ -40,6 +40,16 @@ pub enum ValidationError {
     DuplicateComponent(String),
     #[error("component {component:?} has an invalid selector: {reason}")]
     InvalidSelector { component: String, reason: String },
+    #[error(
+        "component name {0:?} must be a lowercase DNS label of at most 40 characters (a-z, 0-9, '-')"
+    )]
+    InvalidComponentName(String),
+    #[error("component {component:?}: port {port:?} {why}")]
+    InvalidPort {
+        component: String,
+        port: String,
+        why: &'static str,
+    },
     #[error("component {0:?} has an empty selector, which would match every pod in the namespace")]
     EmptySelector(String),
     #[error("flow {index} names component {name:?}, which spec.components does not declare")]
@@ -289,6 +299,26 @@ pub fn validate(
 }
 
 fn validate_component(c: &Component) -> Result<ValidComponent, ValidationError> {
+    // The CRD says so too; an older CRD may be installed, and `check` reads files.
+    if !is_dns_label(&c.name) || c.name.len() > crate::api::MAX_COMPONENT_NAME {
+        return Err(ValidationError::InvalidComponentName(c.name.clone()));
+    }
+    for p in &c.ports {
+        let bad = |why| ValidationError::InvalidPort {
+            component: c.name.clone(),
+            port: p.name.clone(),
+            why,
+        };
+        if !is_dns_label(&p.name) || p.name.len() > 15 {
+            return Err(bad("needs a name of at most 15 characters (a-z, 0-9, '-')"));
+        }
+        if !(1..=65535).contains(&p.port) {
+            return Err(bad("needs a number from 1 to 65535"));
+        }
+        if p.backend_port.is_some_and(|b| !(1..=65535).contains(&b)) {
+            return Err(bad("needs a backendPort from 1 to 65535"));
+        }
+    }
     let has_labels = c
         .selector
         .match_labels
@@ -666,5 +696,51 @@ spec:
         // Read back as written, in the long form.
         let written = serde_json::to_value(&system(&short).spec.flows[0].from).unwrap();
         assert_eq!(written, serde_json::json!({"component": "sensor"}));
+    }
+
+    mod properties {
+        use super::*;
+        use crate::{api::strategies, build::build_all};
+        use kube::ResourceExt;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            /// Whatever the spec, validation answers (never panics); what it
+            /// accepts, the builders turn into objects the API server takes.
+            #[test]
+            fn any_spec_is_validated_or_refused_with_a_reason(value in strategies::system()) {
+                let Ok(system) = serde_json::from_value::<IoTSystem>(value) else {
+                    return Ok(());
+                };
+                match validate(&system, &alone()) {
+                    Ok(v) => {
+                        let names: std::collections::BTreeSet<_> =
+                            v.components.iter().map(|c| &c.name).collect();
+                        prop_assert_eq!(names.len(), v.components.len());
+                        for f in &v.flows {
+                            prop_assert!(f.target < v.components.len());
+                            if let FlowSource::Component(i) = f.source {
+                                prop_assert!(i < v.components.len());
+                            }
+                        }
+                        let built = build_all(&v);
+                        let names = built.service_accounts.iter().map(|o| o.name_any())
+                            .chain(built.roles.iter().map(|o| o.name_any()))
+                            .chain(built.role_bindings.iter().map(|o| o.name_any()))
+                            .chain(built.network_policies.iter().map(|o| o.name_any()))
+                            .chain(built.config_maps.iter().map(|o| o.name_any()));
+                        for n in names {
+                            prop_assert!(n.len() <= 63 && is_dns_subdomain(&n), "{}", n);
+                        }
+                    }
+                    Err(e) => {
+                        prop_assert!(!e.to_string().is_empty());
+                        prop_assert!(["InvalidSpec", "UnbindableSubject", "ComponentOverlap", "SelectorConflict", "AccessNotReviewed"].contains(&e.reason()));
+                    }
+                }
+            }
+        }
     }
 }

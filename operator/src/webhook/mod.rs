@@ -562,3 +562,160 @@ async fn validate_system(State(state): State<WebhookState>, body: Bytes) -> Resp
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use axum::body::to_bytes;
+    use kube::runtime::{reflector, watcher};
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-zA-Z]{1,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A component pod (or workload), with one field replaced by anything.
+    fn object() -> impl Strategy<Value = (String, Value)> {
+        let fields = prop::sample::select(vec![
+            "/metadata/labels",
+            "/metadata/labels/app",
+            "/metadata/name",
+            "/spec",
+            "/spec/containers",
+            "/spec/containers/0",
+            "/spec/containers/0/ports",
+            "/spec/containers/0/securityContext",
+            "/spec/securityContext",
+            "/spec/volumes",
+            "/spec/template",
+        ]);
+        (
+            prop::sample::select(vec!["Pod", "Deployment", "CronJob", "IoTSystem"]),
+            fields,
+            any_json(),
+            any::<bool>(),
+        )
+            .prop_map(|(kind, field, value, replace)| {
+                let pod = json!({"metadata": {"name": "p", "labels": {"app": "dashboard"}},
+                    "spec": {"containers": [{"name": "ui", "image": "registry.example.com/ui:1.0",
+                        "ports": [{"containerPort": 8443}]}]}});
+                let mut object = match kind {
+                    "Pod" => pod,
+                    "CronJob" => json!({"metadata": {"name": "c"}, "spec": {"jobTemplate": {"spec": {"template": pod}}}}),
+                    "IoTSystem" => serde_json::to_value(
+                        serde_saphyr::from_str::<IoTSystem>(crate::build::fixtures::FACTORY).unwrap(),
+                    )
+                    .unwrap(),
+                    _ => json!({"metadata": {"name": "d"}, "spec": {"template": pod}}),
+                };
+                if replace && let Some(slot) = object.pointer_mut(field) {
+                    *slot = value;
+                }
+                (kind.to_string(), object)
+            })
+    }
+
+    fn review(kind: &str, object: &Value, operation: &str) -> Vec<u8> {
+        let (group, resource) = match kind {
+            "Pod" => ("", "pods"),
+            "CronJob" => ("batch", "cronjobs"),
+            "IoTSystem" => ("iotposture.dev", "iotsystems"),
+            _ => ("apps", "deployments"),
+        };
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u-1", "kind": {"group": group, "version": "v1", "kind": kind},
+                "resource": {"group": group, "version": "v1", "resource": resource},
+                "namespace": "plant", "operation": operation, "userInfo": {"username": "u"},
+                "object": object}
+        }))
+        .unwrap()
+    }
+
+    fn state() -> WebhookState {
+        let mut system: IoTSystem =
+            serde_saphyr::from_str(crate::build::fixtures::FACTORY).unwrap();
+        system.metadata.uid = Some("uid-factory".into());
+        let (systems, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Apply(system));
+        WebhookState {
+            systems,
+            metrics: Arc::new(Metrics::default()),
+            images: gateway::Images {
+                gateway: "gw:1".into(),
+                exporter: "exp:1".into(),
+            },
+            ready: tokio::sync::watch::channel(true).1,
+            // Nothing listens there: SubjectAccessReviews fail, and say so.
+            client: Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap()))
+                .unwrap(),
+        }
+    }
+
+    /// Every answer is 200 with an AdmissionReview for the same request, or
+    /// 400 saying why the body is not one.
+    fn answered(response: Response) -> Result<(), TestCaseError> {
+        let status = response.status();
+        let body = futures::executor::block_on(to_bytes(response.into_body(), 1 << 20)).unwrap();
+        let review: Value = serde_json::from_slice(&body)
+            .map_err(|e| TestCaseError::fail(format!("{status}: not JSON: {e}")))?;
+        match status.as_u16() {
+            200 => prop_assert_eq!(&review["response"]["uid"], "u-1"),
+            400 => prop_assert_eq!(review["response"]["allowed"].as_bool(), Some(false)),
+            other => prop_assert!(false, "status {}", other),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_review_gets_an_answer((kind, object) in object(), op in prop::sample::select(vec!["CREATE", "UPDATE", "DELETE"])) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let _guard = rt.enter();
+            let state = state();
+            let body = Bytes::from(review(&kind, &object, op));
+            let (m, v, s) = rt.block_on(async {
+                (
+                    mutate(State(state.clone()), body.clone()).await,
+                    validate(State(state.clone()), body.clone()).await,
+                    validate_system(State(state), body).await,
+                )
+            });
+            answered(m)?;
+            answered(v)?;
+            answered(s)?;
+        }
+
+        #[test]
+        fn any_bytes_get_an_answer(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let _guard = rt.enter();
+            let body = Bytes::from(bytes);
+            for response in rt.block_on(async {
+                let state = state();
+                [
+                    mutate(State(state.clone()), body.clone()).await,
+                    validate(State(state.clone()), body.clone()).await,
+                    validate_system(State(state), body).await,
+                ]
+            }) {
+                answered(response)?;
+            }
+        }
+    }
+}
