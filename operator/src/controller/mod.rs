@@ -211,11 +211,12 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
         Some(j) => (Some(j.items), j.endpoints),
         None => (None, None),
     };
-    let new_status = status::desired_status(&system, &outcome, items.as_deref(), endpoints, &now);
     let api: Api<IoTSystem> = Api::namespaced(ctx.client.clone(), &namespace);
-    let status_changed = status::write_if_changed(&api, &system, new_status)
-        .await
-        .map_err(Error::Status)?;
+    let status_changed = status::write_if_changed(&api, &system, |basis| {
+        status::desired_status(basis, &outcome, items.as_deref(), endpoints.clone(), &now)
+    })
+    .await
+    .map_err(Error::Status)?;
     if status_changed {
         ctx.metrics.write("IoTSystem", "status");
     }

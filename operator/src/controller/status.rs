@@ -178,22 +178,34 @@ fn condition(
     }
 }
 
-/// Writes `status` unless the object already carries it. Returns whether it
-/// wrote. The cached copy may be behind (a watch reconnecting after the API
-/// server restarted): before writing, the server's copy is read once, and
-/// a status already there is not written again.
+/// Writes the status `desired` computes from what the object already says,
+/// unless it says that already. Returns whether it wrote. The cached copy
+/// may lag behind (a watch reconnecting after the API server restarted):
+/// before writing, the server's copy is read once and the status computed
+/// again from it, so nothing already written (a transition time included)
+/// is written again.
 pub async fn write_if_changed(
     api: &Api<IoTSystem>,
     system: &IoTSystem,
-    status: IoTSystemStatus,
+    desired: impl Fn(&IoTSystem) -> IoTSystemStatus,
 ) -> Result<bool, kube::Error> {
+    let status = desired(system);
     if system.status.as_ref() == Some(&status) {
         return Ok(false);
     }
     let fresh = api.get_status(&system.name_any()).await?;
-    if fresh.metadata.uid == system.metadata.uid && fresh.status.as_ref() == Some(&status) {
-        return Ok(false);
-    }
+    let status = if fresh.metadata.uid == system.metadata.uid && fresh.status != system.status {
+        // The spec reconciled stays this one: only the status is the server's.
+        let mut basis = system.clone();
+        basis.status = fresh.status.clone();
+        let status = desired(&basis);
+        if fresh.status.as_ref() == Some(&status) {
+            return Ok(false);
+        }
+        status
+    } else {
+        status
+    };
     api.patch_status(
         &system.name_any(),
         &PatchParams::default(),
