@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane (kube-apiserver, kube-controller-manager,
-# etcd, kubectl) from the Go module proxy into $1 (default target/testplane/bin).
+# etcd, kubectl) and its node (kubelet, kube-scheduler, kube-proxy) from the
+# Go module proxy into $1 (default target/testplane/bin).
 # A stamp of go.mod, go.sum and this script marks a finished build, so a second
 # run with nothing changed returns at once.
 set -euo pipefail
@@ -27,7 +28,7 @@ done
 echo "building control plane $kube_version into $out (first run takes several minutes)" >&2
 cd "$here"
 export CGO_ENABLED=0
-for cmd in etcd kube-apiserver kube-controller-manager kubectl; do
+for cmd in etcd kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler kube-proxy; do
   go build -trimpath -ldflags "$ldflags" -o "$out/$cmd" "./cmd/$cmd"
 done
 echo "$stamp" > "$out/.stamp"

@@ -25,7 +25,13 @@ use rcgen::{
 pub struct Plane {
     pub dir: PathBuf,
     pub bin_dir: PathBuf,
+    /// Whether the plane has a node (`e2e/node/node.sh`): pods run, Services
+    /// answer, NetworkPolicies are enforced. Needs root; one per machine.
+    pub node: bool,
 }
+
+/// The node's address, on loopback: pods reach the API server here.
+pub const NODE_IP: [u8; 4] = [10, 250, 0, 1];
 
 const SERVICE_CIDR: &str = "10.96.0.0/16";
 
@@ -59,6 +65,43 @@ impl Plane {
         Self {
             dir: dir.into(),
             bin_dir: bin_dir.into(),
+            node: false,
+        }
+    }
+
+    /// The same plane, with a node.
+    pub fn with_node(mut self) -> Self {
+        self.node = true;
+        self
+    }
+
+    /// Runs `e2e/node/node.sh ACTION` for this plane.
+    fn node_script(&self, action: &str) -> Result<()> {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node/node.sh");
+        let status = Command::new("bash")
+            .arg(script)
+            .arg(action)
+            .arg(&self.dir)
+            .arg(&self.bin_dir)
+            .stdin(Stdio::null())
+            .status()
+            .context("running e2e/node/node.sh")?;
+        if !status.success() {
+            bail!(
+                "e2e/node/node.sh {action} failed ({status}); logs in {}",
+                self.dir.join("logs/node").display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Where clients reach the API server: loopback, or the node's address
+    /// when pods must reach it too.
+    fn api_host(&self) -> String {
+        if self.node {
+            std::net::Ipv4Addr::from(NODE_IP).to_string()
+        } else {
+            "127.0.0.1".into()
         }
     }
 
@@ -127,7 +170,11 @@ impl Plane {
             self.dir.join("ports"),
             format!("{} {} {}", ports.etcd_client, ports.etcd_peer, ports.api),
         )?;
-        self.write_kubeconfig(&format!("https://127.0.0.1:{}", ports.api))?;
+        if self.node {
+            // The node's address must exist before the API server binds it.
+            self.node_script("network")?;
+        }
+        self.write_kubeconfig(&format!("https://{}:{}", self.api_host(), ports.api))?;
 
         let mut children: Vec<(&str, Child)> = Vec::new();
         for bin in PROCESSES {
@@ -155,6 +202,9 @@ impl Plane {
                 )?,
                 _ => {}
             }
+        }
+        if self.node {
+            self.node_script("up")?;
         }
         eprintln!(
             "control plane ready: KUBECONFIG={}",
@@ -193,13 +243,22 @@ impl Plane {
                 format!("--tls-private-key-file={}", p("apiserver.key")),
                 format!("--client-ca-file={}", p("ca.crt")),
                 format!("--secure-port={}", ports.api),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                // Loopback may not be published as the `kubernetes` Service
-                // endpoint; nothing here needs that endpoint.
-                "--endpoint-reconciler-type=none".into(),
+                format!("--bind-address={}", self.api_host()),
+                format!("--advertise-address={}", self.api_host()),
+                // Without a node nothing needs the `kubernetes` Service's
+                // endpoint, and loopback may not be published as one; with
+                // a node, pods reach the API server through it.
+                format!(
+                    "--endpoint-reconciler-type={}",
+                    if self.node { "lease" } else { "none" }
+                ),
                 format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-                "--authorization-mode=RBAC".into(),
+                "--authorization-mode=Node,RBAC".into(),
+                format!("--kubelet-client-certificate={}", p("apiserver-kubelet-client.crt")),
+                format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
+                format!("--kubelet-certificate-authority={}", p("ca.crt")),
+                // The node's name resolves nowhere; its address does.
+                "--kubelet-preferred-address-types=InternalIP".into(),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 format!("--service-account-key-file={}", p("sa.pub")),
                 format!("--service-account-signing-key-file={}", p("sa.key")),
@@ -268,6 +327,10 @@ impl Plane {
 
     /// Stops the processes of this plane and removes its data.
     pub fn down(&self) -> Result<()> {
+        // The node first: its pods and tables, while the API server still answers.
+        if self.dir.join("node").exists() {
+            self.node_script("down")?;
+        }
         if let Ok(pids) = fs::read_to_string(self.pid_file()) {
             // Reverse order: controllers first, storage last.
             let pids: Vec<&str> = pids.split_whitespace().rev().collect();
@@ -386,6 +449,9 @@ impl Plane {
         serving
             .subject_alt_names
             .push(SanType::IpAddress(SERVICE_API_IP.into()));
+        serving
+            .subject_alt_names
+            .push(SanType::IpAddress(NODE_IP.into()));
         serving.distinguished_name = name("kube-apiserver", None);
         serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let serving_key = KeyPair::generate()?;
@@ -395,16 +461,42 @@ impl Plane {
         )?;
         fs::write(dir.join("apiserver.key"), serving_key.serialize_pem())?;
 
+        let issue = |file: &str, cn: &str, org: Option<&str>, sans: Vec<SanType>| -> Result<()> {
+            let mut params = CertificateParams::new(Vec::<String>::new())?;
+            params.distinguished_name = name(cn, org);
+            params.subject_alt_names = sans;
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ];
+            let key = KeyPair::generate()?;
+            fs::write(
+                dir.join(format!("{file}.crt")),
+                params.signed_by(&key, &ca)?.pem(),
+            )?;
+            fs::write(dir.join(format!("{file}.key")), key.serialize_pem())?;
+            Ok(())
+        };
         // The admin identity of tests and the demo: group system:masters.
-        let mut admin = CertificateParams::new(Vec::<String>::new())?;
-        admin.distinguished_name = name("iotposture-admin", Some("system:masters"));
-        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let admin_key = KeyPair::generate()?;
-        fs::write(
-            dir.join("admin.crt"),
-            admin.signed_by(&admin_key, &ca)?.pem(),
+        issue("admin", "iotposture-admin", Some("system:masters"), vec![])?;
+        // How the API server proves itself to the kubelet (logs, exec).
+        issue(
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            Some("system:masters"),
+            vec![],
         )?;
-        fs::write(dir.join("admin.key"), admin_key.serialize_pem())?;
+        // The node's identity, to the API server (Node authorization) and as
+        // the kubelet's serving certificate.
+        issue(
+            "kubelet",
+            "system:node:iotposture-node",
+            Some("system:nodes"),
+            vec![
+                SanType::IpAddress(NODE_IP.into()),
+                SanType::DnsName("iotposture-node".try_into()?),
+            ],
+        )?;
 
         let sa = KeyPair::generate()?;
         fs::write(dir.join("sa.key"), sa.serialize_pem())?;

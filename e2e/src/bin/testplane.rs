@@ -19,8 +19,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start the plane in the background (no-op when it already runs).
-    Up,
+    /// Start the plane in the background (no-op when it already runs), with a
+    /// node unless told otherwise.
+    Up {
+        /// Control plane only: pods stay Pending, nothing needs root.
+        #[arg(long)]
+        no_node: bool,
+    },
     /// Stop the plane and delete its data.
     Down,
     /// Exit 0 when the plane runs.
@@ -31,7 +36,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let plane = Plane::new(cli.dir, cli.bin_dir);
     match cli.command {
-        Cmd::Up => plane.up(),
+        Cmd::Up { no_node } => {
+            if no_node {
+                plane.up()
+            } else {
+                plane.with_node().up()
+            }
+        }
         Cmd::Down => plane.down(),
         Cmd::Status => {
             if plane.is_running() {
