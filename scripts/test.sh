@@ -7,11 +7,16 @@ cd "$(dirname "$0")/.."
 source scripts/prerequisites.sh
 
 echo "==> Debian packages the tests run for real: prometheus (metrics), openssl (TLS peers),"
-echo "    nginx with ModSecurity v3 and the OWASP Core Rule Set (the WAF gateway)"
-packages=(prometheus openssl nginx libnginx-mod-http-modsecurity modsecurity-crs)
-if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1 \
-  || ! command -v openssl >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1 \
-  || [[ ! -e /usr/lib/nginx/modules/ngx_http_modsecurity_module.so || ! -d /usr/share/modsecurity-crs/rules ]]; then
+echo "    nginx with ModSecurity v3 and the OWASP Core Rule Set (the WAF gateway), and the"
+echo "    node's containerd, runc, CNI plugins, iptables/ipset/nftables; mmdebstrap for images"
+packages=(prometheus openssl nginx libnginx-mod-http-modsecurity modsecurity-crs
+  containerd runc containernetworking-plugins iptables ipset nftables conntrack iproute2 mmdebstrap)
+missing=no
+for tool in prometheus promtool openssl nginx containerd runc ipset nft iptables conntrack mmdebstrap; do
+  command -v "$tool" >/dev/null 2>&1 || missing=yes
+done
+if [[ $missing == yes || ! -e /usr/lib/nginx/modules/ngx_http_modsecurity_module.so \
+  || ! -d /usr/share/modsecurity-crs/rules || ! -x /usr/lib/cni/bridge ]]; then
   if [[ $(id -u) -ne 0 ]]; then
     echo "error: install Debian's packages first: sudo apt-get install ${packages[*]}" >&2
     exit 1
@@ -27,8 +32,9 @@ if ! python3 -c "import sslyze" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check 'sslyze==6.3.1'
 fi
 
-echo "==> control plane binaries (built once, then cached) and third-party CRDs"
+echo "==> control plane and node binaries (built once, then cached) and third-party CRDs"
 bash e2e/controlplane/build.sh target/testplane/bin
+bash e2e/node/build.sh target/node/bin
 bash e2e/thirdparty/fetch-crds.sh
 
 echo "==> generated cert-manager types are current (kopium, built once into ~/.cache)"
@@ -38,11 +44,15 @@ echo "==> lint"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "==> container images (Debian packages and our binaries; rebuilt only when they change)"
+cargo build -q -p iotposture
+bash images/build.sh target/images
+
 testplane() { cargo run -q -p iotposture-e2e --bin testplane -- --dir target/testplane --bin-dir target/testplane/bin "$@"; }
 if testplane status >/dev/null; then
   echo "==> using the running test control plane"
 else
-  echo "==> starting a test control plane"
+  echo "==> starting a test control plane with its node"
   testplane up
   trap 'testplane down' EXIT
 fi

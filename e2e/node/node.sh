@@ -108,6 +108,10 @@ network_up() {
   cat /proc/sys/net/ipv4/ip_forward >"$dir/ip_forward.before"
   nft list tables >"$dir/nft-tables.before" 2>/dev/null || true
   [[ -d /var/log/containers ]] && touch "$dir/var-log-containers.before"
+  for d in /run/containerd /run/netns; do
+    [[ -d "$d" ]] && echo "$d" >>"$dir/dirs.before"
+  done
+  true
   echo 1 >/proc/sys/net/ipv4/ip_forward
   # This kernel has no dummy interfaces: the address goes on loopback, where
   # it is local to the host and routed to from the pods' bridge.
@@ -288,6 +292,12 @@ down() {
   done
   local had_logs=""
   [[ -f "$dir/var-log-containers.before" ]] && had_logs=yes
+  # Shim sockets and runc state go to /run/containerd whatever the state
+  # folder says; network namespaces to /run/netns. Removed when the node
+  # made them (another containerd's are left alone).
+  for d in /run/containerd /run/netns; do
+    grep -qx "$d" "$dir/dirs.before" 2>/dev/null || rm -rf "$d"
+  done
   rm -rf "$dir"
   # The kubelet's links to the pods' logs, gone with them.
   find /var/log/containers -xtype l -delete 2>/dev/null || true

@@ -254,7 +254,10 @@ impl Plane {
                 ),
                 format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 "--authorization-mode=Node,RBAC".into(),
-                format!("--kubelet-client-certificate={}", p("apiserver-kubelet-client.crt")),
+                format!(
+                    "--kubelet-client-certificate={}",
+                    p("apiserver-kubelet-client.crt")
+                ),
                 format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
                 format!("--kubelet-certificate-authority={}", p("ca.crt")),
                 // The node's name resolves nowhere; its address does.

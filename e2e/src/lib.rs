@@ -30,6 +30,11 @@ use tokio::sync::{OnceCell, oneshot};
 
 use iotposture::{health::Health, metrics::Metrics};
 
+/// An image images/build.sh built and the node imported, e.g. `toolbox`.
+pub fn local_image(name: &str) -> String {
+    format!("iotposture.local/{name}:{}", env!("CARGO_PKG_VERSION"))
+}
+
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }

@@ -9,6 +9,7 @@ mod crd_validation;
 mod drift;
 mod gateway;
 mod lifecycle;
+mod node;
 mod noop;
 mod rbac;
 mod reach;

@@ -8,7 +8,7 @@ use iotposture_e2e::{RunningOperator, TestNamespace, wait_until};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{
     Api,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, PostParams},
 };
 use serde_json::json;
 
@@ -91,30 +91,39 @@ spec:
         .unwrap();
     settles(&systems, Verdict::Fail, "(no endpoints)").await;
 
-    // A pod the API reports Ready behind the (headless) Service, at an
-    // address where nothing listens: the probe could not run, so it decides
-    // nothing. (Loopback, because this machine's egress proxy answers any
-    // other address.)
+    // A ready pod behind the (headless) Service, on the node, where nothing
+    // listens on the port: the probe could not run, so it decides nothing.
     let pods: Api<Pod> = ns.api();
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "broker-0", "labels": {"app": "broker"}},
-        "spec": {"containers": [{"name": "broker", "image": "registry.example.com/broker:2.0.18"}]}
+        "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "broker",
+            "image": iotposture_e2e::local_image("toolbox"), "imagePullPolicy": "Never"}]}
     }))
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
-    pods.patch_status(
-        "broker-0",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {
-            "podIP": "127.0.0.77", "podIPs": [{"ip": "127.0.0.77"}],
-            "conditions": [{"type": "Ready", "status": "True"}]
-        }})),
-    )
-    .await
-    .unwrap();
+    let (ok, _, err) = ns
+        .kubectl(
+            &[
+                "wait",
+                "--for=condition=Ready",
+                "pod/broker-0",
+                "--timeout=120s",
+            ],
+            "",
+        )
+        .await;
+    assert!(ok, "{err}");
+    let pod_ip = pods
+        .get("broker-0")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .pod_ip
+        .unwrap();
     let evidence = settles(&systems, Verdict::Unknown, "the probe could not reach").await;
     assert!(
-        evidence.contains("127.0.0.77:8883"),
+        evidence.contains(&format!("{pod_ip}:8883")),
         "dialled the ready pod behind the headless Service: {evidence}"
     );
     operator.stop().await;
