@@ -364,6 +364,7 @@ impl RunningOperator {
             admission,
             probes: None,
             trust_unreviewed_access: !webhooks,
+            operator_peers: Default::default(),
         }
     }
 

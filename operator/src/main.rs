@@ -43,6 +43,21 @@ enum Command {
         /// create or change IoTSystems.
         #[arg(long, env = "IOTPOSTURE_TRUST_UNREVIEWED_ACCESS")]
         trust_unreviewed_access: bool,
+        /// The namespace of the operator's own pods: the NetworkPolicies it
+        /// writes let its probes reach the TLS and web ports (with
+        /// --probe-pod-labels, only pods with those labels).
+        #[arg(long, env = "IOTPOSTURE_PROBE_NAMESPACE")]
+        probe_namespace: Option<String>,
+        /// Labels of the operator's pods, as k=v[,k=v].
+        #[arg(long, env = "IOTPOSTURE_PROBE_POD_LABELS", value_parser = parse_labels)]
+        probe_pod_labels: Option<std::collections::BTreeMap<String, String>>,
+        /// Prometheus' namespace: the NetworkPolicies let it scrape the gateway
+        /// exporters (port 9145) of web components.
+        #[arg(long, env = "IOTPOSTURE_SCRAPE_NAMESPACE")]
+        scrape_namespace: Option<String>,
+        /// Labels of the Prometheus pods, as k=v[,k=v].
+        #[arg(long, env = "IOTPOSTURE_SCRAPE_POD_LABELS", value_parser = parse_labels)]
+        scrape_pod_labels: Option<std::collections::BTreeMap<String, String>>,
     },
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
@@ -179,6 +194,36 @@ impl WebhookArgs {
     }
 }
 
+/// `k=v[,k=v]` as labels.
+fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    text.split(',')
+        .map(|pair| {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?}: expected key=value"))?;
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Pods by namespace name and labels, as NetworkPolicy peers.
+fn peers(
+    namespace: Option<String>,
+    labels: Option<std::collections::BTreeMap<String, String>>,
+) -> Option<iotposture::controller::validate::PodPeers> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let selector = |labels| LabelSelector {
+        match_labels: Some(labels),
+        match_expressions: None,
+    };
+    namespace.map(|ns| iotposture::controller::validate::PodPeers {
+        namespace_selector: Some(selector(
+            [("kubernetes.io/metadata.name".to_string(), ns)].into(),
+        )),
+        pod_selector: labels.map(selector),
+    })
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum CatalogFormat {
     Table,
@@ -288,6 +333,10 @@ async fn main() -> anyhow::Result<()> {
             probe_interval_seconds,
             probe_resolve,
             trust_unreviewed_access,
+            probe_namespace,
+            probe_pod_labels,
+            scrape_namespace,
+            scrape_pod_labels,
         } => {
             iotposture::telemetry::init(log_json);
             let mut resolve = std::collections::HashMap::new();
@@ -310,6 +359,10 @@ async fn main() -> anyhow::Result<()> {
                 namespace,
                 probes,
                 trust_unreviewed_access,
+                operator_peers: iotposture::controller::validate::OperatorPeers {
+                    probes: peers(probe_namespace, probe_pod_labels),
+                    scrapes: peers(scrape_namespace, scrape_pod_labels),
+                },
             };
             let client = kube::Client::try_default().await?;
             iotposture::controller::run_with_http(client, options, http_addr).await?;

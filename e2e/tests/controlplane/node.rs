@@ -89,7 +89,7 @@ async fn ssdp_arrives(ns: &TestNamespace, from: &str, to: &str, listener: &str) 
     got.contains(&token)
 }
 
-fn system(mode: &str) -> IoTSystem {
+fn system(mode: &str, other: &str, outside: u16) -> IoTSystem {
     serde_saphyr::from_str(&format!(
         r#"
 apiVersion: iotposture.dev/v1alpha1
@@ -109,38 +109,70 @@ spec:
       upnp: true
   flows:
     - {{from: client, to: server, port: api}}
+    - from: {{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {other}}}}}, podSelector: {{matchLabels: {{app: visitor}}}}}}
+      to: server
+      port: api
+  egress:
+    - {{from: client, to: {{cidr: 10.250.0.1/32}}, ports: [{{port: {outside}}}]}}
 "#
     ))
     .unwrap()
 }
 
-/// Every case of the enforcement, as (what, connected).
-async fn cases(ns: &TestNamespace, other: &TestNamespace) -> Vec<(&'static str, bool)> {
+/// Every case of the enforcement: what, whether Enforce lets it through,
+/// whether it connected.
+async fn cases(
+    ns: &TestNamespace,
+    other: &TestNamespace,
+    outside: u16,
+) -> Vec<(&'static str, bool, bool)> {
     let server = ip(ns, "server").await;
     let client = ip(ns, "client").await;
+    let host = "10.250.0.1";
     vec![
         (
             "declared flow client → server:api",
+            true,
             connects(ns, "client", &server, 8080).await,
         ),
         (
+            "the selected pods of another namespace → server:api",
+            true,
+            connects(other, "visitor", &server, 8080).await,
+        ),
+        (
+            "declared egress client → a network outside",
+            true,
+            connects(ns, "client", host, outside).await,
+        ),
+        (
             "client → server:admin, a port no flow names",
+            false,
             connects(ns, "client", &server, 9090).await,
         ),
         (
             "server → client:back, against the flow",
+            false,
             connects(ns, "server", &client, 8080).await,
         ),
         (
             "a pod of no component → server:api",
+            false,
             connects(ns, "stranger", &server, 8080).await,
         ),
         (
-            "another namespace → server:api",
-            connects(other, "visitor", &server, 8080).await,
+            "other pods of that namespace → server:api",
+            false,
+            connects(other, "intruder", &server, 8080).await,
+        ),
+        (
+            "server → the network outside, no egress declared",
+            false,
+            connects(ns, "server", host, outside).await,
         ),
         (
             "client → SSDP (UDP 1900), not declared UPnP",
+            false,
             ssdp_arrives(ns, "client", &server, "server").await,
         ),
     ]
@@ -159,14 +191,28 @@ async fn declared_flows_connect_and_nothing_else_and_the_verdicts_agree() {
         ],
     )
     .await;
-    start_pods(&other, &[pod("visitor", "visitor", &[], false)]).await;
+    start_pods(
+        &other,
+        &[
+            pod("visitor", "visitor", &[], false),
+            pod("intruder", "intruder", &[], false),
+        ],
+    )
+    .await;
+    // Something outside the cluster: a listener on the node's own address.
+    let outside = std::net::TcpListener::bind("10.250.0.1:0").unwrap();
+    let outside_port = outside.local_addr().unwrap().port();
+    std::thread::spawn(move || for _ in outside.incoming() {});
     let operator = RunningOperator::start(&ns).await;
     let systems: Api<IoTSystem> = ns.api();
 
     // Audit first: nothing is enforced, everything connects, and the
     // operator says the firewall is missing.
     systems
-        .create(&PostParams::default(), &system("Audit"))
+        .create(
+            &PostParams::default(),
+            &system("Audit", &other.name, outside_port),
+        )
         .await
         .unwrap();
     let audited = wait_ready(&ns, "fenced", "True").await;
@@ -186,7 +232,7 @@ async fn declared_flows_connect_and_nothing_else_and_the_verdicts_agree() {
         "{:?}",
         firewall(&audited)
     );
-    for (what, connected) in cases(&ns, &other).await {
+    for (what, _, connected) in cases(&ns, &other, outside_port).await {
         assert!(connected, "without policies, {what} should connect");
     }
 
@@ -207,18 +253,17 @@ async fn declared_flows_connect_and_nothing_else_and_the_verdicts_agree() {
     // kube-router applies what it sees within a few seconds.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let last = loop {
-        let last = cases(&ns, &other).await;
+        let last = cases(&ns, &other, outside_port).await;
         let as_declared = last
             .iter()
-            .enumerate()
-            .all(|(i, (_, connected))| *connected == (i == 0));
+            .all(|(_, allowed, connected)| allowed == connected);
         if as_declared || tokio::time::Instant::now() > deadline {
             break last;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
-    for (i, (what, connected)) in last.iter().enumerate() {
-        assert_eq!(*connected, i == 0, "{what}: connected {connected}");
+    for (what, allowed, connected) in &last {
+        assert_eq!(connected, allowed, "{what}: connected {connected}");
     }
     for id in ["II-2", "V-1", "V-2"] {
         let item = enforced

@@ -67,6 +67,9 @@ pub const MAX_SUBJECTS: usize = 32;
     "self.flows.all(f, self.components.exists(c, c.name == f.to))"
 ).message("every flow's 'to' must name a component of spec.components").field_path(".flows"))]
 #[x_kube(validation = Rule::new(
+    "self.egress.all(e, self.components.exists(c, c.name == e.from))"
+).message("every egress 'from' must name a component of spec.components").field_path(".egress"))]
+#[x_kube(validation = Rule::new(
     "self.flows.all(f, !self.components.exists(c, c.name == f.to) || self.components.exists(c, c.name == f.to && c.ports.exists(p, p.name == f.port)))"
 ).message("every flow's 'port' must name a port that its target component declares in ports").field_path(".flows"))]
 pub struct IoTSystemSpec {
@@ -84,6 +87,13 @@ pub struct IoTSystemSpec {
     #[serde(default)]
     #[schemars(length(max = 256))]
     pub flows: Vec<Flow>,
+
+    /// Connections components open to destinations outside the system (a
+    /// cloud MQTT endpoint, an API elsewhere in the cluster). Nothing else
+    /// leaves a component but DNS and the flows to other components.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub egress: Vec<Egress>,
 
     /// Who administers, operates and views the system (RBAC subjects).
     #[serde(default)]
@@ -607,6 +617,13 @@ pub struct FlowSource {
     pub component: Option<String>,
     /// From outside the system (any source, e.g. an ingress controller or users).
     pub ingress: Option<bool>,
+    /// Pods, as a NetworkPolicy selects them: podSelector alone picks pods of
+    /// the system's namespace; namespaceSelector alone, every pod of those
+    /// namespaces; both, those pods in those namespaces.
+    pub namespace_selector: Option<LabelSelector>,
+    pub pod_selector: Option<LabelSelector>,
+    /// Addresses outside the cluster, e.g. the sensors' network.
+    pub cidr: Option<String>,
     /// What was written, when it is none of the accepted forms.
     pub malformed: Option<serde_json::Value>,
 }
@@ -640,6 +657,15 @@ impl Serialize for FlowSource {
         if let Some(i) = &self.ingress {
             map.serialize_entry("ingress", i)?;
         }
+        if let Some(n) = &self.namespace_selector {
+            map.serialize_entry("namespaceSelector", n)?;
+        }
+        if let Some(p) = &self.pod_selector {
+            map.serialize_entry("podSelector", p)?;
+        }
+        if let Some(c) = &self.cidr {
+            map.serialize_entry("cidr", c)?;
+        }
         map.end()
     }
 }
@@ -654,23 +680,54 @@ impl<'de> Deserialize<'de> for FlowSource {
         Ok(match &raw {
             serde_json::Value::String(name) => Self::component(name),
             serde_json::Value::Object(fields) => {
-                let component = match fields.get("component") {
-                    None => None,
-                    Some(serde_json::Value::String(c)) => Some(c.clone()),
-                    Some(_) => return Ok(malformed()),
-                };
-                let ingress = match fields.get("ingress") {
-                    None => None,
-                    Some(serde_json::Value::Bool(b)) => Some(*b),
-                    Some(_) => return Ok(malformed()),
-                };
-                if fields.keys().any(|k| k != "component" && k != "ingress") {
+                const KEYS: [&str; 5] = [
+                    "component",
+                    "ingress",
+                    "namespaceSelector",
+                    "podSelector",
+                    "cidr",
+                ];
+                if fields.keys().any(|k| !KEYS.contains(&k.as_str())) {
                     return Ok(malformed());
                 }
-                Self {
-                    component,
+                let text = |k: &str| match fields.get(k) {
+                    None => Ok(None),
+                    Some(serde_json::Value::String(v)) => Ok(Some(v.clone())),
+                    Some(_) => Err(()),
+                };
+                let selector = |k: &str| match fields.get(k) {
+                    None => Ok(None),
+                    Some(v) => serde_json::from_value::<LabelSelector>(v.clone())
+                        .map(Some)
+                        .map_err(|_| ()),
+                };
+                let ingress = match fields.get("ingress") {
+                    None => Ok(None),
+                    Some(serde_json::Value::Bool(b)) => Ok(Some(*b)),
+                    Some(_) => Err(()),
+                };
+                match (
+                    text("component"),
                     ingress,
-                    malformed: None,
+                    selector("namespaceSelector"),
+                    selector("podSelector"),
+                    text("cidr"),
+                ) {
+                    (
+                        Ok(component),
+                        Ok(ingress),
+                        Ok(namespace_selector),
+                        Ok(pod_selector),
+                        Ok(cidr),
+                    ) => Self {
+                        component,
+                        ingress,
+                        namespace_selector,
+                        pod_selector,
+                        cidr,
+                        malformed: None,
+                    },
+                    _ => malformed(),
                 }
             }
             _ => malformed(),
@@ -684,9 +741,52 @@ impl<'de> Deserialize<'de> for FlowSource {
 /// same messages.
 fn flow_source_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
-        "description": "Where the flow comes from: a component's name (`from: line-sensor`), `{component: NAME}`, or `{ingress: true}` for anything outside the system.",
+        "description": "Where the flow comes from: a component's name (`from: line-sensor`), `{component: NAME}`; pods elsewhere in the cluster, `{namespaceSelector: ..., podSelector: ...}` (e.g. the ingress controller or Prometheus); addresses outside the cluster, `{cidr: 192.168.10.0/24}` (e.g. the sensor network); or `{ingress: true}` for any source.",
         "x-kubernetes-preserve-unknown-fields": true
     })
+}
+
+/// A connection from a component to something outside the system.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "has(self.to.cidr) != (has(self.to.namespaceSelector) || has(self.to.podSelector))"
+).message("egress 'to' names either a cidr or pods (namespaceSelector and/or podSelector), not both").field_path(".to"))]
+pub struct Egress {
+    /// The component that connects.
+    #[schemars(length(min = 1, max = 40))]
+    pub from: String,
+    pub to: Destination,
+    /// The destination's ports (1–64).
+    #[schemars(length(min = 1, max = 64))]
+    pub ports: Vec<EgressPort>,
+}
+
+/// Addresses outside the cluster, or pods elsewhere in it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Destination {
+    /// e.g. `203.0.113.10/32`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 43))]
+    pub cidr: Option<String>,
+    /// Addresses within `cidr` that stay closed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub except: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressPort {
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// RBAC subjects per access level (checklist items I-7, I-8, I-9).

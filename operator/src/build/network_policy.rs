@@ -1,6 +1,8 @@
 //! NetworkPolicies (checklist items II-2, V-1, V-2): every component's pods are
-//! isolated in both directions, then opened only for the declared flows, DNS,
-//! and SSDP where a component declares UPnP.
+//! isolated in both directions, then opened only for the declared flows (from
+//! components, selected pods elsewhere, networks outside, or anyone), the
+//! declared egress, DNS, SSDP where a component declares UPnP, and the
+//! operator's own probes and Prometheus scrapes where it is told their pods.
 //!
 //! Per component two policies: `<system>-<component>-default-deny` (isolation on
 //! its own, so the intent survives someone deleting the allow policy) and
@@ -20,7 +22,10 @@ use k8s_openapi::{
 use super::meta::{child_meta, child_name};
 use crate::{
     api::Protocol,
-    controller::validate::{FlowSource, SSDP_PORT, ValidComponent, ValidatedSystem},
+    controller::validate::{
+        Destination, FlowSource, IpBlock, PodPeers, SSDP_PORT, ValidComponent, ValidatedSystem,
+    },
+    webhook::gateway::EXPORTER_PORT,
 };
 
 /// Where the cluster DNS runs (the kube-dns / CoreDNS convention).
@@ -65,8 +70,12 @@ pub fn build_allow(system: &ValidatedSystem, index: usize) -> NetworkPolicy {
     for flow in &system.flows {
         let port = vec![policy_port(flow.port.port, flow.port.protocol)];
         if flow.target == index {
-            let from = match flow.source {
-                FlowSource::Component(src) => Some(vec![pods_of(&system.components[src].selector)]),
+            let from = match &flow.source {
+                FlowSource::Component(src) => {
+                    Some(vec![pods_of(&system.components[*src].selector)])
+                }
+                FlowSource::Pods(peers) => Some(vec![selected(peers)]),
+                FlowSource::Cidr(block) => Some(vec![network(block)]),
                 // No peer list: any source may connect, on this port only.
                 FlowSource::Ingress => None,
             };
@@ -87,6 +96,55 @@ pub fn build_allow(system: &ValidatedSystem, index: usize) -> NetworkPolicy {
                 },
             );
         }
+    }
+
+    for e in system.egress.iter().filter(|e| e.source == index) {
+        let to = match &e.to {
+            Destination::Pods(peers) => selected(peers),
+            Destination::Cidr(block) => network(block),
+        };
+        push_unique(
+            &mut egress,
+            NetworkPolicyEgressRule {
+                to: Some(vec![to]),
+                ports: Some(
+                    e.ports
+                        .iter()
+                        .map(|(port, protocol)| policy_port(*port, *protocol))
+                        .collect(),
+                ),
+            },
+        );
+    }
+
+    // The operator's probes reach the TLS and web ports; Prometheus the
+    // gateway's exporter. Only where the operator was told their pods.
+    let probed: Vec<NetworkPolicyPort> = component
+        .ports
+        .iter()
+        .filter(|p| p.tls || p.http)
+        .map(|p| policy_port(p.port, p.protocol))
+        .collect();
+    if let (Some(peers), false) = (&system.operator_peers.probes, probed.is_empty()) {
+        push_unique(
+            &mut ingress,
+            NetworkPolicyIngressRule {
+                from: Some(vec![selected(peers)]),
+                ports: Some(probed),
+            },
+        );
+    }
+    if let (Some(peers), true) = (
+        &system.operator_peers.scrapes,
+        component.http_ports().next().is_some(),
+    ) {
+        push_unique(
+            &mut ingress,
+            NetworkPolicyIngressRule {
+                from: Some(vec![selected(peers)]),
+                ports: Some(vec![policy_port(EXPORTER_PORT, Protocol::TCP)]),
+            },
+        );
     }
 
     if component.upnp {
@@ -130,6 +188,27 @@ pub fn build_allow(system: &ValidatedSystem, index: usize) -> NetworkPolicy {
 fn push_unique<T: PartialEq>(rules: &mut Vec<T>, rule: T) {
     if !rules.contains(&rule) {
         rules.push(rule);
+    }
+}
+
+/// Pods by selectors, as a NetworkPolicy means them: a pod selector alone
+/// picks pods of the system's namespace; a namespace selector alone, every
+/// pod of those namespaces; both, those pods in those namespaces.
+fn selected(peers: &PodPeers) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: peers.namespace_selector.clone(),
+        pod_selector: peers.pod_selector.clone(),
+        ip_block: None,
+    }
+}
+
+fn network(block: &IpBlock) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: block.cidr.clone(),
+            except: (!block.except.is_empty()).then(|| block.except.clone()),
+        }),
+        ..NetworkPolicyPeer::default()
     }
 }
 
@@ -314,5 +393,128 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[test]
+    fn named_sources_networks_and_egress_become_peers() {
+        let yaml = FACTORY.replace(
+            "  access:",
+            r#"    - {from: {namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress}}, podSelector: {matchLabels: {app: nginx}}}, to: dashboard, port: https}
+    - {from: {cidr: 192.168.10.0/24}, to: gateway, port: mqtts}
+  egress:
+    - {from: gateway, to: {cidr: 203.0.113.0/24, except: [203.0.113.9/32]}, ports: [{port: 8883}]}
+  access:"#,
+        );
+        let all = build_network_policies(&validated(&yaml));
+        let dashboard = policy(&all, "factory-dashboard-allow");
+        let from = dashboard.ingress.as_ref().unwrap()[1]
+            .from
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            from[0]
+                .namespace_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["kubernetes.io/metadata.name"],
+            "ingress"
+        );
+        assert_eq!(
+            from[0]
+                .pod_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["app"],
+            "nginx"
+        );
+        let gateway = policy(&all, "factory-gateway-allow");
+        let sensors = gateway
+            .ingress
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|r| r.from.as_ref().is_some_and(|f| f[0].ip_block.is_some()))
+            .unwrap();
+        assert_eq!(
+            sensors.from.as_ref().unwrap()[0]
+                .ip_block
+                .as_ref()
+                .unwrap()
+                .cidr,
+            "192.168.10.0/24"
+        );
+        assert_eq!(ports(&sensors.ports), [(8883, "TCP".to_string())]);
+        let cloud = gateway
+            .egress
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|r| {
+                r.to.as_ref().is_some_and(|t| {
+                    t[0].ip_block
+                        .as_ref()
+                        .is_some_and(|b| b.cidr == "203.0.113.0/24")
+                })
+            })
+            .unwrap();
+        assert_eq!(
+            cloud.to.as_ref().unwrap()[0]
+                .ip_block
+                .as_ref()
+                .unwrap()
+                .except
+                .as_deref(),
+            Some(&["203.0.113.9/32".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn the_operators_probes_and_scrapes_get_in_only_when_configured() {
+        let mut system = validated(FACTORY);
+        let none = build_network_policies(&system);
+        let peers = crate::controller::validate::PodPeers {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(
+                    [(
+                        "kubernetes.io/metadata.name".to_string(),
+                        "iotposture-system".to_string(),
+                    )]
+                    .into(),
+                ),
+                match_expressions: None,
+            }),
+            pod_selector: None,
+        };
+        system.operator_peers.probes = Some(peers.clone());
+        system.operator_peers.scrapes = Some(peers);
+        let with = build_network_policies(&system);
+        let rules = |all: &[NetworkPolicy], name: &str| {
+            policy(all, name).ingress.clone().unwrap_or_default().len()
+        };
+        assert_eq!(
+            rules(&with, "factory-dashboard-allow"),
+            rules(&none, "factory-dashboard-allow") + 2
+        );
+        // The gateway has a TLS port (probed) but no web port (no exporter).
+        assert_eq!(
+            rules(&with, "factory-gateway-allow"),
+            rules(&none, "factory-gateway-allow") + 1
+        );
+        assert_eq!(
+            rules(&with, "factory-line-sensor-allow"),
+            0,
+            "nothing to probe there"
+        );
+        let scrape = policy(&with, "factory-dashboard-allow")
+            .ingress
+            .clone()
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(ports(&scrape.ports), [(9145, "TCP".to_string())]);
     }
 }

@@ -13,9 +13,11 @@ pub fn check_flow_encryption(s: &Scope<'_>) -> Check {
     let mut offences = Offences::default();
     for flow in &s.system.flows {
         if !flow.port.tls {
-            let from = match flow.source {
-                FlowSource::Component(i) => s.system.components[i].name.as_str(),
+            let from = match &flow.source {
+                FlowSource::Component(i) => s.system.components[*i].name.as_str(),
                 FlowSource::Ingress => "ingress",
+                FlowSource::Pods(_) => "selected pods",
+                FlowSource::Cidr(b) => b.cidr.as_str(),
             };
             offences.add(format!(
                 "flow {from} → {} uses port {} ({}), which is not declared tls",

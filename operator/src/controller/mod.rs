@@ -90,6 +90,8 @@ pub struct Context {
     pub webhooks: Option<Arc<crate::webhook::Registrar>>,
     /// Whether `spec.access` subjects may be bound.
     pub access_review: AccessReview,
+    /// Who the NetworkPolicies let in for the operator's probes and scrapes.
+    pub operator_peers: validate::OperatorPeers,
     pub backoff: Backoff,
 }
 
@@ -114,7 +116,11 @@ fn plan(system: &IoTSystem, ctx: &Context, namespace: &str) -> Plan {
             systems: &systems,
         },
     )
-    .and_then(|v| ctx.access_review.permits(&v).map(|()| v));
+    .and_then(|v| ctx.access_review.permits(&v).map(|()| v))
+    .map(|mut v| {
+        v.operator_peers = ctx.operator_peers.clone();
+        v
+    });
     let planned = validated.as_ref().map(build_all).unwrap_or_default();
     Plan { validated, planned }
 }

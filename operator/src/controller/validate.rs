@@ -61,9 +61,23 @@ pub enum ValidationError {
         port: String,
     },
     #[error(
-        "flow {index}: from must be a component name, {{component: NAME}} or {{ingress: true}}, not both"
+        "flow {index}: from must be one of a component name, {{component: NAME}}, {{namespaceSelector, podSelector}}, {{cidr}} or {{ingress: true}}"
     )]
     InvalidFlowSource { index: usize },
+    #[error("{what}: {value:?} is not a network such as 192.168.10.0/24")]
+    InvalidCidr { what: String, value: String },
+    #[error("{what}: invalid selector: {why}")]
+    InvalidPeerSelector { what: String, why: String },
+    #[error(
+        "egress {index}: from names component {name:?}, which spec.components does not declare"
+    )]
+    UnknownEgressComponent { index: usize, name: String },
+    #[error(
+        "egress {index}: to must name either a cidr or pods (namespaceSelector and/or podSelector)"
+    )]
+    InvalidEgressDestination { index: usize },
+    #[error("egress {index}: port {port} is out of range")]
+    InvalidEgressPort { index: usize, port: i32 },
     #[error(
         "component {0:?} declares UDP port 1900 (SSDP/UPnP) without upnp: true (checklist item V-2)"
     )]
@@ -133,6 +147,9 @@ pub struct ValidatedSystem {
     pub mode: Mode,
     pub components: Vec<ValidComponent>,
     pub flows: Vec<ValidFlow>,
+    pub egress: Vec<ValidEgress>,
+    /// Set by the controller from its own configuration; `validate` leaves it empty.
+    pub operator_peers: OperatorPeers,
     pub access: ValidAccess,
     pub images: ImagePolicy,
     pub tls: Option<TlsPolicy>,
@@ -180,6 +197,79 @@ pub enum FlowSource {
     Component(usize),
     /// Anything outside the system.
     Ingress,
+    /// Pods elsewhere in the cluster.
+    Pods(PodPeers),
+    /// Addresses outside the cluster.
+    Cidr(IpBlock),
+}
+
+/// Pods by namespace and pod selectors (either may be absent: all).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodPeers {
+    pub namespace_selector: Option<LabelSelector>,
+    pub pod_selector: Option<LabelSelector>,
+}
+
+/// A checked network, and addresses within it that stay closed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IpBlock {
+    pub cidr: String,
+    pub except: Vec<String>,
+}
+
+/// A connection a component opens to something outside the system.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidEgress {
+    /// Index into `ValidatedSystem::components`.
+    pub source: usize,
+    pub to: Destination,
+    pub ports: Vec<(i32, Protocol)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Destination {
+    Pods(PodPeers),
+    Cidr(IpBlock),
+}
+
+/// Pods of the operator's own that its NetworkPolicies let in: the probes
+/// (to TLS and web ports) and Prometheus (to the gateway exporters).
+/// The operator's configuration, not the spec's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OperatorPeers {
+    pub probes: Option<PodPeers>,
+    pub scrapes: Option<PodPeers>,
+}
+
+/// `a.b.c.d/n` (or an IPv6 network), normalised; None when it is not one.
+pub fn parse_cidr(text: &str) -> Option<String> {
+    let (addr, bits) = text.split_once('/')?;
+    let addr: std::net::IpAddr = addr.parse().ok()?;
+    let bits: u8 = bits.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (bits <= max && !bits.to_string().starts_with('+')).then(|| format!("{addr}/{bits}"))
+}
+
+fn ip_block(cidr: &str, except: &[String]) -> Option<IpBlock> {
+    let cidr = parse_cidr(cidr)?;
+    let except = except
+        .iter()
+        .map(|e| parse_cidr(e))
+        .collect::<Option<Vec<_>>>()?;
+    Some(IpBlock { cidr, except })
+}
+
+fn pod_peers(
+    namespace_selector: &Option<LabelSelector>,
+    pod_selector: &Option<LabelSelector>,
+) -> Result<PodPeers, String> {
+    for sel in [namespace_selector, pod_selector].into_iter().flatten() {
+        Selector::try_from(sel.clone()).map_err(|e| e.to_string())?;
+    }
+    Ok(PodPeers {
+        namespace_selector: namespace_selector.clone(),
+        pod_selector: pod_selector.clone(),
+    })
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -238,15 +328,42 @@ pub fn validate(
         if f.from.malformed.is_some() {
             return Err(ValidationError::InvalidFlowSource { index });
         }
-        let source = match (&f.from.component, f.from.ingress.unwrap_or(false)) {
-            (Some(from), false) => FlowSource::Component(index_of(from).ok_or_else(|| {
+        let from = &f.from;
+        let selects = from.namespace_selector.is_some() || from.pod_selector.is_some();
+        let kinds = [
+            from.component.is_some(),
+            from.ingress.unwrap_or(false),
+            selects,
+            from.cidr.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            return Err(ValidationError::InvalidFlowSource { index });
+        }
+        let source = if let Some(name) = &from.component {
+            FlowSource::Component(index_of(name).ok_or_else(|| {
                 ValidationError::UnknownFlowComponent {
                     index,
-                    name: from.clone(),
+                    name: name.clone(),
                 }
-            })?),
-            (None, true) => FlowSource::Ingress,
-            _ => return Err(ValidationError::InvalidFlowSource { index }),
+            })?)
+        } else if let Some(cidr) = &from.cidr {
+            FlowSource::Cidr(
+                ip_block(cidr, &[]).ok_or_else(|| ValidationError::InvalidCidr {
+                    what: format!("flow {index}"),
+                    value: cidr.clone(),
+                })?,
+            )
+        } else if selects {
+            FlowSource::Pods(
+                pod_peers(&from.namespace_selector, &from.pod_selector).map_err(|why| {
+                    ValidationError::InvalidPeerSelector {
+                        what: format!("flow {index}"),
+                        why,
+                    }
+                })?,
+            )
+        } else {
+            FlowSource::Ingress
         };
         let target = index_of(&f.to).ok_or_else(|| ValidationError::UnknownFlowComponent {
             index,
@@ -267,6 +384,48 @@ pub fn validate(
             target,
             port,
         });
+    }
+
+    let mut egress = Vec::with_capacity(system.spec.egress.len());
+    for (index, e) in system.spec.egress.iter().enumerate() {
+        let source = index_of(&e.from).ok_or_else(|| ValidationError::UnknownEgressComponent {
+            index,
+            name: e.from.clone(),
+        })?;
+        let selects = e.to.namespace_selector.is_some() || e.to.pod_selector.is_some();
+        let to = match (&e.to.cidr, selects) {
+            (Some(cidr), false) => {
+                Destination::Cidr(ip_block(cidr, &e.to.except).ok_or_else(|| {
+                    ValidationError::InvalidCidr {
+                        what: format!("egress {index}"),
+                        value: std::iter::once(cidr.clone())
+                            .chain(e.to.except.iter().cloned())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    }
+                })?)
+            }
+            (None, true) => Destination::Pods(
+                pod_peers(&e.to.namespace_selector, &e.to.pod_selector).map_err(|why| {
+                    ValidationError::InvalidPeerSelector {
+                        what: format!("egress {index}"),
+                        why,
+                    }
+                })?,
+            ),
+            _ => return Err(ValidationError::InvalidEgressDestination { index }),
+        };
+        let mut ports = Vec::with_capacity(e.ports.len());
+        for p in &e.ports {
+            if !(1..=65535).contains(&p.port) {
+                return Err(ValidationError::InvalidEgressPort {
+                    index,
+                    port: p.port,
+                });
+            }
+            ports.push((p.port, p.protocol));
+        }
+        egress.push(ValidEgress { source, to, ports });
     }
 
     let access = validate_access(&system.spec.access, &namespace)?;
@@ -290,6 +449,8 @@ pub fn validate(
         mode: system.spec.mode,
         components,
         flows,
+        egress,
+        operator_peers: OperatorPeers::default(),
         access,
         images: system.spec.images.clone(),
         tls: system.spec.tls.clone(),

@@ -34,6 +34,9 @@ pub struct Options {
     /// operator reviews who asked for them: only for clusters where nobody
     /// but cluster administrators may write IoTSystems.
     pub trust_unreviewed_access: bool,
+    /// The operator's own pods (its probes) and Prometheus' (the gateway
+    /// exporters' scrapes), let in by the NetworkPolicies it writes.
+    pub operator_peers: super::validate::OperatorPeers,
 }
 
 /// Runs the controller with the HTTP endpoints until SIGINT/SIGTERM.
@@ -195,6 +198,7 @@ pub async fn run(
         webhooks: registrar,
         probes: probe_results,
         access_review,
+        operator_peers: options.operator_peers.clone(),
         backoff: Backoff::default(),
     });
 
