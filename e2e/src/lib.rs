@@ -295,6 +295,19 @@ impl TestNamespace {
     }
 }
 
+impl Drop for TestNamespace {
+    /// A test that fails before its cleanup still takes its namespace (and,
+    /// on the node, its pods) with it, so later tests find the node free.
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(workspace_root().join("target/testplane/bin/kubectl"))
+            .arg(format!("--kubeconfig={}", plane_dir().join("kubeconfig").display()))
+            .args(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// The operator, in this process, watching one namespace.
 pub struct RunningOperator {
     pub metrics: Arc<Metrics>,

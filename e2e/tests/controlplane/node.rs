@@ -33,7 +33,8 @@ fn pod(name: &str, app: &str, tcp: &[u16], udp_ssdp: bool) -> Pod {
             "containers": [{
                 "name": "c", "image": local_image("toolbox"), "imagePullPolicy": "Never",
                 "command": ["sh", "-c", script], "ports": ports,
-                "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}},
+                "resources": {"requests": {"cpu": "5m", "memory": "16Mi"},
+                              "limits": {"cpu": "100m", "memory": "64Mi"}},
             }],
         }
     }))
@@ -280,4 +281,319 @@ async fn declared_flows_connect_and_nothing_else_and_the_verdicts_agree() {
     operator.stop().await;
     other.delete().await;
     ns.delete().await;
+}
+
+/// A TLS Secret as cert-manager would write it for the port: the CA, and a
+/// certificate for the Service's names signed by it.
+async fn tls_secret(ns: &TestNamespace, name: &str, service: &str) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "e2e-factory-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let names = vec![
+        service.to_string(),
+        format!("{service}.{}", ns.name),
+        format!("{service}.{}.svc", ns.name),
+        format!("{service}.{}.svc.cluster.local", ns.name),
+    ];
+    let cert = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "type": "kubernetes.io/tls",
+        "stringData": {"ca.crt": ca_pem, "tls.crt": cert.pem(), "tls.key": key.serialize_pem()},
+    }))
+    .unwrap();
+    ns.api::<k8s_openapi::api::core::v1::Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
+/// The example's dashboard as a Deployment, its password from a Secret file.
+fn dashboard(listen: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "dashboard"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "dashboard"}},
+            "template": {
+                "metadata": {"labels": {"app": "dashboard"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [{
+                        "name": "ui", "image": local_image("dashboard"), "imagePullPolicy": "Never",
+                        "env": [
+                            {"name": "DASHBOARD_USER", "value": "probe-user"},
+                            {"name": "DASHBOARD_PASSWORD_FILE", "value": "/etc/dashboard/password"},
+                            {"name": "DASHBOARD_LISTEN", "value": listen},
+                        ],
+                        "ports": [{"containerPort": 8443}],
+                        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"},
+                                      "limits": {"cpu": "200m", "memory": "128Mi"}},
+                        "volumeMounts": [{"name": "account", "mountPath": "/etc/dashboard", "readOnly": true}],
+                    }],
+                    "volumes": [{"name": "account", "secret": {"secretName": "dash-account"}}],
+                }
+            }
+        }
+    })
+}
+
+/// GET `url` with curl from the pod `user`: the response head and the status.
+async fn curl(ns: &TestNamespace, url: &str) -> String {
+    let (_, out, _) = ns
+        .kubectl(
+            &[
+                "exec",
+                "user",
+                "--",
+                "curl",
+                "-sk",
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                "-w",
+                "%{http_code}\n",
+                url,
+            ],
+            "",
+        )
+        .await;
+    out
+}
+
+fn web_system(name: &str, mode: &str, port: &str) -> IoTSystem {
+    serde_saphyr::from_str(&format!(
+        r#"
+apiVersion: iotposture.dev/v1alpha1
+kind: IoTSystem
+metadata: {{name: {name}}}
+spec:
+  mode: {mode}
+  components:
+    - name: dashboard
+      role: EUtility
+      service: dashboard
+      selector: {{matchLabels: {{app: dashboard}}}}
+      ports: [{port}]
+      writablePaths: [/tmp]
+      http:
+        loginPath: /login
+        lockout: {{maxFailures: 3, window: 5m, duration: 10m}}
+        probeCredentialsSecret: dash-account
+  flows:
+    - {{from: {{ingress: true}}, to: dashboard, port: https}}
+"#
+    ))
+    .unwrap()
+}
+
+async fn web_namespace(prefix: &str) -> TestNamespace {
+    let ns = TestNamespace::new(prefix).await;
+    ns.apply_manifest(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: dash-account, labels: {iotposture.dev/probe-credentials: "true"}}
+stringData: {username: probe-user, password: s3cret-on-the-node}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dashboard}
+spec:
+  selector: {app: dashboard}
+  ports: [{name: https, port: 8443, targetPort: 8443}]
+"#,
+    )
+    .await;
+    ns
+}
+
+fn verdicts(s: &IoTSystem, ids: &[&str]) -> Vec<(String, Verdict, String)> {
+    ids.iter()
+        .map(|id| {
+            let i = s
+                .status
+                .as_ref()
+                .unwrap()
+                .items
+                .iter()
+                .find(|i| i.id == *id)
+                .unwrap();
+            (i.id.clone(), i.verdict, i.evidence.clone())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_guards_the_dashboard_and_the_probe_proves_it_from_live_traffic() {
+    let probed = ["I-1", "II-1", "III-2", "III-3", "III-4", "III-8"];
+
+    // Good: admitted through the webhooks, the pod gets the gateway (the
+    // image built here) in front of the application on its backend port.
+    let good = web_namespace("webgood").await;
+    tls_secret(&good, "guarded-dashboard-https", "dashboard").await;
+    let mut options = RunningOperator::options(&good, true);
+    if let Some(admission) = options.admission.as_mut() {
+        admission.images.gateway = local_image("gateway");
+        admission.images.exporter = local_image("operator");
+    }
+    options.probes = Some(iotposture::controller::probing::ProbeOptions {
+        interval: Duration::from_secs(2),
+        resolve: Default::default(),
+        settings: Default::default(),
+        http: Default::default(),
+    });
+    let operator = RunningOperator::start_as(&good, good.client.clone(), options).await;
+    let systems: Api<IoTSystem> = good.api();
+    systems
+        .create(
+            &PostParams::default(),
+            &web_system(
+                "guarded",
+                "Enforce",
+                "{name: https, port: 8443, tls: true, http: true}",
+            ),
+        )
+        .await
+        .unwrap();
+    wait_ready(&good, "guarded", "True").await;
+    good.apply_manifest(&dashboard("127.0.0.1").to_string())
+        .await;
+    let (ok, _, err) = good
+        .kubectl(
+            &[
+                "rollout",
+                "status",
+                "deployment/dashboard",
+                "--timeout=120s",
+            ],
+            "",
+        )
+        .await;
+    assert!(ok, "the guarded dashboard never ran: {err}");
+    let pods: Api<Pod> = good.api();
+    let admitted = pods
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let containers: Vec<String> = admitted
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    assert_eq!(
+        containers,
+        ["ui", "iotposture-gateway", "iotposture-gateway-exporter"]
+    );
+
+    // Through the Service, from a pod, as a user would.
+    start_pods(&good, &[pod("user", "user", &[], false)]).await;
+    let base = format!("https://dashboard.{}.svc:8443", good.name);
+    let login_page = curl(&good, &format!("{base}/login")).await;
+    assert!(login_page.trim_end().ends_with("200"), "{login_page}");
+    let cookie = login_page
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie"))
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(
+        cookie.contains("secure") && cookie.contains("httponly") && cookie.contains("samesite"),
+        "{cookie}"
+    );
+    let sqli = curl(&good, &format!("{base}/?id=1%27%20OR%20%271%27%3D%271")).await;
+    assert!(sqli.trim_end().ends_with("403"), "SQL injection: {sqli}");
+    let sid = curl(&good, &format!("{base}/?sessionid=stolen")).await;
+    assert!(
+        sid.trim_end().ends_with("400"),
+        "session id in the URL: {sid}"
+    );
+
+    // The probe decides the web items from what it saw there.
+    let guarded = wait_until("the probe's verdicts on the guarded dashboard", || async {
+        let s = systems.get("guarded").await.ok()?;
+        verdicts(&s, &probed)
+            .iter()
+            .all(|(_, v, _)| *v != Verdict::Unknown)
+            .then_some(s)
+    })
+    .await;
+    for (id, verdict, evidence) in verdicts(&guarded, &probed) {
+        assert_eq!(verdict, Verdict::Pass, "guarded {id}: {evidence}");
+    }
+    let (_, vi3, evidence) = verdicts(&guarded, &["VI-3"]).remove(0);
+    assert_eq!(vi3, Verdict::Pass, "VI-3: {evidence}");
+
+    // Bad: the same application in Audit mode, nothing injected, plaintext.
+    let bad = web_namespace("webbad").await;
+    let bad_operator = {
+        let mut options = RunningOperator::options(&bad, false);
+        options.probes = Some(iotposture::controller::probing::ProbeOptions {
+            interval: Duration::from_secs(2),
+            resolve: Default::default(),
+            settings: Default::default(),
+            http: Default::default(),
+        });
+        RunningOperator::start_as(&bad, bad.client.clone(), options).await
+    };
+    Api::<IoTSystem>::namespaced(bad.client.clone(), &bad.name)
+        .create(
+            &PostParams::default(),
+            &web_system("bare", "Audit", "{name: https, port: 8443, http: true}"),
+        )
+        .await
+        .unwrap();
+    // Its own port, in plaintext, for anyone.
+    let mut bare_app = dashboard("0.0.0.0");
+    bare_app["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "IOTPOSTURE_BACKEND_PORT_HTTPS", "value": "8443"}));
+    bad.apply_manifest(&bare_app.to_string()).await;
+    let (ok, _, err) = bad
+        .kubectl(
+            &[
+                "rollout",
+                "status",
+                "deployment/dashboard",
+                "--timeout=120s",
+            ],
+            "",
+        )
+        .await;
+    assert!(ok, "the bare dashboard never ran: {err}");
+    let bare = wait_until("the probe's verdicts on the bare dashboard", || async {
+        let s = Api::<IoTSystem>::namespaced(bad.client.clone(), &bad.name)
+            .get("bare")
+            .await
+            .ok()?;
+        let v = verdicts(&s, &["I-1", "II-1", "III-2", "III-3", "III-8"]);
+        v.iter()
+            .all(|(_, v, _)| *v != Verdict::Unknown)
+            .then_some(v)
+    })
+    .await;
+    for (id, verdict, evidence) in bare {
+        assert_eq!(verdict, Verdict::Fail, "bare {id}: {evidence}");
+    }
+
+    bad_operator.stop().await;
+    operator.stop().await;
+    bad.delete().await;
+    good.delete().await;
 }

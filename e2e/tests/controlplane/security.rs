@@ -457,16 +457,16 @@ async fn what_the_schema_cannot_check_is_refused_at_admission() {
             json!({"component": "ghost"}),
             "flow 0 names component \"ghost\"",
         ),
-        ("number", json!(7), "flow 0: from must be a component name"),
+        ("number", json!(7), "flow 0: from must be one of a component name"),
         (
             "extra",
             json!({"component": "sensor", "pod": "x"}),
-            "flow 0: from must be a component name",
+            "flow 0: from must be one of a component name",
         ),
         (
             "both",
             json!({"component": "sensor", "ingress": true}),
-            "flow 0: from must be a component name",
+            "flow 0: from must be one of a component name",
         ),
     ] {
         let message = refusal(

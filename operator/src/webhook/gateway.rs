@@ -7,9 +7,9 @@
 use k8s_openapi::{
     api::core::v1::{
         ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, Pod, Probe,
-        SecretVolumeSource, TCPSocketAction, Volume, VolumeMount,
+        ResourceRequirements, SecretVolumeSource, TCPSocketAction, Volume, VolumeMount,
     },
-    apimachinery::pkg::util::intstr::IntOrString,
+    apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
 
 use crate::{
@@ -23,6 +23,25 @@ pub const EXPORTER_CONTAINER: &str = "iotposture-gateway-exporter";
 /// The exporter's metrics port; closed by the NetworkPolicies unless the
 /// component declares it and a flow opens it to the cluster's Prometheus.
 pub const EXPORTER_PORT: i32 = 9145;
+
+/// What the injected containers ask for, and may use: one nginx worker with
+/// the CRS takes about 50 MiB; the exporter a few.
+fn resources(request: (&str, &str), limit: (&str, &str)) -> ResourceRequirements {
+    let pair = |(cpu, memory): (&str, &str)| {
+        Some(
+            [
+                ("cpu".to_string(), Quantity(cpu.into())),
+                ("memory".to_string(), Quantity(memory.into())),
+            ]
+            .into(),
+        )
+    };
+    ResourceRequirements {
+        requests: pair(request),
+        limits: pair(limit),
+        ..ResourceRequirements::default()
+    }
+}
 const CONFIG_VOLUME: &str = "iotposture-gateway-config";
 const STATE_VOLUME: &str = "iotposture-gateway-state";
 const TLS_VOLUME_PREFIX: &str = "iotposture-tls-";
@@ -149,6 +168,7 @@ pub fn inject_gateway(
             }),
             ..Probe::default()
         }),
+        resources: Some(resources(("20m", "48Mi"), ("500m", "256Mi"))),
         volume_mounts: Some(mounts),
         ..Container::default()
     });
@@ -174,6 +194,7 @@ pub fn inject_gateway(
             read_only: Some(true),
             ..VolumeMount::default()
         }]),
+        resources: Some(resources(("5m", "16Mi"), ("100m", "64Mi"))),
         ..Container::default()
     });
     true

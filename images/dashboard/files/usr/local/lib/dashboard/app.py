@@ -1,7 +1,8 @@
 """The example's web dashboard: a login page with sessions, behind the WAF
 gateway the operator injects. It listens on loopback, on the backend port
 the gateway proxies to (IOTPOSTURE_BACKEND_PORT_HTTPS), and speaks plain
-HTTP; the gateway terminates TLS.
+HTTP; the gateway terminates TLS. The password comes from a file
+(DASHBOARD_PASSWORD_FILE, a mounted Secret), never from the environment.
 
 GET /login gives an anonymous session; POST /login with the right username
 and password gives a new one (never the old: no session fixation) and
@@ -16,8 +17,20 @@ import secrets
 import urllib.parse
 
 PORT = int(os.environ.get("IOTPOSTURE_BACKEND_PORT_HTTPS", "18443"))
+# Loopback behind the gateway; 0.0.0.0 only to show what a bare one looks like.
+LISTEN = os.environ.get("DASHBOARD_LISTEN", "127.0.0.1")
 USER = os.environ.get("DASHBOARD_USER", "operator")
-PASSWORD = os.environ.get("DASHBOARD_PASSWORD", "")
+
+
+def read_password():
+    path = os.environ.get("DASHBOARD_PASSWORD_FILE", "")
+    if not path:
+        return ""
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
+
+
+PASSWORD = read_password()
 LINE = os.environ.get("DASHBOARD_LINE", "line-1")
 
 # session id -> user name, or "" for a session that has not logged in
@@ -100,5 +113,5 @@ class Dashboard(http.server.BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     if not PASSWORD:
-        raise SystemExit("DASHBOARD_PASSWORD is not set")
-    http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Dashboard).serve_forever()
+        raise SystemExit("no password: set DASHBOARD_PASSWORD_FILE to a mounted Secret's file")
+    http.server.ThreadingHTTPServer((LISTEN, PORT), Dashboard).serve_forever()
