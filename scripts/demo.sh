@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# make demo / make demo-down. `up` builds what is missing, starts a local control
-# plane and the operator (both left running, logs in target/demo/), applies
-# manifests/examples/ and shows what the operator made. Running it again while
-# the demo is up reuses the plane and the operator.
+# make demo / make demo-down. `up` builds what is missing, starts a local
+# control plane with its node, cert-manager's controller and the operator
+# (all left running, logs in target/demo/), runs manifests/examples/ for real
+# and shows what the operator made and what it found. Running it again while
+# the demo is up reuses what runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prerequisites.sh
@@ -10,16 +11,25 @@ source scripts/prerequisites.sh
 dir=target/demo
 bins=target/testplane/bin
 kubectl="$bins/kubectl --kubeconfig $dir/kubeconfig"
-operator_pid="$dir/operator.pid"
 http_addr="${IOTPOSTURE_DEMO_HTTP_ADDR:-127.0.0.1:18080}"
 webhook_addr="${IOTPOSTURE_DEMO_WEBHOOK_ADDR:-127.0.0.1:18443}"
+version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 testplane() { cargo run -q -p iotposture-e2e --bin testplane -- --dir "$dir" --bin-dir "$bins" "$@"; }
-operator_running() { [[ -f "$operator_pid" ]] && kill -0 "$(cat "$operator_pid")" 2>/dev/null; }
+running() { [[ -f "$dir/$1.pid" ]] && kill -0 "$(cat "$dir/$1.pid")" 2>/dev/null; }
+stop() { if running "$1"; then kill "$(cat "$dir/$1.pid")"; echo "$1 stopped"; fi; rm -f "$dir/$1.pid"; }
+start() { # name, command...
+  local name="$1"
+  shift
+  if running "$name"; then echo "$name already running (pid $(cat "$dir/$name.pid"))"; return; fi
+  KUBECONFIG="$dir/kubeconfig" nohup "$@" >"$dir/$name.log" 2>&1 </dev/null &
+  echo $! >"$dir/$name.pid"
+  echo "$name started (pid $!), log: $dir/$name.log"
+}
 
 case "${1:-up}" in
 down)
-  if operator_running; then kill "$(cat "$operator_pid")"; echo "operator stopped"; fi
-  rm -f "$operator_pid"
+  stop operator
+  stop cert-manager
   testplane down
   echo "demo stopped"
   exit 0
@@ -28,77 +38,136 @@ up) ;;
 *) echo "usage: $0 up|down" >&2; exit 2 ;;
 esac
 
-echo "==> building (first run: several minutes for the control plane, then cached)"
+echo "==> Debian packages (scripts/packages.sh)"
+source scripts/packages.sh
+echo "==> building (the first run takes 15 to 20 minutes; later runs reuse it all)"
 bash e2e/controlplane/build.sh "$bins"
+bash e2e/node/build.sh target/node/bin
 bash e2e/thirdparty/fetch-crds.sh
 cargo build -q -p iotposture -p iotposture-e2e
+bash images/build.sh target/images
 
-echo "==> control plane"
+echo "==> control plane and node"
 mkdir -p "$dir"
 testplane up
 
-echo "==> CRDs and examples"
-$kubectl apply --server-side -f crds/ -f target/thirdparty/crds/
-$kubectl wait --for=condition=Established crd/iotsystems.iotposture.dev crd/policyreports.wgpolicyk8s.io --timeout=60s >/dev/null
-$kubectl apply --server-side -f manifests/examples/
-
-echo "==> operator"
-if operator_running; then
-  echo "already running (pid $(cat "$operator_pid"))"
-else
-  KUBECONFIG="$dir/kubeconfig" nohup target/debug/iotposture run --http-addr "$http_addr" \
-    --webhook-addr "$webhook_addr" --webhook-url "https://$webhook_addr" \
-    >"$dir/operator.log" 2>&1 </dev/null &
-  echo $! >"$operator_pid"
-  echo "started (pid $!), log: $dir/operator.log"
+echo "==> CRDs, and cert-manager's controller with a CA to issue from"
+$kubectl apply --server-side -f crds/ -f target/thirdparty/crds/ >/dev/null
+$kubectl wait --for=condition=Established crd/iotsystems.iotposture.dev crd/policyreports.wgpolicyk8s.io \
+  crd/certificates.cert-manager.io --timeout=60s >/dev/null
+start cert-manager target/node/bin/cert-manager-controller --kubeconfig "$dir/kubeconfig"
+if [[ ! -f "$dir/factory-ca.crt" ]]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \
+    -subj "/CN=factory-ca" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -keyout "$dir/factory-ca.key" -out "$dir/factory-ca.crt" 2>/dev/null
 fi
+$kubectl create namespace cert-manager --dry-run=client -o yaml | $kubectl apply -f - >/dev/null
+$kubectl -n cert-manager create secret tls factory-ca --cert="$dir/factory-ca.crt" \
+  --key="$dir/factory-ca.key" --dry-run=client -o yaml | $kubectl apply -f - >/dev/null
+$kubectl apply -f - >/dev/null <<'EOF'
+apiVersion: cert-manager.io/v1
+kind: ClusterIssuer
+metadata: {name: factory-ca}
+spec: {ca: {secretName: factory-ca}}
+EOF
 
-echo "==> waiting for the example system to be Ready and judged"
-if ! $kubectl wait -n smart-factory iotsystem/line-1 --for=condition=Ready --timeout=90s >/dev/null; then
-  echo "line-1 did not become Ready; operator log:" >&2
-  tail -20 "$dir/operator.log" >&2
+echo "==> operator (admission webhooks, the gateway image built here, probes every 10 s)"
+start operator target/debug/iotposture run --http-addr "$http_addr" \
+  --webhook-addr "$webhook_addr" --webhook-url "https://$webhook_addr" \
+  --gateway-image "iotposture.local/gateway:$version" --exporter-image "iotposture.local/operator:$version" \
+  --probe-interval-seconds 10
+for _ in $(seq 1 60); do
+  curl -sf "http://$http_addr/readyz" >/dev/null && break
+  sleep 1
+done
+
+echo "==> the example: manifests/examples/smart-factory.yaml"
+$kubectl create namespace smart-factory --dry-run=client -o yaml | $kubectl apply -f - >/dev/null
+$kubectl -n smart-factory create configmap factory-ca --from-file=ca.crt="$dir/factory-ca.crt" \
+  --dry-run=client -o yaml | $kubectl apply -f - >/dev/null
+for account in dashboard analytics; do
+  if ! $kubectl -n smart-factory get secret "$account-account" >/dev/null 2>&1; then
+    $kubectl -n smart-factory create secret generic "$account-account" --from-literal=username=operator \
+      --from-literal=password="$(openssl rand -hex 16)" >/dev/null
+  fi
+done
+# The probe may log in with these test accounts (III-4).
+for account in dashboard analytics; do
+  $kubectl -n smart-factory label secret "$account-account" iotposture.dev/probe-credentials=true --overwrite >/dev/null
+done
+# The system first, so that its namespace is selected for admission before
+# the workloads' pods are created; then everything.
+$kubectl apply -f <(awk 'BEGIN{RS="\n---\n"} /kind: IoTSystem/ {print}' manifests/examples/smart-factory.yaml) >/dev/null
+$kubectl wait -n smart-factory iotsystem/line-1 --for=condition=Ready --timeout=120s >/dev/null
+$kubectl apply -f manifests/examples/ >/dev/null
+echo "waiting for the pods (cert-manager issues the certificates they mount)…"
+if ! $kubectl -n smart-factory wait deployment --all --for=condition=Available --timeout=240s >/dev/null; then
+  $kubectl -n smart-factory get pods
+  echo "the example did not come up; logs in $dir/" >&2
   exit 1
 fi
 
-# Pods appear once the operator has made their ServiceAccounts; wait until the
-# checklist has seen them (I-5 needs pods to be decided).
-for _ in $(seq 1 60); do
-  verdict="$($kubectl get iotsystem line-1 -n smart-factory -o jsonpath='{.status.items[?(@.id=="I-5")].verdict}')"
-  [[ -n "$verdict" && "$verdict" != "Unknown" ]] && break
-  sleep 1
+echo "waiting for the probes to decide the web and TLS items…"
+probed='I-1 II-1 III-2 III-3 III-4 III-8 III-9 VI-2 VI-3'
+for _ in $(seq 1 90); do
+  undecided=""
+  for id in $probed; do
+    v="$($kubectl get iotsystem line-1 -n smart-factory -o jsonpath="{.status.items[?(@.id==\"$id\")].verdict}")"
+    [[ -z "$v" || "$v" == Unknown ]] && undecided+=" $id"
+  done
+  [[ -z "$undecided" ]] && break
+  sleep 2
 done
 
 echo
 $kubectl get iotsystems -A -o wide
 echo
-echo "==> objects the operator keeps for smart-factory/line-1"
-$kubectl get serviceaccounts,roles,rolebindings,networkpolicies -n smart-factory -l iotposture.dev/system=line-1
-echo
-echo "==> status"
-$kubectl get iotsystem line-1 -n smart-factory -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
+$kubectl -n smart-factory get pods -o wide
 echo
 echo "==> checklist (kubectl get iotsystem line-1 -n smart-factory -o yaml shows the evidence)"
 $kubectl get iotsystem line-1 -n smart-factory -o jsonpath='{range .status.items[*]}{.id}{"\t"}{.verdict}{"\t"}{.evidence}{"\n"}{end}' | cut -c1-150
+[[ -n "$undecided" ]] && echo "(still undecided by the probes:$undecided)"
+
 echo
-echo "==> PolicyReport"
-$kubectl get policyreports -n smart-factory
-echo
-echo "==> events"
-$kubectl get events -n smart-factory --field-selector involvedObject.kind=IoTSystem
+echo "==> the gateway in front of the dashboard, tried from a toolbox pod"
+$kubectl -n smart-factory apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: toolbox, labels: {app: toolbox}}
+spec:
+  terminationGracePeriodSeconds: 0
+  securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
+  containers:
+    - name: toolbox
+      image: iotposture.local/toolbox:$version
+      securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+      resources: {requests: {cpu: 5m, memory: 16Mi}, limits: {cpu: 100m, memory: 64Mi}}
+EOF
+$kubectl -n smart-factory wait pod/toolbox --for=condition=Ready --timeout=60s >/dev/null
+url=https://dashboard.smart-factory.svc:8443
+code() { $kubectl -n smart-factory exec toolbox -- curl -sk -o /dev/null -w '%{http_code}' "$@"; }
+echo "GET /login                                  → $(code "$url/login")"
+echo "SQL injection in a query                    → $(code "$url/?id=1%27%20OR%20%271%27%3D%271") (403: ModSecurity + CRS)"
+echo "a session id in the URL                     → $(code "$url/?sessionid=stolen") (400)"
+echo "Set-Cookie as the browser sees it           → $($kubectl -n smart-factory exec toolbox -- curl -sk -D - -o /dev/null "$url/login" | grep -i '^set-cookie' | tr -d '\r')"
+printf 'six wrong passwords                         →'
+for _ in 1 2 3 4 5 6; do
+  printf ' %s' "$(code -X POST -d 'username=operator&password=wrong' "$url/login")"
+done
+echo " (401 until the lockout: 429)"
+
 cat <<MSG
 
-The control plane and the operator keep running. Look around with:
+Everything keeps running. Look around with:
   export KUBECONFIG=$PWD/$dir/kubeconfig
   $bins/kubectl get iots -A
   $bins/kubectl describe iotsystem line-1 -n smart-factory
-  $bins/kubectl get networkpolicy line-1-dashboard-allow -n smart-factory -o yaml
-  curl -s http://$http_addr/metrics
+  $bins/kubectl get policyreport -n smart-factory -o yaml
+  $bins/kubectl get networkpolicy -n smart-factory
+  $bins/kubectl -n smart-factory exec toolbox -- curl -sk https://dashboard.smart-factory.svc:8443/login
+  curl -s http://$http_addr/metrics | grep iotposture_checklist
 Try a pod the checklist forbids (the admission webhook refuses it, naming the item):
-  $bins/kubectl run ssh-gw -n smart-factory --image=registry.example.com/factory/mqtt-broker:latest --labels=app=mqtt-gateway --port=22
-Or a bare one, which the webhook hardens (see its securityContext and the iotposture.dev/hardened annotation):
-  $bins/kubectl run gw-2 -n smart-factory --image=registry.example.com/factory/mqtt-broker:2.0.18 --labels=app=mqtt-gateway --port=8883
-  $bins/kubectl get pod gw-2 -n smart-factory -o yaml
-Try a bad spec (the API server refuses it):
-  $bins/kubectl apply -f - <<<'{"apiVersion":"iotposture.dev/v1alpha1","kind":"IoTSystem","metadata":{"name":"bad","namespace":"smart-factory"},"spec":{"components":[{"name":"x","role":"Toaster","selector":{"matchLabels":{"app":"x"}}}]}}'
+  $bins/kubectl run ssh-gw -n smart-factory --image=iotposture.local/mosquitto:$version --labels=app=mqtt-gateway --port=22
 Stop everything with: make demo-down
 MSG

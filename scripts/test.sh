@@ -6,26 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prerequisites.sh
 
-echo "==> Debian packages the tests run for real: prometheus (metrics), openssl (TLS peers),"
-echo "    nginx with ModSecurity v3 and the OWASP Core Rule Set (the WAF gateway), and the"
-echo "    node's containerd, runc, CNI plugins, iptables/ipset/nftables; mmdebstrap for images"
-packages=(prometheus openssl nginx libnginx-mod-http-modsecurity modsecurity-crs
-  containerd runc containernetworking-plugins iptables ipset nftables conntrack iproute2 mmdebstrap)
-missing=no
-for tool in prometheus promtool openssl nginx containerd runc ipset nft iptables conntrack mmdebstrap; do
-  command -v "$tool" >/dev/null 2>&1 || missing=yes
-done
-if [[ $missing == yes || ! -e /usr/lib/nginx/modules/ngx_http_modsecurity_module.so \
-  || ! -d /usr/share/modsecurity-crs/rules || ! -x /usr/lib/cni/bridge ]]; then
-  if [[ $(id -u) -ne 0 ]]; then
-    echo "error: install Debian's packages first: sudo apt-get install ${packages[*]}" >&2
-    exit 1
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
-fi
-# nginx is run by the tests, never as a service.
-export PATH="$PATH:/usr/sbin"
+echo "==> Debian packages the tests run for real (scripts/packages.sh)"
+source scripts/packages.sh
 
 echo "==> sslyze (PyPI), the third-party TLS scanner the probe is checked against"
 if ! python3 -c "import sslyze" >/dev/null 2>&1; then

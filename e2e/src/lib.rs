@@ -300,8 +300,17 @@ impl Drop for TestNamespace {
     /// on the node, its pods) with it, so later tests find the node free.
     fn drop(&mut self) {
         let _ = std::process::Command::new(workspace_root().join("target/testplane/bin/kubectl"))
-            .arg(format!("--kubeconfig={}", plane_dir().join("kubeconfig").display()))
-            .args(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"])
+            .arg(format!(
+                "--kubeconfig={}",
+                plane_dir().join("kubeconfig").display()
+            ))
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();

@@ -457,7 +457,11 @@ async fn what_the_schema_cannot_check_is_refused_at_admission() {
             json!({"component": "ghost"}),
             "flow 0 names component \"ghost\"",
         ),
-        ("number", json!(7), "flow 0: from must be one of a component name"),
+        (
+            "number",
+            json!(7),
+            "flow 0: from must be one of a component name",
+        ),
         (
             "extra",
             json!({"component": "sensor", "pod": "x"}),

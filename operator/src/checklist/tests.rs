@@ -158,7 +158,8 @@ fn one_bad_container_flips_least_privilege() {
 
 #[test]
 fn minimum_versions_are_enforced() {
-    let policy = "  images:\n    minimumVersions: [{image: registry.example.com/factory/mqtt-broker, version: 2.1.0}]\n";
+    let policy =
+        "  images:\n    minimumVersions: [{image: iotposture.local/mosquitto, version: 2.1.0}]\n";
     let r = judge(&GOOD.replace("  access:\n", &format!("{policy}  access:\n")));
     let i = item(&r, "II-3");
     assert_eq!(i.verdict, Verdict::Fail);

@@ -415,10 +415,16 @@ async fn probe_web_port(
         Some(p) => {
             finding.lockout = p.lockout;
             finding.fixation = p.fixation;
+            // Locked out by its own check, the probe gets 429 at the login
+            // page too: what it saw of the cookies before still stands.
+            if matches!(finding.cookies, http::Observation::Unknown(_)) {
+                finding.cookies = p.cookies;
+            }
         }
-        // Kept only once the lockout check got its answers: an endpoint not
-        // up yet is asked again next round.
-        None if login_checks && !matches!(finding.lockout, http::Observation::Unknown(_)) => {
+        // Kept only while the probe account is locked out, which is why the
+        // checks must wait: anything else (no answer yet, no lockout, a
+        // gateway still reloading its settings) is asked again next round.
+        None if login_checks && matches!(finding.lockout, http::Observation::Pass(_)) => {
             round.logins.remember(memo, finding.clone());
         }
         None => {}

@@ -16,7 +16,14 @@ import os
 import secrets
 import urllib.parse
 
-PORT = int(os.environ.get("IOTPOSTURE_BACKEND_PORT_HTTPS", "18443"))
+# The gateway tells each port's backend as IOTPOSTURE_BACKEND_PORT_<PORT NAME>.
+PORT = int(
+    os.environ.get("IOTPOSTURE_BACKEND_PORT_HTTPS")
+    or next(
+        (v for k, v in sorted(os.environ.items()) if k.startswith("IOTPOSTURE_BACKEND_PORT_")),
+        "18443",
+    )
+)
 # Loopback behind the gateway; 0.0.0.0 only to show what a bare one looks like.
 LISTEN = os.environ.get("DASHBOARD_LISTEN", "127.0.0.1")
 USER = os.environ.get("DASHBOARD_USER", "operator")
