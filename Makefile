@@ -5,7 +5,7 @@ CARGO ?= cargo
 PLANE_BIN := target/testplane/bin
 TESTPLANE := $(CARGO) run -q -p iotposture-e2e --bin testplane --
 
-.PHONY: all build test lint certmanager-types unit e2e crds crds-check testplane-bins testplane-up testplane-down demo demo-down clean-planes help
+.PHONY: all build test lint certmanager-types unit e2e crds crds-check testplane-bins images testplane-up testplane-down demo demo-down clean-planes help
 
 all: build
 
@@ -14,17 +14,25 @@ help:
 	@echo "make demo-down       stop the demo"
 	@echo "make test            lint, unit tests and tests against a real local control plane"
 	@echo "make crds            regenerate crds/ from the Rust types"
-	@echo "make testplane-up    start the test control plane (target/testplane/kubeconfig)"
+	@echo "make testplane-up    start the test cluster, with its node (target/testplane/kubeconfig)"
+	@echo "make images          build the container images into target/images"
 	@echo "make testplane-down  stop it"
 
 build:
 	$(CARGO) build --workspace
 
-# kube-apiserver, kube-controller-manager, etcd and kubectl from the Go module proxy (cached).
+# The control plane and the node's programs from the Go module proxy (cached).
 testplane-bins:
 	bash e2e/controlplane/build.sh $(PLANE_BIN)
+	bash e2e/node/build.sh target/node/bin
 
-testplane-up: testplane-bins
+# Container images from Debian packages and our binaries (cached; needs root).
+images:
+	$(CARGO) build -q -p iotposture
+	bash images/build.sh target/images
+
+testplane-up: testplane-bins images
+	bash e2e/thirdparty/fetch-crds.sh
 	$(TESTPLANE) --dir target/testplane --bin-dir $(PLANE_BIN) up
 
 testplane-down:
