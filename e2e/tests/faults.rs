@@ -204,7 +204,18 @@ async fn restart_mid_reconcile(plane: &Plane, process: &'static str) {
     ns.delete().await;
 }
 
-fn start_operator_process(plane: &Plane, ns: &str, http: std::net::SocketAddr) -> Child {
+/// The operator as a process of its own; killed when dropped, so a failing
+/// test leaves none behind.
+struct OperatorProcess(Child);
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_operator_process(plane: &Plane, ns: &str, http: std::net::SocketAddr) -> OperatorProcess {
     let bin = workspace_root().join("target/debug/iotposture");
     assert!(
         bin.exists(),
@@ -221,6 +232,7 @@ fn start_operator_process(plane: &Plane, ns: &str, http: std::net::SocketAddr) -
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(OperatorProcess)
         .expect("the operator starts")
 }
 
@@ -268,14 +280,14 @@ async fn operator_killed_mid_apply(plane: &Plane) {
         assert!(Instant::now() < deadline, "the operator wrote nothing");
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
     assert!(
         written_at_kill < names.len() * 16,
         "killed after it had finished ({written_at_kill} writes): not mid-apply"
     );
     let restarted = Instant::now();
-    let mut second = start_operator_process(plane, &ns.name, http);
+    let second = start_operator_process(plane, &ns.name, http);
     let converged = all_ready(&ns, &names, Duration::from_secs(180)).await;
     eprintln!(
         "figure: operator SIGKILLed after {written_at_kill} of {} child writes; 20 systems Ready {:.1?} after the restart",
@@ -297,8 +309,7 @@ async fn operator_killed_mid_apply(plane: &Plane) {
         "the restarted operator kept writing"
     );
     nothing_lost_or_duplicated(&audit, mark, &ns, 20, "SIGKILL").await;
-    second.kill().unwrap();
-    second.wait().unwrap();
+    drop(second);
     ns.delete().await;
 }
 
