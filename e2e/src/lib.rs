@@ -326,7 +326,7 @@ pub struct RunningOperator {
     pub webhook_addr: Option<std::net::SocketAddr>,
     client: Client,
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl RunningOperator {
@@ -371,6 +371,7 @@ impl RunningOperator {
                     gateway: iotposture::gateway::DEFAULT_GATEWAY_IMAGE.into(),
                     exporter: iotposture::gateway::DEFAULT_EXPORTER_IMAGE.into(),
                 },
+                shared_certificate: None,
                 registration: Registration {
                     instance: format!("iotposture-{}", ns.name),
                     endpoint: Endpoint::Url(format!("https://{listen}")),
@@ -378,6 +379,7 @@ impl RunningOperator {
                     own_namespace: None,
                     managed_namespace: Some(ns.name.clone()),
                     timeout_seconds: 5,
+                    owner: None,
                 },
             }
         });
@@ -387,6 +389,7 @@ impl RunningOperator {
             probes: None,
             trust_unreviewed_access: !webhooks,
             operator_peers: Default::default(),
+            leader_election: None,
         }
     }
 

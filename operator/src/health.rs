@@ -25,6 +25,8 @@ struct State {
     failing: BTreeSet<&'static str>,
     /// None: no webhook server in this process.
     webhooks: Option<WebhookState>,
+    /// Asked to stop: unready, so Services send new requests elsewhere.
+    terminating: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +70,10 @@ impl Health {
         self.state().failing.insert(kind);
     }
 
+    pub fn set_terminating(&self) {
+        self.state().terminating = true;
+    }
+
     pub fn set_webhooks(&self, webhooks: WebhookState) {
         self.state().webhooks = Some(webhooks);
     }
@@ -92,6 +98,9 @@ impl Health {
     pub fn problems(&self) -> Vec<String> {
         let state = self.state();
         let mut out = Vec::new();
+        if state.terminating {
+            out.push("shutting down".into());
+        }
         if !state.unlisted.is_empty() {
             out.push(format!(
                 "caches not filled yet: {}",
@@ -150,5 +159,8 @@ mod tests {
         health.set_webhooks(WebhookState::Down);
         assert_eq!(health.problems(), ["admission webhook server is down"]);
         assert!(health.caches_listed(), "listing happens once");
+        health.set_webhooks(WebhookState::Serving);
+        health.set_terminating();
+        assert_eq!(health.problems(), ["shutting down"]);
     }
 }

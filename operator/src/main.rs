@@ -58,6 +58,12 @@ enum Command {
         /// Labels of the Prometheus pods, as k=v[,k=v].
         #[arg(long, env = "IOTPOSTURE_SCRAPE_POD_LABELS", value_parser = parse_labels)]
         scrape_pod_labels: Option<std::collections::BTreeMap<String, String>>,
+        #[command(flatten)]
+        election: Box<ElectionArgs>,
+        /// After SIGTERM, stay up this long, unready, while Services stop
+        /// sending webhook requests here.
+        #[arg(long, env = "IOTPOSTURE_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
+        shutdown_delay_seconds: u64,
     },
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
@@ -91,6 +97,59 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:9145")]
         listen: SocketAddr,
     },
+}
+
+/// Several replicas: only the holder of a Lease writes.
+#[derive(clap::Args)]
+struct ElectionArgs {
+    /// Take part in leader election; needs --leader-election-namespace (or POD_NAMESPACE).
+    #[arg(long, env = "IOTPOSTURE_LEADER_ELECTION")]
+    leader_election: bool,
+    /// The Lease's name.
+    #[arg(
+        long,
+        env = "IOTPOSTURE_LEADER_ELECTION_LEASE",
+        default_value = "iotposture-leader"
+    )]
+    leader_election_lease: String,
+    /// The Lease's namespace (default: POD_NAMESPACE).
+    #[arg(long, env = "IOTPOSTURE_LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Seconds a leader that stopped renewing keeps the lease: how long a
+    /// killed leader's successor waits at most.
+    #[arg(long, env = "IOTPOSTURE_LEASE_DURATION_SECONDS", default_value_t = 10)]
+    lease_duration_seconds: u64,
+}
+
+impl ElectionArgs {
+    fn election(
+        self,
+        own_namespace: Option<&String>,
+    ) -> anyhow::Result<Option<iotposture::controller::leader::LeaderElection>> {
+        if !self.leader_election {
+            return Ok(None);
+        }
+        let namespace = self
+            .leader_election_namespace
+            .or_else(|| own_namespace.cloned())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--leader-election needs --leader-election-namespace or POD_NAMESPACE"
+                )
+            })?;
+        let identity = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| format!("iotposture-{}", std::process::id()));
+        let duration = self.lease_duration_seconds.max(3);
+        Ok(Some(iotposture::controller::leader::LeaderElection {
+            namespace,
+            lease: self.leader_election_lease,
+            identity,
+            duration: std::time::Duration::from_secs(duration),
+            // Renew with a third of the lease left: two tries before it lapses.
+            grace: std::time::Duration::from_secs(duration / 3),
+        }))
+    }
 }
 
 /// Admission webhooks: off unless --webhook-addr is given.
@@ -131,11 +190,21 @@ struct WebhookArgs {
     /// Image of the gateway's log exporter (the operator's image).
     #[arg(long, env = "IOTPOSTURE_EXPORTER_IMAGE", default_value = iotposture::gateway::DEFAULT_EXPORTER_IMAGE)]
     exporter_image: String,
+    /// Serve the certificate kept in this Secret of the operator's namespace,
+    /// shared by every replica and renewed by the leader (default: each
+    /// process issues its own, which suits one replica only).
+    #[arg(long, env = "IOTPOSTURE_WEBHOOK_CERTIFICATE_SECRET")]
+    webhook_certificate_secret: Option<String>,
+    /// Make this ClusterRole the owner of the webhook configurations, so that
+    /// deleting it (uninstalling the chart) deletes them.
+    #[arg(long, env = "IOTPOSTURE_WEBHOOK_OWNER_CLUSTER_ROLE")]
+    webhook_owner_cluster_role: Option<String>,
 }
 
 impl WebhookArgs {
-    fn options(
+    async fn options(
         self,
+        client: &kube::Client,
         managed_namespace: Option<String>,
     ) -> anyhow::Result<Option<iotposture::webhook::Options>> {
         use iotposture::webhook::registration::{Endpoint, Registration};
@@ -175,7 +244,39 @@ impl WebhookArgs {
                 (Endpoint::Url(url), vec![host])
             }
         };
+        let shared_certificate = match self.webhook_certificate_secret {
+            None => None,
+            Some(name) => Some(iotposture::webhook::shared::SharedSecret {
+                namespace: self.own_namespace.clone().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--webhook-certificate-secret needs POD_NAMESPACE (--own-namespace)"
+                    )
+                })?,
+                name,
+            }),
+        };
+        let owner = match self.webhook_owner_cluster_role {
+            None => None,
+            Some(name) => {
+                use k8s_openapi::api::rbac::v1::ClusterRole;
+                let role = kube::Api::<ClusterRole>::all(client.clone())
+                    .get(&name)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--webhook-owner-cluster-role {name}: {e}"))?;
+                Some(
+                    kube::Resource::controller_owner_ref(&role, &())
+                        .ok_or_else(|| anyhow::anyhow!("ClusterRole {name} has no uid"))?,
+                )
+            }
+        };
+        // An owner that blocks deletion would need the finalizers permission on it.
+        let owner = owner.map(|mut o| {
+            o.controller = None;
+            o.block_owner_deletion = None;
+            o
+        });
         Ok(Some(iotposture::webhook::Options {
+            shared_certificate,
             listen,
             hosts,
             images: iotposture::webhook::gateway::Images {
@@ -189,6 +290,7 @@ impl WebhookArgs {
                 own_namespace: self.own_namespace,
                 managed_namespace,
                 timeout_seconds: 5,
+                owner,
             },
         }))
     }
@@ -337,6 +439,8 @@ async fn main() -> anyhow::Result<()> {
             probe_pod_labels,
             scrape_namespace,
             scrape_pod_labels,
+            election,
+            shutdown_delay_seconds,
         } => {
             iotposture::telemetry::init(log_json);
             let mut resolve = std::collections::HashMap::new();
@@ -354,8 +458,11 @@ async fn main() -> anyhow::Result<()> {
                     http: iotposture::probe::http::Settings::default(),
                 }
             });
+            let client = kube::Client::try_default().await?;
+            let leader_election = election.election(webhook.own_namespace.as_ref())?;
             let options = iotposture::controller::Options {
-                admission: webhook.options(namespace.clone())?,
+                leader_election,
+                admission: webhook.options(&client, namespace.clone()).await?,
                 namespace,
                 probes,
                 trust_unreviewed_access,
@@ -364,8 +471,8 @@ async fn main() -> anyhow::Result<()> {
                     scrapes: peers(scrape_namespace, scrape_pod_labels),
                 },
             };
-            let client = kube::Client::try_default().await?;
-            iotposture::controller::run_with_http(client, options, http_addr).await?;
+            let delay = std::time::Duration::from_secs(shutdown_delay_seconds);
+            iotposture::controller::run_with_http(client, options, http_addr, delay).await?;
         }
     }
     Ok(())

@@ -14,6 +14,7 @@ pub mod access;
 pub mod apply;
 pub mod backoff;
 pub mod cache;
+pub mod leader;
 pub mod probing;
 pub mod status;
 pub mod validate;

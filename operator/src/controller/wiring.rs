@@ -37,13 +37,18 @@ pub struct Options {
     /// The operator's own pods (its probes) and Prometheus' (the gateway
     /// exporters' scrapes), let in by the NetworkPolicies it writes.
     pub operator_peers: super::validate::OperatorPeers,
+    /// With several replicas: the Lease that picks the one that writes.
+    pub leader_election: Option<super::leader::LeaderElection>,
 }
 
-/// Runs the controller with the HTTP endpoints until SIGINT/SIGTERM.
+/// Runs the controller with the HTTP endpoints until SIGINT/SIGTERM. After
+/// the signal it stays up, unready, for `shutdown_delay`, so the Services in
+/// front of its webhooks stop sending it requests before it stops answering.
 pub async fn run_with_http(
     client: Client,
     options: Options,
     http_addr: SocketAddr,
+    shutdown_delay: Duration,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
@@ -54,9 +59,18 @@ pub async fn run_with_http(
         metrics.clone(),
         health.clone(),
     ));
-    run(client, options, metrics, health, shutdown_signal()).await;
+    let stopping = {
+        let health = health.clone();
+        async move {
+            shutdown_signal().await;
+            health.set_terminating();
+            info!(delay = ?shutdown_delay, "stopping; unready meanwhile");
+            tokio::time::sleep(shutdown_delay).await;
+        }
+    };
+    let result = run(client, options, metrics, health, stopping).await;
     http.abort();
-    Ok(())
+    result
 }
 
 async fn shutdown_signal() {
@@ -76,7 +90,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) {
+) -> anyhow::Result<()> {
     let probe_results = options
         .probes
         .as_ref()
@@ -101,18 +115,27 @@ pub async fn run(
     )
     .await;
 
+    let mut leadership =
+        super::leader::Leadership::start(client.clone(), options.leader_election.clone()).await?;
+
     // The serving certificate and the registrar exist before anything is
-    // served, so reconciles and the webhook task publish the same CA.
+    // served, so reconciles and the webhook task publish the same CA. A
+    // shared certificate comes from its Secret, later.
     let admission = options.admission.clone().and_then(|admission| {
-        match crate::webhook::certs::ServingCert::issue(
-            &admission.hosts,
-            std::time::SystemTime::now(),
-        ) {
+        let cert = match admission.shared_certificate {
+            Some(_) => Ok(None),
+            None => crate::webhook::certs::ServingCert::issue(
+                &admission.hosts,
+                std::time::SystemTime::now(),
+            )
+            .map(Some),
+        };
+        match cert {
             Ok(cert) => {
                 let registrar = Arc::new(crate::webhook::Registrar::new(
                     client.clone(),
                     admission.registration.clone(),
-                    &cert.ca_pem,
+                    cert.as_ref().map(|c| c.ca_pem.as_str()).unwrap_or_default(),
                 ));
                 Some((admission, cert, registrar))
             }
@@ -135,6 +158,7 @@ pub async fn run(
         };
         let health = health.clone();
         let systems_changed = caches.systems_changed.clone();
+        let leading = leadership.receiver();
         tokio::spawn(async move {
             let run = crate::webhook::run(
                 registrar,
@@ -142,6 +166,7 @@ pub async fn run(
                 admission,
                 state,
                 systems_changed,
+                leading,
                 health.clone(),
             );
             if let Err(e) = run.await {
@@ -153,12 +178,31 @@ pub async fn run(
 
     let shutdown = shutdown.boxed().shared();
     tokio::select! {
-        _ = health.wait_listed() => info!("caches filled; reconciling"),
+        _ = async {
+            health.wait_listed().await;
+            info!("caches filled");
+            leadership.acquired().await;
+        } => info!("reconciling"),
         _ = shutdown.clone() => {
             if let Some(w) = webhooks { w.abort(); }
-            return;
+            leadership.release().await;
+            return Ok(());
         }
     }
+    // Losing the lease stops the reconciles as a signal would, then fails.
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shutdown = {
+        let leading = leadership.receiver();
+        let lost = lost.clone();
+        let leadership_lost = async move {
+            super::leader::Leadership::lost(leading).await;
+            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+        };
+        futures::future::select(shutdown, leadership_lost.boxed())
+            .map(|_| ())
+            .boxed()
+            .shared()
+    };
 
     // Probes run beside the reconciles and wake a system when its findings change.
     let (probe_tx, probe_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -228,6 +272,11 @@ pub async fn run(
     if let Some(p) = probe_task {
         p.abort();
     }
+    if lost.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!("lost the leader lease");
+    }
+    leadership.release().await;
+    Ok(())
 }
 
 fn tokio_stream_of<T: Send + 'static>(

@@ -1,6 +1,8 @@
 //! The webhooks' serving certificate: the operator is its own small CA, issues
 //! a short-lived certificate for the names the API server dials, renews it
 //! well before expiry, and publishes the CA in the webhook configurations.
+//! With several replicas the certificate lives in a Secret (`shared`), so
+//! every replica serves the one the configurations trust.
 
 use std::time::{Duration, SystemTime};
 
@@ -20,10 +22,15 @@ pub enum CertError {
     Issue(#[from] rcgen::Error),
     #[error("the webhook TLS configuration is invalid: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("the stored webhook certificate is unreadable: {0}")]
+    Stored(String),
 }
 
 pub struct ServingCert {
     pub ca_pem: String,
+    /// The leaf then the CA, PEM: what a Secret stores as `tls.crt`.
+    pub chain_pem: String,
+    pub key_pem: String,
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
     pub not_after: SystemTime,
@@ -66,11 +73,70 @@ impl ServingCert {
         let key = KeyPair::generate()?;
         let cert = leaf.signed_by(&key, &issuer)?;
         Ok(Self {
+            chain_pem: format!("{}{}", cert.pem(), ca_pem),
+            key_pem: key.serialize_pem(),
             ca_pem,
             chain: vec![cert.der().clone(), ca_cert.der().clone()],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
             not_after,
         })
+    }
+
+    /// A certificate as stored: the CA, the chain (leaf first) and the key, PEM.
+    pub fn from_pem(ca_pem: &str, chain_pem: &str, key_pem: &str) -> Result<Self, CertError> {
+        use rustls::pki_types::pem::PemObject;
+        let bad = |what: &str, e: rustls::pki_types::pem::Error| {
+            CertError::Stored(format!("{what}: {e}"))
+        };
+        let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("tls.crt", e))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| CertError::Stored("tls.crt holds no certificate".into()))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad("tls.key", e))?;
+        CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+            .next()
+            .ok_or_else(|| CertError::Stored("ca.crt holds no certificate".into()))?
+            .map_err(|e| bad("ca.crt", e))?;
+        Ok(Self {
+            not_after: not_after(leaf)?,
+            ca_pem: ca_pem.to_string(),
+            chain_pem: chain_pem.to_string(),
+            key_pem: key_pem.to_string(),
+            chain,
+            key,
+        })
+    }
+
+    /// The DNS names and addresses the leaf is valid for.
+    pub fn hosts(&self) -> Result<Vec<String>, CertError> {
+        use x509_parser::prelude::*;
+        let der = self
+            .chain
+            .first()
+            .ok_or_else(|| CertError::Stored("no leaf".into()))?;
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| CertError::Stored(format!("tls.crt: {e}")))?;
+        let mut hosts = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(d) => hosts.push(d.to_string()),
+                    GeneralName::IPAddress(b) => {
+                        let ip = match b.len() {
+                            4 => <[u8; 4]>::try_from(*b).map(std::net::IpAddr::from).ok(),
+                            16 => <[u8; 16]>::try_from(*b).map(std::net::IpAddr::from).ok(),
+                            _ => None,
+                        };
+                        hosts.extend(ip.map(|ip| ip.to_string()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(hosts)
     }
 
     pub fn needs_renewal(&self, now: SystemTime) -> bool {
@@ -88,6 +154,35 @@ impl ServingCert {
     }
 }
 
+/// When a DER certificate stops being valid.
+pub fn not_after(der: &[u8]) -> Result<SystemTime, CertError> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| CertError::Stored(format!("certificate: {e}")))?;
+    let secs = cert.validity().not_after.timestamp();
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
+}
+
+/// A TLS configuration that refuses every handshake: what a replica serves
+/// before the shared certificate has reached it.
+pub fn no_certificate_yet() -> Result<rustls::ServerConfig, CertError> {
+    #[derive(Debug)]
+    struct NoCert;
+    impl rustls::server::ResolvesServerCert for NoCert {
+        fn resolve(
+            &self,
+            _: rustls::server::ClientHello<'_>,
+        ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+            None
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(std::sync::Arc::new(NoCert)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +198,25 @@ mod tests {
         assert!(!cert.needs_renewal(now));
         assert!(!cert.needs_renewal(now + Duration::from_secs(59 * 24 * 3600)));
         assert!(cert.needs_renewal(now + Duration::from_secs(61 * 24 * 3600)));
+    }
+
+    #[test]
+    fn a_stored_certificate_reads_back_as_issued() {
+        let now = SystemTime::now();
+        let hosts = vec!["10.0.0.1".to_string(), "iotposture.ops.svc".to_string()];
+        let cert = ServingCert::issue(&hosts, now).unwrap();
+        let back = ServingCert::from_pem(&cert.ca_pem, &cert.chain_pem, &cert.key_pem).unwrap();
+        assert_eq!(back.chain, cert.chain);
+        assert_eq!(back.hosts().unwrap(), hosts);
+        let drift = |a: SystemTime, b: SystemTime| {
+            a.duration_since(b)
+                .or_else(|_| b.duration_since(a))
+                .unwrap()
+        };
+        assert!(drift(back.not_after, cert.not_after) < Duration::from_secs(2));
+        assert!(back.server_config().is_ok());
+        assert!(ServingCert::from_pem("", &cert.chain_pem, &cert.key_pem).is_err());
+        assert!(ServingCert::from_pem(&cert.ca_pem, "junk", &cert.key_pem).is_err());
+        assert!(ServingCert::from_pem(&cert.ca_pem, &cert.chain_pem, "").is_err());
     }
 }

@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod harden;
 pub mod registration;
 pub mod review;
+pub mod shared;
 
 use std::{
     net::SocketAddr,
@@ -74,6 +75,9 @@ pub struct Options {
     pub hosts: Vec<String>,
     /// Images of the containers injected in front of web components.
     pub images: gateway::Images,
+    /// Serve the certificate this Secret holds (shared by every replica, kept
+    /// by the leader); None: issue one in this process.
+    pub shared_certificate: Option<shared::SharedSecret>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +90,10 @@ pub enum Error {
     Listen(#[source] std::io::Error),
     #[error("the webhook server stopped")]
     Stopped,
+    #[error("reading or writing the webhook certificate Secret failed: {0}")]
+    Secret(#[source] kube::Error),
+    #[error("no webhook serving certificate yet")]
+    NoCertificateYet,
 }
 
 #[derive(Clone)]
@@ -144,6 +152,10 @@ impl Registrar {
     ) -> Result<(), Error> {
         let mut published = self.published.lock().await;
         let ca_bundle = ca_bundle.unwrap_or_else(|| published.ca_bundle.clone());
+        // Never publish configurations nobody's certificate could satisfy.
+        if ca_bundle.is_empty() {
+            return Err(Error::NoCertificateYet);
+        }
         if published.filter.as_ref() == Some(&filter) && published.ca_bundle == ca_bundle {
             return Ok(());
         }
@@ -161,60 +173,129 @@ impl Registrar {
     }
 }
 
-/// Listens, registers the webhooks once every cache has listed (retrying
-/// until the API server takes them) and serves them until the task is
-/// dropped; renews the certificate before it expires, and narrows the match
-/// conditions when systems go. `health` follows the server.
+/// Listens, and serves the webhooks until the task is dropped. The leader
+/// (the only process when there is no election) also registers them once
+/// every cache has listed, retrying until the API server takes them; keeps
+/// the certificate renewed (in the shared Secret, when there is one); and
+/// narrows the match conditions when systems go. `health` follows the server.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     registrar: Arc<Registrar>,
-    mut cert: ServingCert,
+    cert: Option<ServingCert>,
     options: Options,
     state: WebhookState,
     systems_changed: tokio::sync::watch::Receiver<u64>,
+    mut leader: tokio::sync::watch::Receiver<bool>,
     health: Arc<Health>,
 ) -> Result<(), Error> {
-    let tls: TlsSlot = Arc::new(RwLock::new(Arc::new(cert.server_config()?)));
+    let first = match &cert {
+        Some(cert) => cert.server_config()?,
+        None => certs::no_certificate_yet()?,
+    };
+    let tls: TlsSlot = Arc::new(RwLock::new(Arc::new(first)));
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(Error::Listen)?;
     info!(addr = %options.listen, "serving admission webhooks");
     let mut ready = state.ready.clone();
     let systems = state.systems.clone();
+    let client = state.client.clone();
     let mut systems_changed = systems_changed;
     let mut server = AbortOnDrop(tokio::spawn(serve(listener, tls.clone(), state)));
-    // Registered only once the systems are known: the match conditions come
-    // from their selectors. An earlier registration stays meanwhile; its CA
-    // is not this process's, so calls fail and the failure policy decides.
+
+    // With a shared certificate every replica serves what the Secret holds,
+    // and is ready once it holds one and the caches are filled.
+    let (secret_changed_tx, mut secret_changed) = tokio::sync::watch::channel(0u64);
+    let shared = options.shared_certificate.clone().map(|secret| {
+        let api: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(client.clone(), &secret.namespace);
+        (api, secret)
+    });
+    let _follower = shared.clone().map(|(api, secret)| {
+        let (loaded_tx, mut loaded) = tokio::sync::watch::channel(false);
+        let follow = tokio::spawn(shared::follow(
+            api,
+            secret,
+            tls.clone(),
+            loaded_tx,
+            secret_changed_tx,
+        ));
+        let mut ready = ready.clone();
+        let health = health.clone();
+        let serving = tokio::spawn(async move {
+            if loaded.wait_for(|l| *l).await.is_ok() && ready.wait_for(|l| *l).await.is_ok() {
+                health.set_webhooks(Serving::Serving);
+            }
+        });
+        (AbortOnDrop(follow), AbortOnDrop(serving))
+    });
+
+    // Registered only once the systems are known (the match conditions come
+    // from their selectors) and by the leader only. An earlier registration
+    // stays meanwhile; with a certificate of its own this process fails
+    // those calls, so the failure policy decides.
     tokio::select! {
-        _ = ready.wait_for(|listed| *listed) => {},
+        _ = async {
+            let _ = ready.wait_for(|listed| *listed).await;
+            let _ = leader.wait_for(|leading| *leading).await;
+        } => {},
         _ = &mut server.0 => return Err(Error::Stopped),
     }
-    while let Err(e) = registrar.cover(&systems.state()).await {
+    let keep = || async {
+        let filter = ComponentFilter::of(&systems.state());
+        match &shared {
+            Some((api, secret)) => {
+                shared::ensure(api, secret, &options.hosts, &registrar, filter).await
+            }
+            None => registrar.publish(None, filter).await,
+        }
+    };
+    while let Err(e) = keep().await {
         warn!(error = %e, "registering the webhook configurations failed; retrying");
         tokio::select! {
             _ = tokio::time::sleep(REGISTER_RETRY) => {},
             _ = &mut server.0 => return Err(Error::Stopped),
         }
     }
-    health.set_webhooks(Serving::Serving);
+    if shared.is_none() {
+        health.set_webhooks(Serving::Serving);
+    }
+    let mut cert = cert;
     let mut renewal = tokio::time::interval(RENEWAL_CHECK);
     loop {
         tokio::select! {
             _ = renewal.tick() => {
-                if !cert.needs_renewal(SystemTime::now()) {
+                if shared.is_some() {
+                    if let Err(e) = keep().await {
+                        warn!(error = %e, "keeping the shared webhook certificate failed; retrying within the hour");
+                    }
+                    continue;
+                }
+                let Some(current) = cert.as_ref() else { continue };
+                if !current.needs_renewal(SystemTime::now()) {
                     continue;
                 }
                 let next = ServingCert::issue(&options.hosts, SystemTime::now())?;
                 // Trust both CAs while connections made with the old one finish.
-                let bundle = format!("{}{}", next.ca_pem, cert.ca_pem);
+                let bundle = format!("{}{}", next.ca_pem, current.ca_pem);
                 let filter = ComponentFilter::of(&systems.state());
                 if let Err(e) = registrar.publish(Some(bundle), filter).await {
                     warn!(error = %e, "could not publish the renewed webhook CA; keeping the current certificate");
                     continue;
                 }
                 *tls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next.server_config()?);
-                cert = next;
+                cert = Some(next);
                 info!("renewed the webhook serving certificate");
+            }
+            // Someone changed or deleted the shared Secret: put it right.
+            changed = secret_changed.changed(), if shared.is_some() => {
+                if changed.is_err() {
+                    return Err(Error::Stopped);
+                }
+                if let Err(e) = keep().await {
+                    warn!(error = %e, "keeping the shared webhook certificate failed; retrying on the next change");
+                    tokio::time::sleep(shared::RETRY).await;
+                }
             }
             changed = systems_changed.changed() => {
                 if changed.is_err() {

@@ -59,6 +59,11 @@ pub struct Registration {
     /// IoTSystem webhook then reviews that namespace only.
     pub managed_namespace: Option<String>,
     pub timeout_seconds: i32,
+    /// Set as the configurations' owner, so they go when it goes: with the
+    /// Helm chart, its ClusterRole, which an uninstall deletes. (The match
+    /// conditions follow live IoTSystems, so the operator writes these
+    /// configurations, not the chart.)
+    pub owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
 }
 
 /// Which pods can be components: for each selector of each system, one
@@ -195,6 +200,7 @@ impl Registration {
                 MANAGED_BY_LABEL.into(),
                 MANAGED_BY.into(),
             )])),
+            owner_references: self.owner.clone().map(|o| vec![o]),
             ..ObjectMeta::default()
         }
     }
@@ -320,6 +326,7 @@ mod tests {
             own_namespace: Some("iotposture-system".into()),
             managed_namespace: None,
             timeout_seconds: 5,
+            owner: None,
         };
         let m = r.mutating("CA", &ComponentFilter::default());
         let hook = &m.webhooks.as_ref().unwrap()[0];
