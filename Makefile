@@ -5,7 +5,7 @@ CARGO ?= cargo
 PLANE_BIN := target/testplane/bin
 TESTPLANE := $(CARGO) run -q -p iotposture-e2e --bin testplane --
 
-.PHONY: all build test lint certmanager-types unit e2e crds crds-check testplane-bins images testplane-up testplane-down demo demo-down clean-planes help
+.PHONY: all build test lint certmanager-types unit e2e crds crds-check install-yaml testplane-bins images testplane-up testplane-down demo demo-down e2e-kind clean-planes help
 
 all: build
 
@@ -13,7 +13,9 @@ help:
 	@echo "make demo            start a local control plane and the operator, apply the examples, show the result"
 	@echo "make demo-down       stop the demo"
 	@echo "make test            lint, unit tests and tests against a real local control plane"
-	@echo "make crds            regenerate crds/ from the Rust types"
+	@echo "make crds            regenerate crds/ from the Rust types (and the chart's copies)"
+	@echo "make install-yaml    render manifests/install.yaml from the chart"
+	@echo "make e2e-kind        on a host with Docker and kind: the e2e suite against the chart in kind"
 	@echo "make testplane-up    start the test cluster, with its node (target/testplane/kubeconfig)"
 	@echo "make images          build the container images into target/images"
 	@echo "make testplane-down  stop it"
@@ -24,6 +26,7 @@ build:
 # The control plane and the node's programs from the Go module proxy (cached).
 testplane-bins:
 	bash e2e/controlplane/build.sh $(PLANE_BIN)
+	bash e2e/tools/build.sh $(PLANE_BIN)
 	bash e2e/node/build.sh target/node/bin
 
 # Container images from Debian packages and our binaries (cached; needs root).
@@ -39,9 +42,18 @@ testplane-down:
 	$(TESTPLANE) --dir target/testplane --bin-dir $(PLANE_BIN) down
 
 # Through a temporary file, so a failed build never leaves an empty CRD behind.
+# The chart carries copies of the CRD and of the alert rules (tests check them).
 crds:
 	$(CARGO) run -q -p iotposture -- crd > crds/.iotsystem.yaml.new
 	mv crds/.iotsystem.yaml.new crds/iotsystem.yaml
+	cp crds/iotsystem.yaml charts/iotposture/crds/iotsystem.yaml
+	cp manifests/prometheus/iotposture.rules.yaml charts/iotposture/files/iotposture.rules.yaml
+
+# manifests/install.yaml: the chart rendered with its defaults (a test checks it is current).
+install-yaml:
+	bash e2e/tools/build.sh $(PLANE_BIN)
+	bash scripts/render-install.sh > manifests/.install.yaml.new
+	mv manifests/.install.yaml.new manifests/install.yaml
 
 # Rust types for cert-manager, by kopium from its CRDs (make test checks they are current).
 certmanager-types:

@@ -11,7 +11,7 @@
 # Called by the testplane command (`testplane up --node`); needs root. One
 # node per machine: the interfaces and tables it makes have fixed names.
 set -euo pipefail
-action="${1:?usage: node.sh up|down|status PLANE_DIR BIN_DIR}"
+action="${1:?usage: node.sh network|up|down|status|images PLANE_DIR BIN_DIR}"
 plane="$(mkdir -p "${2:?}" && cd "$2" && pwd)"
 bins="$(cd "${3:?}" && pwd)"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -157,6 +157,11 @@ state = "$dir/containerd/state"
 EOF
   start containerd containerd --config "$dir/containerd/config.toml"
   wait_for "containerd" 30 ctr --address "$sock" version
+  import_images
+}
+
+# The images images/build.sh made; a tag imported again points at the new image.
+import_images() {
   for tar in "$images"/*.oci.tar; do
     ctr --address "$sock" -n k8s.io images import --no-unpack "$tar" >/dev/null
   done
@@ -316,5 +321,7 @@ network)
 up) up ;;
 down) down ;;
 status) running kubelet ;;
-*) die "usage: node.sh up|down|status PLANE_DIR BIN_DIR" ;;
+# A running node takes images built since it started.
+images) import_images ;;
+*) die "usage: node.sh network|up|down|status|images PLANE_DIR BIN_DIR" ;;
 esac

@@ -46,11 +46,16 @@ struct Ports {
 }
 const SERVICE_API_IP: [u8; 4] = [10, 96, 0, 1];
 
-/// Audit only writes, so tests can count what a component wrote.
+/// Audit writes, so tests can count what a component wrote; and every
+/// request of the operator's ServiceAccounts (reads and Leases included), so
+/// a test can hold its ClusterRole against what it really uses. Other
+/// Lease traffic (node heartbeats) is left out.
 const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
 rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts:iotposture-e2e", "system:serviceaccounts:chart-ha", "system:serviceaccounts:chart-life"]
   - level: None
     resources:
       - group: coordination.k8s.io

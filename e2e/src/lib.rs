@@ -406,7 +406,7 @@ impl RunningOperator {
     ) -> Self {
         let mut options = Self::options(ns, webhooks);
         options.probes = probes;
-        Self::start_as(ns, ns.client.clone(), options).await
+        Self::start_as(ns, operator_client().await, options).await
     }
 
     /// Starts the operator with `options`, talking to the API server as
@@ -562,6 +562,8 @@ pub async fn http_get(addr: std::net::SocketAddr, path_and_query: &str) -> (u16,
     (code, body.to_string())
 }
 
+pub const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
+
 /// The API server's audit log of write requests (see the plane's audit policy).
 pub struct AuditLog {
     path: PathBuf,
@@ -583,12 +585,23 @@ impl AuditLog {
 
     /// Write requests logged after `mark` that concern `namespace`.
     pub fn writes_since(&self, mark: u64, namespace: &str) -> Vec<Value> {
+        self.entries_since(mark)
+            .into_iter()
+            .filter(|e| e["objectRef"]["namespace"] == namespace)
+            .filter(|e| {
+                WRITE_VERBS.contains(&e["verb"].as_str().unwrap_or_default())
+                    && e["objectRef"]["resource"] != "leases"
+            })
+            .collect()
+    }
+
+    /// Every entry logged after `mark` (reads only of the operator's accounts).
+    pub fn entries_since(&self, mark: u64) -> Vec<Value> {
         let text = std::fs::read(&self.path).expect("audit log readable");
         let start = usize::try_from(mark).unwrap().min(text.len());
         String::from_utf8_lossy(&text[start..])
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|e| e["objectRef"]["namespace"] == namespace)
             .collect()
     }
 }
@@ -681,6 +694,161 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self._dir);
     }
+}
+
+/// The identity the tests run the operator as: the chart's ServiceAccount,
+/// ClusterRole and Role, rendered by Helm for release `iotposture-e2e` in
+/// namespace `iotposture-e2e` — never the plane's administrator. The one
+/// permission added for tests: the webhook configurations of every test's
+/// own instance (the chart's role allows only its release's name).
+pub const OPERATOR_NAMESPACE: &str = "iotposture-e2e";
+pub const OPERATOR_ACCOUNT: &str = "iotposture-e2e";
+
+static OPERATOR_TOKEN: OnceCell<String> = OnceCell::const_new();
+
+/// Runs helm (built into target/testplane/bin by e2e/tools/build.sh).
+pub fn helm(args: &[&str]) -> std::process::Output {
+    let bin = workspace_root().join("target/testplane/bin/helm");
+    std::process::Command::new(&bin)
+        .args(args)
+        .env("KUBECONFIG", plane_dir().join("kubeconfig"))
+        .env("HELM_CACHE_HOME", plane_dir().join("helm/cache"))
+        .env("HELM_CONFIG_HOME", plane_dir().join("helm/config"))
+        .env("HELM_DATA_HOME", plane_dir().join("helm/data"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: build it with e2e/tools/build.sh (make test does)",
+                bin.display()
+            )
+        })
+}
+
+/// Installs the operator's identity from the chart (idempotent) and returns
+/// a bearer token of its ServiceAccount.
+async fn operator_token() -> String {
+    OPERATOR_TOKEN
+        .get_or_init(|| async {
+            let admin = client().await;
+            ensure_crds(&admin).await;
+            let chart = workspace_root().join("charts/iotposture");
+            let out = helm(&[
+                "template",
+                OPERATOR_ACCOUNT,
+                chart.to_str().unwrap(),
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                "--show-only",
+                "templates/serviceaccount.yaml",
+                "--show-only",
+                "templates/rbac.yaml",
+            ]);
+            assert!(
+                out.status.success(),
+                "helm template: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut objects: Vec<Value> = serde_saphyr::from_multiple(
+                std::str::from_utf8(&out.stdout).unwrap(),
+            )
+            .expect("helm renders YAML");
+            objects.retain(|o| !o.is_null());
+            objects.push(serde_json::json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": OPERATOR_NAMESPACE},
+            }));
+            let extra = "iotposture-e2e-webhook-instances";
+            objects.push(serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": extra},
+                "rules": [{
+                    "apiGroups": ["admissionregistration.k8s.io"],
+                    "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
+                    "verbs": ["get", "patch"],
+                }],
+            }));
+            objects.push(serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": extra},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": extra},
+                "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE}],
+            }));
+            // The namespace first, so the namespaced objects have somewhere to go.
+            objects.sort_by_key(|o| o["kind"] != "Namespace");
+            let pp = PatchParams::apply("iotposture-e2e").force();
+            for object in objects {
+                let gvk = kube::core::GroupVersionKind::try_from(
+                    &serde_json::from_value::<kube::core::TypeMeta>(object.clone()).unwrap(),
+                )
+                .unwrap();
+                let (resource, caps) = kube::discovery::pinned_kind(&admin, &gvk)
+                    .await
+                    .expect("the kind is served");
+                let name = object["metadata"]["name"].as_str().unwrap().to_string();
+                let api: Api<kube::core::DynamicObject> =
+                    if caps.scope == kube::discovery::Scope::Namespaced {
+                        Api::namespaced_with(admin.clone(), OPERATOR_NAMESPACE, &resource)
+                    } else {
+                        Api::all_with(admin.clone(), &resource)
+                    };
+                api.patch(&name, &pp, &Patch::Apply(object))
+                    .await
+                    .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+            }
+            let accounts: Api<ServiceAccount> = Api::namespaced(admin, OPERATOR_NAMESPACE);
+            let request = k8s_openapi::api::authentication::v1::TokenRequest {
+                spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
+                    expiration_seconds: Some(4 * 3600),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            accounts
+                .create_token_request(OPERATOR_ACCOUNT, &PostParams::default(), &request)
+                .await
+                .expect("a token for the operator's ServiceAccount")
+                .status
+                .expect("the token request is answered")
+                .token
+                .expect("a token")
+        })
+        .await
+        .clone()
+}
+
+/// A client that acts as the operator's ServiceAccount, with the chart's
+/// permissions only.
+pub async fn operator_client() -> Client {
+    let token = operator_token().await;
+    let path = plane_dir().join("kubeconfig");
+    let kubeconfig = Kubeconfig::read_from(&path).expect("a local control plane");
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig is usable");
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    Client::try_from(config).expect("client builds")
+}
+
+/// A kubeconfig file for the operator's ServiceAccount, for tests that run
+/// the operator as a process.
+pub async fn operator_kubeconfig() -> PathBuf {
+    let token = operator_token().await;
+    let admin =
+        Kubeconfig::read_from(plane_dir().join("kubeconfig")).expect("a local control plane");
+    let mut config = admin.clone();
+    for auth in &mut config.auth_infos {
+        auth.auth_info = Some(kube::config::AuthInfo {
+            token: Some(token.clone().into()),
+            ..Default::default()
+        });
+    }
+    let path = plane_dir().join("operator.kubeconfig");
+    let text = serde_saphyr::to_string(&config).expect("kubeconfig serializes");
+    std::fs::write(&path, text).expect("writing the operator's kubeconfig");
+    path
 }
 
 #[cfg(test)]

@@ -215,7 +215,12 @@ impl Drop for OperatorProcess {
     }
 }
 
-fn start_operator_process(plane: &Plane, ns: &str, http: std::net::SocketAddr) -> OperatorProcess {
+/// The operator as a process, with the chart's permissions (its ServiceAccount's kubeconfig).
+fn start_operator_process(
+    kubeconfig: &std::path::Path,
+    ns: &str,
+    http: std::net::SocketAddr,
+) -> OperatorProcess {
     let bin = workspace_root().join("target/debug/iotposture");
     assert!(
         bin.exists(),
@@ -226,7 +231,7 @@ fn start_operator_process(plane: &Plane, ns: &str, http: std::net::SocketAddr) -
         .args(["run", "--namespace", ns, "--trust-unreviewed-access"])
         .args(["--probe-interval-seconds", "0", "--http-addr"])
         .arg(http.to_string())
-        .env("KUBECONFIG", plane.kubeconfig())
+        .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -258,13 +263,14 @@ async fn wait_http_ready(http: std::net::SocketAddr) {
     }
 }
 
-async fn operator_killed_mid_apply(plane: &Plane) {
+async fn operator_killed_mid_apply() {
     let ns = TestNamespace::new("fault-kill").await;
     let http: std::net::SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut first = start_operator_process(plane, &ns.name, http);
+    let kubeconfig = iotposture_e2e::operator_kubeconfig().await;
+    let mut first = start_operator_process(&kubeconfig, &ns.name, http);
     wait_http_ready(http).await;
     let audit = AuditLog::default();
     let mark = audit.mark();
@@ -287,7 +293,7 @@ async fn operator_killed_mid_apply(plane: &Plane) {
         "killed after it had finished ({written_at_kill} writes): not mid-apply"
     );
     let restarted = Instant::now();
-    let second = start_operator_process(plane, &ns.name, http);
+    let second = start_operator_process(&kubeconfig, &ns.name, http);
     let converged = all_ready(&ns, &names, Duration::from_secs(180)).await;
     eprintln!(
         "figure: operator SIGKILLed after {written_at_kill} of {} child writes; 20 systems Ready {:.1?} after the restart",
@@ -393,7 +399,7 @@ async fn faults_end_with_nothing_lost_or_duplicated() {
 
     restart_mid_reconcile(&plane, "kube-apiserver").await;
     restart_mid_reconcile(&plane, "etcd").await;
-    operator_killed_mid_apply(&plane).await;
+    operator_killed_mid_apply().await;
     invalid_systems_beside_valid_ones().await;
     drop(own);
 }

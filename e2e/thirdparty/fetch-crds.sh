@@ -2,7 +2,9 @@
 # Fetches third-party CRDs the tests and the demo install into the local control
 # plane, through the Go module proxy like any dependency (nothing is committed):
 #   - PolicyReport (wgpolicyk8s.io/v1alpha2), as published in the Kyverno module;
-#   - cert-manager's Certificate, CertificateRequest, Issuer and ClusterIssuer.
+#   - cert-manager's Certificate, CertificateRequest, Issuer and ClusterIssuer;
+#   - the Prometheus Operator's ServiceMonitor and PrometheusRule (the chart's
+#     optional objects, checked by a server-side dry run).
 # Output: target/thirdparty/crds/*.yaml. Cached: a second run returns at once.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -12,6 +14,8 @@ mkdir -p "$out"
 
 KYVERNO=github.com/kyverno/kyverno@v1.19.1
 CERT_MANAGER=github.com/cert-manager/cert-manager@v1.21.2
+# The newest version of the root module the proxy serves (later ones: 403).
+PROMETHEUS_OPERATOR=github.com/prometheus-operator/prometheus-operator@v0.85.0
 
 module_dir() {
   local dir
@@ -29,6 +33,12 @@ if [[ ! -s "$out/cert-manager.io_clusterissuers.yaml" ]]; then
   dir="$(module_dir "$CERT_MANAGER")"
   for crd in certificates certificaterequests issuers clusterissuers; do
     cp "$dir/deploy/crds/cert-manager.io_$crd.yaml" "$out/"
+  done
+fi
+if [[ ! -s "$out/monitoring.coreos.com_prometheusrules.yaml" ]]; then
+  dir="$(module_dir "$PROMETHEUS_OPERATOR")"
+  for crd in servicemonitors prometheusrules; do
+    cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$crd.yaml" "$out/"
   done
 fi
 chmod u+w "$out"/*.yaml

@@ -137,9 +137,17 @@ impl ElectionArgs {
                     "--leader-election needs --leader-election-namespace or POD_NAMESPACE"
                 )
             })?;
-        let identity = std::env::var("POD_NAME")
+        // The pod's name and what tells this process from the pod's next
+        // container: a restarted container must wait for the lease like any
+        // other replica, not resume a leadership its predecessor held.
+        let pod = std::env::var("POD_NAME")
             .or_else(|_| std::env::var("HOSTNAME"))
-            .unwrap_or_else(|_| format!("iotposture-{}", std::process::id()));
+            .unwrap_or_else(|_| "iotposture".into());
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let identity = format!("{pod}_{:x}{:x}", std::process::id(), started & 0xffff_ffff);
         let duration = self.lease_duration_seconds.max(3);
         Ok(Some(iotposture::controller::leader::LeaderElection {
             namespace,

@@ -1,14 +1,31 @@
-//! The committed CRD YAML must be what the Rust types generate.
+//! Generated and copied files must match their sources: the CRD YAML (in
+//! crds/ and in the chart) what the Rust types generate, and the chart's
+//! alert rules the rule file Prometheus users load directly.
+
+fn read(path: &str) -> String {
+    let full = format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
 #[test]
 fn committed_crds_match_the_types() {
-    let committed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../crds/iotsystem.yaml"
-    ))
-    .expect("crds/iotsystem.yaml exists");
     let generated = iotposture::api::crd_yaml().unwrap();
+    for path in [
+        "crds/iotsystem.yaml",
+        "charts/iotposture/crds/iotsystem.yaml",
+    ] {
+        assert!(
+            read(path) == generated,
+            "{path} is stale: run `make crds` and commit the result"
+        );
+    }
+}
+
+#[test]
+fn the_chart_carries_the_alert_rules_as_published() {
     assert!(
-        committed == generated,
-        "crds/iotsystem.yaml is stale: run `make crds` and commit the result"
+        read("charts/iotposture/files/iotposture.rules.yaml")
+            == read("manifests/prometheus/iotposture.rules.yaml"),
+        "charts/iotposture/files/iotposture.rules.yaml differs from manifests/prometheus/: run `make crds`"
     );
 }

@@ -19,7 +19,8 @@ use serde_json::json;
 use crate::support::{factory, ready_condition, wait_ready};
 
 /// The identity of the operator in these tests (the plane's admin certificate).
-const OPERATOR_USER: &str = "iotposture-admin";
+/// The operator's identity in these tests: the chart's ServiceAccount.
+const OPERATOR_USER: &str = "system:serviceaccount:iotposture-e2e:iotposture-e2e";
 
 /// Refuses the operator's `operation` on `resource` in the namespace while it lives.
 struct Block {
@@ -104,13 +105,15 @@ async fn a_foreign_allow_all_rule_is_removed_and_judged_until_it_is() {
     // While the operator may not write NetworkPolicies, someone else opens
     // the default-deny to all ingress.
     let block = Block::new(&ns, "networking.k8s.io", "networkpolicies", "UPDATE").await;
+    let as_operator: Api<NetworkPolicy> =
+        Api::namespaced(iotposture_e2e::operator_client().await, &ns.name);
     wait_until("the block in force", || async {
         let current = policies.get(deny).await.ok()?;
         let dry = PostParams {
             dry_run: true,
             ..PostParams::default()
         };
-        policies
+        as_operator
             .replace(deny, &dry, &current)
             .await
             .err()
@@ -180,8 +183,9 @@ async fn a_foreign_allow_all_rule_is_removed_and_judged_until_it_is() {
 async fn a_kind_that_cannot_be_written_holds_back_no_other() {
     let ns = TestNamespace::new("partial").await;
     let block = Block::new(&ns, "rbac.authorization.k8s.io", "rolebindings", "CREATE").await;
-    // The block is in force once a dry-run create is refused.
-    let bindings: Api<RoleBinding> = ns.api();
+    // The block is in force once the operator's dry-run create is refused.
+    let bindings: Api<RoleBinding> =
+        Api::namespaced(iotposture_e2e::operator_client().await, &ns.name);
     let probe: RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": "probe"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "x"},

@@ -231,7 +231,8 @@ async fn declared_flows_connect_and_nothing_else_and_the_verdicts_agree() {
         namespace_selector: Some(selector("kubernetes.io/metadata.name", &other.name)),
         pod_selector: Some(selector("app", "prober")),
     });
-    let operator = RunningOperator::start_as(&ns, ns.client.clone(), options).await;
+    let operator =
+        RunningOperator::start_as(&ns, iotposture_e2e::operator_client().await, options).await;
     let systems: Api<IoTSystem> = ns.api();
 
     // Audit first: nothing is enforced, everything connects, and the
@@ -482,7 +483,8 @@ async fn the_gateway_guards_the_dashboard_and_the_probe_proves_it_from_live_traf
         settings: Default::default(),
         http: Default::default(),
     });
-    let operator = RunningOperator::start_as(&good, good.client.clone(), options).await;
+    let operator =
+        RunningOperator::start_as(&good, iotposture_e2e::operator_client().await, options).await;
     let systems: Api<IoTSystem> = good.api();
     systems
         .create(
@@ -575,7 +577,7 @@ async fn the_gateway_guards_the_dashboard_and_the_probe_proves_it_from_live_traf
             settings: Default::default(),
             http: Default::default(),
         });
-        RunningOperator::start_as(&bad, bad.client.clone(), options).await
+        RunningOperator::start_as(&bad, iotposture_e2e::operator_client().await, options).await
     };
     Api::<IoTSystem>::namespaced(bad.client.clone(), &bad.name)
         .create(

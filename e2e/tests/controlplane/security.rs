@@ -194,7 +194,8 @@ async fn without_a_review_of_who_asked_no_subject_is_bound() {
     // No webhooks, and not told that only administrators write IoTSystems.
     let mut options = RunningOperator::options(&ns, false);
     options.trust_unreviewed_access = false;
-    let operator = RunningOperator::start_as(&ns, ns.client.clone(), options).await;
+    let operator =
+        RunningOperator::start_as(&ns, iotposture_e2e::operator_client().await, options).await;
     Api::<IoTSystem>::namespaced(ns.client.clone(), &ns.name)
         .create(&PostParams::default(), &factory("plant"))
         .await
@@ -408,7 +409,7 @@ async fn a_webhook_server_that_cannot_serve_is_not_ready() {
     if let Some(admission) = options.admission.as_mut() {
         admission.listen = squatter.local_addr().unwrap();
     }
-    let operator = RunningOperator::launch(&ns, ns.client.clone(), options);
+    let operator = RunningOperator::launch(&ns, iotposture_e2e::operator_client().await, options);
     wait_until("the webhook server reported down", || async {
         operator
             .health

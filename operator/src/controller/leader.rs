@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use kube::Client;
-use kube_lease_manager::LeaseManagerBuilder;
+use kube_lease_manager::{LeaseCreateMode, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tracing::{error, info};
 
@@ -70,6 +70,9 @@ impl Leadership {
             .with_identity(&e.identity)
             .with_duration(e.duration.as_secs().max(2))
             .with_grace(e.grace.as_secs().max(1))
+            // The chart makes the Lease; a missing one is made here (when
+            // permitted), e.g. for a replica run outside the chart.
+            .with_create_mode(LeaseCreateMode::AutoCreate)
             .build()
             .await
             .map_err(wrap)?;

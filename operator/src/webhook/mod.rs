@@ -321,7 +321,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Server-side applies both webhook configurations with `ca_pem` as caBundle.
+/// Server-side applies both webhook configurations with `ca_pem` as
+/// caBundle, each unless the API server already holds what it would say (a
+/// new leader or a restarted process finds them in place and writes nothing).
 async fn register(
     client: &Client,
     registration: &Registration,
@@ -330,23 +332,59 @@ async fn register(
 ) -> Result<(), Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let name = registration.instance.clone();
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .patch(
-            &name,
-            &params,
-            &Patch::Apply(registration.mutating(ca_pem, filter)),
-        )
-        .await
-        .map_err(Error::Register)?;
-    Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .patch(
-            &name,
-            &params,
-            &Patch::Apply(registration.validating(ca_pem, filter)),
-        )
-        .await
-        .map_err(Error::Register)?;
+    let mutating = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let desired = registration.mutating(ca_pem, filter);
+    let current = mutating.get_opt(&name).await.map_err(Error::Register)?;
+    if !current.is_some_and(|c| same_webhooks(&c, &desired)) {
+        mutating
+            .patch(&name, &params, &Patch::Apply(desired))
+            .await
+            .map_err(Error::Register)?;
+    }
+    let validating = Api::<ValidatingWebhookConfiguration>::all(client.clone());
+    let desired = registration.validating(ca_pem, filter);
+    let current = validating.get_opt(&name).await.map_err(Error::Register)?;
+    if !current.is_some_and(|c| same_webhooks(&c, &desired)) {
+        validating
+            .patch(&name, &params, &Patch::Apply(desired))
+            .await
+            .map_err(Error::Register)?;
+    }
     Ok(())
+}
+
+/// Whether a configuration on the server says what `desired` says: its
+/// owners and, per webhook, where it calls, with which CA, for what and with
+/// which failure policy. Fields the API server defaults are left out.
+fn same_webhooks<K: serde::Serialize + kube::Resource>(current: &K, desired: &K) -> bool {
+    fn essence(config: &serde_json::Value) -> serde_json::Value {
+        let webhooks = config["webhooks"].as_array().cloned().unwrap_or_default();
+        let webhooks: Vec<serde_json::Value> = webhooks
+            .iter()
+            .map(|w| {
+                let mut rules = w["rules"].clone();
+                for rule in rules.as_array_mut().into_iter().flatten() {
+                    if let Some(rule) = rule.as_object_mut() {
+                        rule.remove("scope");
+                    }
+                }
+                serde_json::json!({
+                    "name": w["name"],
+                    "clientConfig": w["clientConfig"],
+                    "failurePolicy": w["failurePolicy"],
+                    "matchConditions": w["matchConditions"],
+                    "namespaceSelector": w["namespaceSelector"],
+                    "rules": rules,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(webhooks)
+    }
+    let owners = |k: &K| k.meta().owner_references.clone().unwrap_or_default();
+    let (Ok(c), Ok(d)) = (serde_json::to_value(current), serde_json::to_value(desired)) else {
+        return false;
+    };
+    owners(current) == owners(desired) && essence(&c) == essence(&d)
 }
 
 /// Accepts TLS connections and serves the webhook routes, each connection on
@@ -641,6 +679,49 @@ async fn validate_system(State(state): State<WebhookState>, body: Bytes) -> Resp
             count(&state, WEBHOOK, "denied");
             respond(response.deny(refusal.message(&requester, &namespace)))
         }
+    }
+}
+
+#[cfg(test)]
+mod registering {
+    use super::*;
+    use registration::Endpoint;
+
+    #[test]
+    fn configurations_as_the_server_keeps_them_are_not_written_again() {
+        let r = Registration {
+            instance: "iotposture".into(),
+            endpoint: Endpoint::Url("https://127.0.0.1:8443".into()),
+            failure_policy: "Fail".into(),
+            own_namespace: None,
+            managed_namespace: None,
+            timeout_seconds: 5,
+            owner: None,
+        };
+        let filter = ComponentFilter::default();
+        let desired = r.validating("CA", &filter);
+        // The API server fills in defaults and metadata of its own.
+        let mut stored = serde_json::to_value(&desired).unwrap();
+        stored["metadata"]["resourceVersion"] = "7".into();
+        for hook in stored["webhooks"].as_array_mut().unwrap() {
+            hook["matchPolicy"] = "Equivalent".into();
+            hook["objectSelector"] = serde_json::json!({});
+            for rule in hook["rules"].as_array_mut().unwrap() {
+                rule["scope"] = "*".into();
+            }
+        }
+        let stored: ValidatingWebhookConfiguration = serde_json::from_value(stored).unwrap();
+        assert!(same_webhooks(&stored, &desired));
+        assert!(!same_webhooks(&stored, &r.validating("OTHER CA", &filter)));
+        let mut failing_open = r.clone();
+        failing_open.failure_policy = "Ignore".into();
+        assert!(!same_webhooks(
+            &stored,
+            &failing_open.validating("CA", &filter)
+        ));
+        let mut owned = r.clone();
+        owned.owner = Some(Default::default());
+        assert!(!same_webhooks(&stored, &owned.validating("CA", &filter)));
     }
 }
 

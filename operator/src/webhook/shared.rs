@@ -80,6 +80,15 @@ pub fn plan(secret: Option<&Secret>, hosts: &[String], now: SystemTime) -> Plan 
             why: "no certificate stored yet",
         };
     };
+    if [CA_CRT, TLS_CRT, TLS_KEY]
+        .iter()
+        .all(|k| text(secret, k).is_none())
+    {
+        return Plan::Rotate {
+            previous_ca: None,
+            why: "no certificate stored yet",
+        };
+    }
     let previous_ca = valid_ca(text(secret, CA_CRT), now);
     let rotate = |why| Plan::Rotate {
         previous_ca: previous_ca.clone(),

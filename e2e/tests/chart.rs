@@ -1,0 +1,723 @@
+//! The Helm chart, on the real local control plane and its node: static
+//! checks of what it renders (lint, server-side dry run, promtool, checkov,
+//! manifests/install.yaml current), a release's install, upgrade from the
+//! previous chart version and uninstall, and two replicas failing over and
+//! rolling without a webhook call failing. The operator runs as pods from
+//! the image built here, under the chart's ServiceAccount.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use iotposture::api::IoTSystem;
+use iotposture_e2e::{
+    AuditLog, TestNamespace, WRITE_VERBS, client, helm, local_image, plane_dir, wait_until,
+    workspace_root,
+};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    coordination::v1::Lease,
+    core::v1::{Namespace, Pod},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, PostParams},
+};
+use serde_json::{Value, json};
+
+fn chart_dir() -> PathBuf {
+    workspace_root().join("charts/iotposture")
+}
+
+fn kubectl() -> Command {
+    let mut cmd = Command::new(workspace_root().join("target/testplane/bin/kubectl"));
+    cmd.env("KUBECONFIG", plane_dir().join("kubeconfig"));
+    cmd
+}
+
+/// Runs helm and returns stdout; fails the test with stderr otherwise.
+fn helm_ok(args: &[&str]) -> String {
+    let out = helm(args);
+    assert!(
+        out.status.success(),
+        "helm {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    let mut docs: Vec<Value> = serde_saphyr::from_multiple(yaml).expect("helm renders YAML");
+    docs.retain(|d| !d.is_null());
+    docs
+}
+
+/// Values for a release on the local node: the images built here, the API
+/// server where pods reach it.
+async fn local_values(client: &Client, dir: &Path) -> PathBuf {
+    let slice: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), "default");
+    let port = slice.get("kubernetes").await.unwrap().ports.unwrap()[0]
+        .port
+        .unwrap();
+    let operator = local_image("operator");
+    let (repository, tag) = operator.rsplit_once(':').unwrap();
+    // The local tag names every build: the image's digest rolls the pods when it changes.
+    let tar = workspace_root().join("target/images/operator.oci.tar");
+    let sum = Command::new("sha256sum").arg(&tar).output().unwrap();
+    let digest = String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("{}: build the images first (make test does)", tar.display()))
+        .to_string();
+    let values = json!({
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "podAnnotations": {"iotposture.dev/image-tar-sha256": digest},
+        "gatewayImage": local_image("gateway"),
+        "networkPolicy": {"apiServerCIDRs": ["10.250.0.1/32"], "apiServerPorts": [port]},
+        "shutdownDelaySeconds": 3,
+        // The tests' systems have no ports to probe.
+        "probes": {"intervalSeconds": 0},
+    });
+    let path = dir.join("local-values.yaml");
+    std::fs::write(&path, serde_json::to_string(&values).unwrap()).unwrap();
+    path
+}
+
+/// A fresh folder, by its canonical path (checkov skips paths through `..`).
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = plane_dir().join("chart-tests").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.canonicalize().unwrap()
+}
+
+#[tokio::test]
+async fn the_chart_lints_renders_and_passes_static_checks() {
+    let admin = client().await;
+    iotposture_e2e::ensure_crds(&admin).await;
+    let dir = temp_dir("static");
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    let every = chart_dir().join("ci/every-feature-values.yaml");
+    let every = every.to_str().unwrap();
+
+    helm_ok(&["lint", "--strict", chart]);
+    helm_ok(&["lint", "--strict", chart, "-f", every]);
+    // A wrong type is refused by values.schema.json, naming the value.
+    let out = helm(&["template", "t", chart, "--set", "replicaCount=two"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replicaCount"));
+
+    // Both renders, dry-run on the real API server in a namespace of their own.
+    let ns = TestNamespace::new("chart-dry").await;
+    for (name, extra) in [("default", vec![]), ("every-feature", vec!["-f", every])] {
+        let mut args = vec!["template", "dry", chart, "--namespace", &ns.name];
+        args.extend(extra);
+        let rendered = helm_ok(&args);
+        let out = kubectl()
+            .args(["apply", "--server-side", "--dry-run=server", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(rendered.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name} render refused by the API server: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let kinds: BTreeSet<String> = documents(&rendered)
+            .iter()
+            .map(|d| d["kind"].as_str().unwrap().to_string())
+            .collect();
+        if name == "every-feature" {
+            for kind in [
+                "ServiceMonitor",
+                "PrometheusRule",
+                "ConfigMap",
+                "PodDisruptionBudget",
+                "NetworkPolicy",
+                "Lease",
+            ] {
+                assert!(
+                    kinds.contains(kind),
+                    "{kind} missing from the every-feature render"
+                );
+            }
+            let rule = documents(&rendered)
+                .into_iter()
+                .find(|d| d["kind"] == "PrometheusRule")
+                .unwrap();
+            let rules = dir.join("rendered.rules.yaml");
+            std::fs::write(&rules, serde_json::to_string(&rule["spec"]).unwrap()).unwrap();
+            let out = Command::new("promtool")
+                .args(["check", "rules"])
+                .arg(&rules)
+                .output()
+                .expect("promtool (Debian's prometheus package; make test installs it)");
+            assert!(
+                out.status.success(),
+                "promtool check rules: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let dashboard = documents(&rendered)
+                .into_iter()
+                .find(|d| d["kind"] == "ConfigMap")
+                .unwrap();
+            let json: Value =
+                serde_json::from_str(dashboard["data"]["iotposture.json"].as_str().unwrap())
+                    .expect("the Grafana dashboard is JSON");
+            assert!(json["panels"].as_array().unwrap().len() >= 6);
+        }
+        std::fs::write(dir.join(format!("{name}.yaml")), &rendered).unwrap();
+    }
+    ns.delete().await;
+
+    // checkov on both renders: nothing fails beyond the skips the chart justifies.
+    let checkov = workspace_root().join("target/tools/checkov/bin/checkov");
+    let out = Command::new(&checkov)
+        .arg("--config-file")
+        .arg(chart_dir().join(".checkov.yaml"))
+        .args(["--compact", "--quiet", "--skip-download", "-d"])
+        .arg(&dir)
+        .env("BC_SKIP_MAPPING", "TRUE")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}: e2e/tools/build.sh installs it", checkov.display()));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.contains("Failed checks: 0"),
+        "checkov ({}): {report}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // manifests/install.yaml is the chart as rendered now.
+    let out = Command::new("bash")
+        .arg(workspace_root().join("scripts/render-install.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed =
+        std::fs::read_to_string(workspace_root().join("manifests/install.yaml")).unwrap();
+    assert!(
+        committed == String::from_utf8_lossy(&out.stdout),
+        "manifests/install.yaml is stale: run `make install-yaml` and commit it"
+    );
+}
+
+/// The chart as of the newest commit whose Chart.yaml names another version:
+/// what a user upgrades from.
+fn previous_chart(into: &Path) -> (String, PathBuf) {
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(workspace_root())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let version_at = |commit: &str| {
+        let text = git(&["show", &format!("{commit}:charts/iotposture/Chart.yaml")]);
+        text.lines()
+            .find_map(|l| l.strip_prefix("version:"))
+            .map(|v| v.trim().to_string())
+            .unwrap()
+    };
+    let current = std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap();
+    let current = current
+        .lines()
+        .find_map(|l| l.strip_prefix("version:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let commits = git(&["log", "--format=%H", "--", "charts/iotposture/Chart.yaml"]);
+    let commit = commits
+        .lines()
+        .find(|c| version_at(c) != current)
+        .unwrap_or_else(|| {
+            panic!("no earlier chart version in the git history (a full clone is needed to test the upgrade from it)")
+        })
+        .to_string();
+    let version = version_at(&commit);
+    let archive = Command::new("git")
+        .arg("-C")
+        .arg(workspace_root())
+        .args(["archive", "--format=tar", &commit, "charts/iotposture"])
+        .output()
+        .unwrap();
+    assert!(archive.status.success());
+    let mut tar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(into)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        tar.stdin
+            .take()
+            .unwrap()
+            .write_all(&archive.stdout)
+            .unwrap();
+    }
+    assert!(tar.wait().unwrap().success());
+    (version, into.join("charts/iotposture"))
+}
+
+/// An IoTSystem with one Sensor component and no ports (nothing to probe).
+fn sensor_system(namespace: &str) -> IoTSystem {
+    serde_json::from_value(json!({
+        "apiVersion": "iotposture.dev/v1alpha1",
+        "kind": "IoTSystem",
+        "metadata": {"name": "plant", "namespace": namespace},
+        "spec": {
+            "mode": "Enforce",
+            "components": [{
+                "name": "sensor", "role": "Sensor",
+                "selector": {"matchLabels": {"app": "sensor"}},
+            }],
+        },
+    }))
+    .unwrap()
+}
+
+async fn wait_system_ready(client: &Client, namespace: &str) {
+    let api: Api<IoTSystem> = Api::namespaced(client.clone(), namespace);
+    wait_until("the IoTSystem Ready", || async {
+        let system = api.get("plant").await.ok()?;
+        let conditions = system.status?.conditions;
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+}
+
+async fn wait_rolled_out(client: &Client, namespace: &str, name: &str) {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    wait_until("the operator's Deployment rolled out", || async {
+        let d = api.get(name).await.ok()?;
+        let status = d.status?;
+        let want = d.spec.replicas.unwrap_or(1);
+        (status.observed_generation == d.metadata.generation
+            && status.updated_replicas == Some(want)
+            && status.ready_replicas == Some(want)
+            && status.replicas == Some(want))
+        .then_some(())
+    })
+    .await;
+}
+
+async fn namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if let Some(ns) = api.get_opt(name).await.unwrap() {
+        if ns.metadata.deletion_timestamp.is_some() {
+            wait_until("the old namespace gone", || async {
+                api.get_opt(name).await.unwrap().is_none().then_some(())
+            })
+            .await;
+        } else {
+            return;
+        }
+    }
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    api.create(&PostParams::default(), &ns).await.unwrap();
+}
+
+#[tokio::test]
+async fn install_upgrade_from_the_previous_version_and_uninstall() {
+    let admin = client().await;
+    iotposture_e2e::ensure_crds(&admin).await;
+    let dir = temp_dir("lifecycle");
+    let values = local_values(&admin, &dir).await;
+    let values = values.to_str().unwrap();
+    let (previous, old_chart) = previous_chart(&dir);
+    let (release, ns) = ("iotposture-life", "chart-life");
+    let apps = "chart-life-apps";
+    namespace(&admin, apps).await;
+    let _ = helm(&["uninstall", release, "--namespace", ns, "--wait"]);
+
+    helm_ok(&[
+        "install",
+        release,
+        old_chart.to_str().unwrap(),
+        "--namespace",
+        ns,
+        "--create-namespace",
+        "-f",
+        values,
+        "--set",
+        &format!("watchNamespace={apps}"),
+        "--set",
+        "replicaCount=1",
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    let systems: Api<IoTSystem> = Api::namespaced(admin.clone(), apps);
+    let _ = systems.delete("plant", &DeleteParams::default()).await;
+    systems
+        .create(&PostParams::default(), &sensor_system(apps))
+        .await
+        .expect("the previous release's webhooks admit the IoTSystem");
+    wait_system_ready(&admin, apps).await;
+
+    let current = chart_dir();
+    helm_ok(&[
+        "upgrade",
+        release,
+        current.to_str().unwrap(),
+        "--namespace",
+        ns,
+        "-f",
+        values,
+        "--set",
+        &format!("watchNamespace={apps}"),
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    wait_rolled_out(&admin, ns, release).await;
+    let status = helm_ok(&["status", release, "--namespace", ns, "-o", "json"]);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["version"], 2, "upgraded from chart {previous}");
+    assert_eq!(status["info"]["status"], "deployed");
+    // The upgraded release still judges and admits: the system stays Ready and a new one is reviewed.
+    wait_system_ready(&admin, apps).await;
+    let refused = Api::<Pod>::namespaced(admin.clone(), apps)
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &serde_json::from_value(json!({
+                "metadata": {"name": "ssh", "labels": {"app": "sensor"}},
+                "spec": {"containers": [{"name": "ssh", "image": local_image("toolbox"),
+                    "ports": [{"containerPort": 22}]}]},
+            }))
+            .unwrap(),
+        )
+        .await;
+    assert!(
+        refused.is_err(),
+        "the upgraded webhooks refuse port 22 in Enforce: {refused:?}"
+    );
+
+    helm_ok(&[
+        "uninstall",
+        release,
+        "--namespace",
+        ns,
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    // Nothing of the release stays: namespaced objects, its cluster-wide RBAC,
+    // and (through their owner, the ClusterRole) the webhook configurations.
+    wait_until("every object of the release gone", || async {
+        let mut left = Vec::new();
+        for kind in [
+            "deployments",
+            "replicasets",
+            "pods",
+            "services",
+            "secrets",
+            "serviceaccounts",
+            "roles",
+            "rolebindings",
+            "networkpolicies",
+            "poddisruptionbudgets",
+            "leases",
+            "configmaps",
+        ] {
+            let out = kubectl()
+                .args([
+                    "get",
+                    kind,
+                    "-n",
+                    ns,
+                    "-o",
+                    "name",
+                    "-l",
+                    &format!("app.kubernetes.io/instance={release}"),
+                ])
+                .output()
+                .unwrap();
+            left.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(String::from),
+            );
+        }
+        for kind in [
+            "clusterroles",
+            "clusterrolebindings",
+            "mutatingwebhookconfigurations",
+            "validatingwebhookconfigurations",
+        ] {
+            let out = kubectl()
+                .args(["get", kind, release, "-o", "name", "--ignore-not-found"])
+                .output()
+                .unwrap();
+            left.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(String::from),
+            );
+        }
+        if !left.is_empty() {
+            eprintln!("left behind so far: {left:?}");
+        }
+        left.is_empty().then_some(())
+    })
+    .await;
+    // The CRDs stay, and so do the IoTSystems and what they own, still in force.
+    kubectl()
+        .args(["get", "crd", "iotsystems.iotposture.dev"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+        .then_some(())
+        .expect("CRD kept");
+    assert!(
+        systems.get_opt("plant").await.unwrap().is_some(),
+        "IoTSystems outlive the operator"
+    );
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(admin.clone(), apps);
+    assert!(
+        !policies
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    systems
+        .delete("plant", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+/// The host process of a pod's container: found by the pod's UID in its cgroup.
+fn host_pid_of(pod: &Pod) -> Option<i32> {
+    let uid = pod.metadata.uid.clone()?;
+    let underscored = uid.replace('-', "_");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if !cmdline.starts_with(b"/usr/bin/iotposture\0run") {
+            continue;
+        }
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if cgroup.contains(&uid) || cgroup.contains(&underscored) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
+    leases.get(name).await.ok()?.spec?.holder_identity
+}
+
+#[tokio::test]
+async fn two_replicas_fail_over_within_15s_and_keep_answering_through_a_rollout() {
+    let admin = client().await;
+    iotposture_e2e::ensure_crds(&admin).await;
+    let dir = temp_dir("ha");
+    let values = local_values(&admin, &dir).await;
+    let (release, ns, apps) = ("iotposture-ha", "chart-ha", "chart-ha-apps");
+    namespace(&admin, apps).await;
+    helm_ok(&[
+        "upgrade",
+        "--install",
+        release,
+        chart_dir().to_str().unwrap(),
+        "--namespace",
+        ns,
+        "--create-namespace",
+        "-f",
+        values.to_str().unwrap(),
+        "--set",
+        &format!("watchNamespace={apps}"),
+        "--set",
+        "replicaCount=2",
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    wait_rolled_out(&admin, ns, release).await;
+    let systems: Api<IoTSystem> = Api::namespaced(admin.clone(), apps);
+    if systems.get_opt("plant").await.unwrap().is_none() {
+        systems
+            .create(&PostParams::default(), &sensor_system(apps))
+            .await
+            .unwrap();
+    }
+    wait_system_ready(&admin, apps).await;
+
+    // Kill the leader's process outright (SIGKILL, no lease release).
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), ns);
+    let lease = format!("{release}-leader");
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+    // A leader among the running pods (not one still stopping after the rollout).
+    let leader = wait_until("a leader among the running pods", || async {
+        let holder = holder(&leases, &lease).await?;
+        let pod = pods.get(holder.split('_').next()?).await.ok()?;
+        pod.metadata.deletion_timestamp.is_none().then_some(holder)
+    })
+    .await;
+    // The holder is `<pod>_<process>`.
+    let leader_pod = pods.get(leader.split('_').next().unwrap()).await.unwrap();
+    let pid = host_pid_of(&leader_pod).expect("the leader's process on this host");
+    let audit = AuditLog::default();
+    let mark = audit.mark();
+    let killed = Instant::now();
+    assert_eq!(unsafe { libc_kill(pid, 9) }, 0, "kill -9 {pid}");
+    let successor = wait_until("another replica leads", || async {
+        holder(&leases, &lease).await.filter(|h| *h != leader)
+    })
+    .await;
+    let takeover = killed.elapsed();
+    eprintln!("leader {leader} killed; {successor} leads after {takeover:?}");
+    assert!(
+        takeover <= Duration::from_secs(15),
+        "takeover took {takeover:?}"
+    );
+
+    // The new leader finds everything in place: it writes nothing (the Lease aside).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let account = format!("system:serviceaccount:{ns}:{release}");
+    let writes: Vec<String> = audit
+        .entries_since(mark)
+        .into_iter()
+        .filter(|e| e["user"]["username"] == account.as_str())
+        .filter(|e| WRITE_VERBS.contains(&e["verb"].as_str().unwrap_or_default()))
+        .filter(|e| e["objectRef"]["resource"] != "leases")
+        .map(|e| {
+            format!(
+                "{} {} {}/{}",
+                e["verb"],
+                e["objectRef"]["resource"],
+                e["objectRef"]["namespace"],
+                e["objectRef"]["name"]
+            )
+        })
+        .collect();
+    assert!(writes.is_empty(), "writes after the failover: {writes:?}");
+    wait_system_ready(&admin, apps).await;
+    wait_rolled_out(&admin, ns, release).await;
+
+    // A rollout: component pods keep being admitted (and hardened) throughout.
+    let apps_pods: Api<Pod> = Api::namespaced(admin.clone(), apps);
+    let sensor: Pod = serde_json::from_value(json!({
+        "metadata": {"generateName": "sensor-", "labels": {"app": "sensor"}},
+        "spec": {"containers": [{"name": "sensor", "image": local_image("toolbox")}]},
+    }))
+    .unwrap();
+    let restart = kubectl()
+        .args([
+            "rollout",
+            "restart",
+            &format!("deployment/{release}"),
+            "-n",
+            ns,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        restart.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restart.stderr)
+    );
+    let started = Instant::now();
+    let (mut admitted, mut failures) = (0, Vec::new());
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), ns);
+    loop {
+        match apps_pods.create(&dry, &sensor).await {
+            Ok(pod) => {
+                let hardened = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.security_context.as_ref())
+                    .and_then(|c| c.run_as_non_root);
+                if hardened == Some(true) {
+                    admitted += 1;
+                } else {
+                    failures.push("admitted without hardening".to_string());
+                }
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+        let d = deployments.get(release).await.unwrap();
+        let s = d.status.clone().unwrap_or_default();
+        let done = s.observed_generation == d.metadata.generation
+            && s.updated_replicas == Some(2)
+            && s.ready_replicas == Some(2)
+            && s.replicas == Some(2);
+        if done && started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "the rollout did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "{admitted} component pods admitted during the rollout, {} failures",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "webhook calls failed during the rollout: {failures:?}"
+    );
+    assert!(admitted > 20);
+    let _ = apps_pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| p.name_any());
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
