@@ -721,3 +721,162 @@ unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+/// The operator's accounts in this plane: the suite's (chart RBAC, release
+/// iotposture-e2e) and the chart tests' releases.
+const OPERATOR_ACCOUNTS: [&str; 3] = [
+    "system:serviceaccount:iotposture-e2e:iotposture-e2e",
+    "system:serviceaccount:chart-ha:iotposture-ha",
+    "system:serviceaccount:chart-life:iotposture-life",
+];
+
+/// What one audited request used: (group, resource[/subresource], verb, name),
+/// one or two of them.
+fn used(entry: &Value) -> Vec<(String, String, String, String)> {
+    used_one(entry)
+        .into_iter()
+        .flat_map(|(g, r, v, n)| {
+            // A server-side apply that made the object was authorized as a create too.
+            let created = v == "patch" && entry["responseStatus"]["code"] == 201;
+            let mut all = vec![(g.clone(), r.clone(), v, n.clone())];
+            if created {
+                all.push((g, r, "create".into(), n));
+            }
+            all
+        })
+        .collect()
+}
+
+fn used_one(entry: &Value) -> Option<(String, String, String, String)> {
+    let object = &entry["objectRef"];
+    let resource = object["resource"].as_str()?;
+    let resource = match object["subresource"].as_str() {
+        Some(sub) => format!("{resource}/{sub}"),
+        None => resource.to_string(),
+    };
+    let verb = entry["verb"].as_str()?.to_string();
+    Some((
+        object["apiGroup"].as_str().unwrap_or_default().to_string(),
+        resource,
+        verb,
+        object["name"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+/// Run by `make test` after every other test (it reads what they made the
+/// operator do): every verb on every resource the chart grants was used by
+/// the operator, and nothing it asked for was refused.
+#[tokio::test]
+#[ignore = "reads the requests of the whole suite: make test runs it last"]
+async fn the_operator_roles_grant_only_what_the_operator_uses() {
+    let audit = AuditLog::default();
+    let entries: Vec<Value> = audit
+        .entries_since(0)
+        .into_iter()
+        .filter(|e| OPERATOR_ACCOUNTS.contains(&e["user"]["username"].as_str().unwrap_or_default()))
+        .filter(|e| e["stage"] == "ResponseComplete" || e["stage"] == "ResponseStarted")
+        .collect();
+    assert!(
+        entries.len() > 1000,
+        "only {} requests of the operator in the audit log: run the whole suite first (make test does)",
+        entries.len()
+    );
+    let refused: BTreeSet<String> = entries
+        .iter()
+        .filter(|e| e["responseStatus"]["code"] == 403)
+        .flat_map(used)
+        .map(|(g, r, v, n)| format!("{v} {g}/{r} {n}"))
+        .collect();
+    let uses: BTreeSet<(String, String, String, String)> = entries
+        .iter()
+        .filter(|e| e["responseStatus"]["code"] != 403)
+        .flat_map(used)
+        .collect();
+    let used_any = |group: &str, resource: &str, verb: &str, names: &Option<Vec<String>>| {
+        uses.iter().any(|(g, r, v, n)| {
+            g == group
+                && r == resource
+                && v == verb
+                && names.as_ref().is_none_or(|names| names.contains(n))
+        })
+    };
+
+    let rendered = helm_ok(&[
+        "template",
+        "iotposture-e2e",
+        chart_dir().to_str().unwrap(),
+        "--namespace",
+        "iotposture-e2e",
+        "--show-only",
+        "templates/rbac.yaml",
+    ]);
+    let mut unused = Vec::new();
+    let mut rules_seen = 0;
+    for role in documents(&rendered)
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+    {
+        for rule in role["rules"].as_array().unwrap() {
+            let strings = |field: &str| -> Vec<String> {
+                rule[field]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|v| v.as_str().unwrap().to_string())
+                    .collect()
+            };
+            let names = rule.get("resourceNames").map(|_| strings("resourceNames"));
+            // The chart's names are those of release iotposture-e2e; the
+            // chart tests' releases use the same templates under their names.
+            let names = names.map(|names| {
+                names
+                    .iter()
+                    .flat_map(|n| {
+                        ["iotposture-e2e", "iotposture-ha", "iotposture-life"]
+                            .map(|release| n.replace("iotposture-e2e", release))
+                    })
+                    .collect::<Vec<_>>()
+            });
+            for group in strings("apiGroups") {
+                for resource in strings("resources") {
+                    for verb in strings("verbs") {
+                        rules_seen += 1;
+                        let used = match verb.as_str() {
+                            // Not requests but checks on writing Roles and
+                            // RoleBindings: used when those were written.
+                            "escalate" => ["patch", "update", "create"]
+                                .iter()
+                                .any(|v| used_any(&group, "roles", v, &None)),
+                            "bind" => ["patch", "update", "create"]
+                                .iter()
+                                .any(|v| used_any(&group, "rolebindings", v, &None)),
+                            _ => used_any(&group, &resource, &verb, &names),
+                        };
+                        if !used {
+                            unused.push(format!(
+                                "{} {verb} {group}/{resource}{}",
+                                role["kind"].as_str().unwrap(),
+                                names
+                                    .as_ref()
+                                    .map(|n| format!(" {n:?}"))
+                                    .unwrap_or_default()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{} requests of the operator, {rules_seen} granted permissions checked",
+        entries.len()
+    );
+    assert!(
+        refused.is_empty(),
+        "the operator was refused (the chart's roles lack these): {refused:#?}"
+    );
+    assert!(
+        unused.is_empty(),
+        "granted but never used by the operator: {unused:#?}"
+    );
+}

@@ -1,7 +1,7 @@
 //! The operator creates, keeps and prunes a system's objects on the real API server.
 use std::collections::BTreeSet;
 
-use iotposture::api::{IoTSystem, Mode};
+use iotposture::api::{IoTSystem, Mode, certmanager::certificate::Certificate};
 use iotposture_e2e::{RunningOperator, TestNamespace, wait_until};
 use k8s_openapi::api::{
     core::v1::ServiceAccount,
@@ -155,7 +155,79 @@ async fn creates_restores_and_prunes_children() {
     })
     .await;
 
-    // A component removed from the spec loses its objects; a flow removed loses its rule.
+    // With certificates: every kind of child, edited by someone else, is
+    // put back as built.
+    systems
+        .patch(
+            "factory",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"tls": {
+                "issuerRef": {"kind": "ClusterIssuer", "name": "factory-ca"},
+            }}})),
+        )
+        .await
+        .unwrap();
+    let certificates: Api<Certificate> = ns.api();
+    wait_until("the TLS ports' Certificates", || async {
+        (names(&certificates, "factory").await.len() == 2).then_some(())
+    })
+    .await;
+    let certificate = names(&certificates, "factory").await.pop_first().unwrap();
+    let pp = PatchParams::default();
+    let edit = |value| Patch::Merge(value);
+    accounts
+        .patch(
+            "factory-gateway",
+            &pp,
+            &edit(json!({"automountServiceAccountToken": true})),
+        )
+        .await
+        .unwrap();
+    configs
+        .patch(
+            "factory-dashboard-gateway",
+            &pp,
+            &edit(json!({"data": {"foreign": "x"}})),
+        )
+        .await
+        .unwrap();
+    let intruder = json!({"subjects": [{"kind": "User", "name": "intruder", "apiGroup": "rbac.authorization.k8s.io"}]});
+    bindings
+        .patch("factory-admin", &pp, &edit(intruder))
+        .await
+        .unwrap();
+    certificates
+        .patch(
+            &certificate,
+            &pp,
+            &edit(json!({"spec": {"dnsNames": ["elsewhere.example.com"]}})),
+        )
+        .await
+        .unwrap();
+    wait_until("every edited child put back", || async {
+        let sa = accounts.get("factory-gateway").await.ok()?;
+        let cm = configs.get("factory-dashboard-gateway").await.ok()?;
+        let rb = bindings.get("factory-admin").await.ok()?;
+        let cert = certificates.get(&certificate).await.ok()?;
+        (sa.automount_service_account_token == Some(false)
+            && !cm.data.unwrap_or_default().contains_key("foreign")
+            && !rb
+                .subjects
+                .unwrap_or_default()
+                .iter()
+                .any(|s| s.name == "intruder")
+            && !cert
+                .spec
+                .dns_names
+                .unwrap_or_default()
+                .iter()
+                .any(|d| d == "elsewhere.example.com"))
+        .then_some(())
+    })
+    .await;
+
+    // A component removed from the spec loses its objects; a flow removed
+    // loses its rule; without a TLS policy the Certificates go.
     systems
         .patch(
             "factory",
@@ -164,6 +236,7 @@ async fn creates_restores_and_prunes_children() {
                 "components": factory("x").spec.components[1..].to_vec(),
                 "flows": factory("x").spec.flows[1..].to_vec(),
                 "access": {"admins": [{"kind": "Group", "name": "factory-admins"}], "viewers": []},
+                "tls": null,
             }})),
         )
         .await
@@ -176,7 +249,8 @@ async fn creates_restores_and_prunes_children() {
         let binds = names(&bindings, "factory").await;
         (left == set(&["factory-gateway", "factory-dashboard"])
             && pols.len() == 4
-            && binds == set(&["factory-admin"]))
+            && binds == set(&["factory-admin"])
+            && names(&certificates, "factory").await.is_empty())
         .then_some(())
     })
     .await;
