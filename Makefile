@@ -67,6 +67,10 @@ lint:
 test:
 	bash scripts/test.sh
 
+# Hosts with Docker and kind only (not these build machines): the chart in kind.
+e2e-kind:
+	bash scripts/e2e-kind.sh
+
 demo:
 	bash scripts/demo.sh up
 

@@ -14,9 +14,10 @@ if ! python3 -c "import sslyze" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check 'sslyze==6.3.1'
 fi
 
-echo "==> control plane and node binaries (built once, then cached) and third-party CRDs"
+echo "==> control plane and node binaries, helm and checkov (built once, then cached) and third-party CRDs"
 bash e2e/controlplane/build.sh target/testplane/bin
 bash e2e/node/build.sh target/node/bin
+bash e2e/tools/build.sh target/testplane/bin
 bash e2e/thirdparty/fetch-crds.sh
 
 echo "==> generated cert-manager types are current (kopium, built once into ~/.cache)"
@@ -32,7 +33,8 @@ bash images/build.sh target/images
 
 testplane() { cargo run -q -p iotposture-e2e --bin testplane -- --dir target/testplane --bin-dir target/testplane/bin "$@"; }
 if testplane status >/dev/null; then
-  echo "==> using the running test control plane"
+  echo "==> using the running test control plane (with the images built just now)"
+  bash e2e/node/node.sh images target/testplane target/testplane/bin
 else
   echo "==> starting a test control plane with its node"
   testplane up
@@ -41,3 +43,7 @@ fi
 
 echo "==> tests"
 cargo test --workspace
+
+# Last, as it reads what every test above made the operator request.
+echo "==> the chart's roles against the operator's requests (API server audit log)"
+cargo test -p iotposture-e2e --test chart -- --ignored

@@ -62,28 +62,26 @@ fn documents(yaml: &str) -> Vec<Value> {
 async fn local_values(client: &Client, dir: &Path) -> PathBuf {
     let slice: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
         Api::namespaced(client.clone(), "default");
-    let port = slice.get("kubernetes").await.unwrap().ports.unwrap()[0]
-        .port
-        .unwrap();
+    let slice = slice.get("kubernetes").await.unwrap();
+    let port = slice.ports.unwrap()[0].port.unwrap();
+    let address = slice.endpoints.unwrap()[0].addresses[0].clone();
     let operator = local_image("operator");
     let (repository, tag) = operator.rsplit_once(':').unwrap();
-    // The local tag names every build: the image's digest rolls the pods when it changes.
-    let tar = workspace_root().join("target/images/operator.oci.tar");
-    let sum = Command::new("sha256sum").arg(&tar).output().unwrap();
-    let digest = String::from_utf8_lossy(&sum.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_else(|| panic!("{}: build the images first (make test does)", tar.display()))
-        .to_string();
-    let values = json!({
+    let mut values = json!({
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
-        "podAnnotations": {"iotposture.dev/image-tar-sha256": digest},
         "gatewayImage": local_image("gateway"),
-        "networkPolicy": {"apiServerCIDRs": ["10.250.0.1/32"], "apiServerPorts": [port]},
+        "networkPolicy": {"apiServerCIDRs": [format!("{address}/32")], "apiServerPorts": [port]},
         "shutdownDelaySeconds": 3,
         // The tests' systems have no ports to probe.
         "probes": {"intervalSeconds": 0},
     });
+    // The local tag names every build: the image's digest rolls the pods when it changes.
+    let tar = workspace_root().join("target/images/operator.oci.tar");
+    let sum = Command::new("sha256sum").arg(&tar).output().ok();
+    let sum = sum.map(|s| String::from_utf8_lossy(&s.stdout).to_string());
+    if let Some(digest) = sum.as_deref().and_then(|s| s.split_whitespace().next()) {
+        values["podAnnotations"] = json!({"iotposture.dev/image-tar-sha256": digest});
+    }
     let path = dir.join("local-values.yaml");
     std::fs::write(&path, serde_json::to_string(&values).unwrap()).unwrap();
     path
@@ -601,8 +599,12 @@ async fn two_replicas_fail_over_within_15s_and_keep_answering_through_a_rollout(
     // The holder is `<pod>_<process>`.
     let leader_pod = pods.get(leader.split('_').next().unwrap()).await.unwrap();
     let pid = host_pid_of(&leader_pod).expect("the leader's process on this host");
-    let audit = AuditLog::default();
-    let mark = audit.mark();
+    // Clusters other than this project's (make e2e-kind) have no audit log here.
+    let audit = plane_dir()
+        .join("logs/audit.log")
+        .exists()
+        .then(AuditLog::default);
+    let mark = audit.as_ref().map(AuditLog::mark);
     let killed = Instant::now();
     assert_eq!(unsafe { libc_kill(pid, 9) }, 0, "kill -9 {pid}");
     let successor = wait_until("another replica leads", || async {
@@ -620,8 +622,9 @@ async fn two_replicas_fail_over_within_15s_and_keep_answering_through_a_rollout(
     tokio::time::sleep(Duration::from_secs(8)).await;
     let account = format!("system:serviceaccount:{ns}:{release}");
     let writes: Vec<String> = audit
-        .entries_since(mark)
-        .into_iter()
+        .iter()
+        .zip(mark)
+        .flat_map(|(audit, mark)| audit.entries_since(mark))
         .filter(|e| e["user"]["username"] == account.as_str())
         .filter(|e| WRITE_VERBS.contains(&e["verb"].as_str().unwrap_or_default()))
         .filter(|e| e["objectRef"]["resource"] != "leases")
@@ -636,6 +639,9 @@ async fn two_replicas_fail_over_within_15s_and_keep_answering_through_a_rollout(
         })
         .collect();
     assert!(writes.is_empty(), "writes after the failover: {writes:?}");
+    if audit.is_none() {
+        eprintln!("no audit log for this cluster: the writes after the failover were not checked");
+    }
     wait_system_ready(&admin, apps).await;
     wait_rolled_out(&admin, ns, release).await;
 
