@@ -155,14 +155,15 @@ async fn a_foreign_allow_all_rule_is_removed_and_judged_until_it_is() {
         "{}",
         ready.message
     );
-    assert!(
+    // Counted once the reconcile returns its error, just after it wrote the status.
+    wait_until("the failed restore counted", || async {
         operator
             .metrics
             .encode()
-            .contains("iotposture_reconcile_errors_total{reason=\"ApplyFailed\"}"),
-        "{}",
-        operator.metrics.encode()
-    );
+            .contains("iotposture_reconcile_errors_total{reason=\"ApplyFailed\"}")
+            .then_some(())
+    })
+    .await;
 
     // Once it may write again, the policy is restored exactly and II-2 passes.
     block.lift().await;
