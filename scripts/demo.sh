@@ -84,7 +84,10 @@ $helm upgrade --install iotposture charts/iotposture --namespace iotposture-syst
   --set-string "podAnnotations.iotposture\.dev/image-tar-sha256=$image_sum" \
   --wait --timeout 180s >/dev/null
 $kubectl -n iotposture-system rollout status deployment/iotposture --timeout=120s >/dev/null
-echo "leader: $($kubectl -n iotposture-system get lease iotposture-leader -o jsonpath='{.spec.holderIdentity}')"
+# The Lease's holder is `<pod>_<process>`: only the leader judges and exports verdicts.
+leader_pod="$($kubectl -n iotposture-system get lease iotposture-leader -o jsonpath='{.spec.holderIdentity}')"
+leader_pod="${leader_pod%%_*}"
+echo "leader: $leader_pod"
 $kubectl -n iotposture-system get pods
 
 echo "==> the example: manifests/examples/smart-factory.yaml"
@@ -174,8 +177,8 @@ Everything keeps running. Look around with:
   $bins/kubectl get policyreport -n smart-factory -o yaml
   $bins/kubectl get networkpolicy -n smart-factory
   $bins/kubectl -n smart-factory exec toolbox -- curl -sk https://dashboard.smart-factory.svc:8443/login
-  $bins/kubectl get --raw /api/v1/namespaces/iotposture-system/services/iotposture:metrics/proxy/metrics | grep iotposture_checklist
-  $bins/kubectl -n iotposture-system logs deploy/iotposture
+  $bins/kubectl get --raw /api/v1/namespaces/iotposture-system/pods/$leader_pod:8080/proxy/metrics | grep iotposture_checklist
+  $bins/kubectl -n iotposture-system logs $leader_pod
 Try a pod the checklist forbids (the admission webhook refuses it, naming the item):
   $bins/kubectl run ssh-gw -n smart-factory --image=iotposture.local/mosquitto:$version --labels=app=mqtt-gateway --port=22
 Stop everything with: make demo-down

@@ -23,7 +23,7 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Pod},
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client,
     api::{DeleteParams, ListParams, PostParams},
 };
 use serde_json::{Value, json};
@@ -714,13 +714,43 @@ async fn two_replicas_fail_over_within_15s_and_keep_answering_through_a_rollout(
         "webhook calls failed during the rollout: {failures:?}"
     );
     assert!(admitted > 20);
-    let _ = apps_pods
-        .list(&ListParams::default())
+
+    // The shared certificate spoiled: the leader issues a new one, and the
+    // webhook configurations trust the new CA and the previous one while
+    // the replicas switch; admission goes on.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(admin.clone(), ns);
+    let secret_name = format!("{release}-webhook-tls");
+    let before = secrets.get(&secret_name).await.unwrap();
+    let old_ca = before.data.as_ref().unwrap()["ca.crt"].0.clone();
+    secrets
+        .patch(
+            &secret_name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"data": {"tls.key": "anVuaw=="}})),
+        )
         .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|p| p.name_any());
+        .unwrap();
+    let configs: Api<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration> =
+        Api::all(admin.clone());
+    wait_until("a new certificate, both CAs trusted", || async {
+        let secret = secrets.get(&secret_name).await.ok()?;
+        let data = secret.data?;
+        let new_ca = data.get("ca.crt")?.0.clone();
+        let previous = data.get("previous-ca.crt")?.0.clone();
+        let bundle = configs.get(release).await.ok()?.webhooks?[0]
+            .client_config
+            .ca_bundle
+            .clone()?
+            .0;
+        let has = |pem: &[u8]| bundle.windows(pem.len()).any(|w| w == pem);
+        (new_ca != old_ca && previous == old_ca && has(&new_ca) && has(&old_ca)).then_some(())
+    })
+    .await;
+    wait_until(
+        "component pods admitted with the new certificate",
+        || async { apps_pods.create(&dry, &sensor).await.ok().map(|_| ()) },
+    )
+    .await;
 }
 
 unsafe extern "C" {
