@@ -38,6 +38,18 @@ fn kubectl() -> Command {
     cmd
 }
 
+/// Runs a command and returns its stdout; fails the test with its output otherwise.
+fn run_ok(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Runs helm and returns stdout; fails the test with stderr otherwise.
 fn helm_ok(args: &[&str]) -> String {
     let out = helm(args);
@@ -202,19 +214,13 @@ async fn the_chart_lints_renders_and_passes_static_checks() {
     );
 
     // manifests/install.yaml is the chart as rendered now.
-    let out = Command::new("bash")
-        .arg(workspace_root().join("scripts/render-install.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut render = Command::new("bash");
+    render.arg(workspace_root().join("scripts/render-install.sh"));
+    let rendered = run_ok(render);
     let committed =
         std::fs::read_to_string(workspace_root().join("manifests/install.yaml")).unwrap();
     assert!(
-        committed == String::from_utf8_lossy(&out.stdout),
+        committed == rendered,
         "manifests/install.yaml is stale: run `make install-yaml` and commit it"
     );
 }
@@ -347,17 +353,24 @@ async fn namespace(client: &Client, name: &str) {
     api.create(&PostParams::default(), &ns).await.unwrap();
 }
 
-#[tokio::test]
-async fn install_upgrade_from_the_previous_version_and_uninstall() {
+/// An administrator's client, a fresh folder, the values for a release here,
+/// and the namespace of the release's systems.
+async fn release_setup(name: &str, apps: &str) -> (Client, PathBuf, PathBuf) {
     let admin = client().await;
     iotposture_e2e::ensure_crds(&admin).await;
-    let dir = temp_dir("lifecycle");
+    let dir = temp_dir(name);
     let values = local_values(&admin, &dir).await;
+    namespace(&admin, apps).await;
+    (admin, dir, values)
+}
+
+#[tokio::test]
+async fn install_upgrade_from_the_previous_version_and_uninstall() {
+    let apps = "chart-life-apps";
+    let (admin, dir, values) = release_setup("lifecycle", apps).await;
     let values = values.to_str().unwrap();
     let (previous, old_chart) = previous_chart(&dir);
     let (release, ns) = ("iotposture-life", "chart-life");
-    let apps = "chart-life-apps";
-    namespace(&admin, apps).await;
     let _ = helm(&["uninstall", release, "--namespace", ns, "--wait"]);
 
     helm_ok(&[
@@ -551,12 +564,8 @@ async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
 
 #[tokio::test]
 async fn two_replicas_fail_over_within_15s_and_keep_answering_through_a_rollout() {
-    let admin = client().await;
-    iotposture_e2e::ensure_crds(&admin).await;
-    let dir = temp_dir("ha");
-    let values = local_values(&admin, &dir).await;
     let (release, ns, apps) = ("iotposture-ha", "chart-ha", "chart-ha-apps");
-    namespace(&admin, apps).await;
+    let (admin, _, values) = release_setup("ha", apps).await;
     helm_ok(&[
         "upgrade",
         "--install",
@@ -652,21 +661,15 @@ async fn two_replicas_fail_over_within_15s_and_keep_answering_through_a_rollout(
         "spec": {"containers": [{"name": "sensor", "image": local_image("toolbox")}]},
     }))
     .unwrap();
-    let restart = kubectl()
-        .args([
-            "rollout",
-            "restart",
-            &format!("deployment/{release}"),
-            "-n",
-            ns,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        restart.status.success(),
-        "{}",
-        String::from_utf8_lossy(&restart.stderr)
-    );
+    let mut restart = kubectl();
+    restart.args([
+        "rollout",
+        "restart",
+        &format!("deployment/{release}"),
+        "-n",
+        ns,
+    ]);
+    run_ok(restart);
     let started = Instant::now();
     let (mut admitted, mut failures) = (0, Vec::new());
     let dry = PostParams {

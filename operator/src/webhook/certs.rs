@@ -203,7 +203,11 @@ mod tests {
     #[test]
     fn a_stored_certificate_reads_back_as_issued() {
         let now = SystemTime::now();
-        let hosts = vec!["10.0.0.1".to_string(), "iotposture.ops.svc".to_string()];
+        let hosts = vec![
+            "10.0.0.1".to_string(),
+            "fd00::1".to_string(),
+            "iotposture.ops.svc".to_string(),
+        ];
         let cert = ServingCert::issue(&hosts, now).unwrap();
         let back = ServingCert::from_pem(&cert.ca_pem, &cert.chain_pem, &cert.key_pem).unwrap();
         assert_eq!(back.chain, cert.chain);

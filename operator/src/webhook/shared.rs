@@ -293,6 +293,16 @@ mod tests {
                 bundle: format!("{}{}", second.ca_pem, first.ca_pem)
             }
         );
+        // A previous CA past its validity is trusted no longer.
+        let expired =
+            ServingCert::issue(&hosts, now - Duration::from_secs(100 * 24 * 3600)).unwrap();
+        let after_expiry = secret(data(&second, Some(&expired.ca_pem)));
+        assert_eq!(
+            plan(Some(&after_expiry), &hosts, now),
+            Plan::Keep {
+                bundle: second.ca_pem.clone()
+            }
+        );
         let mut junk = data(&second, None);
         junk.insert(TLS_KEY.into(), ByteString(b"junk".to_vec()));
         assert!(matches!(
