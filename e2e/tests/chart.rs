@@ -309,6 +309,26 @@ fn sensor_system(namespace: &str) -> IoTSystem {
     .unwrap()
 }
 
+/// Creates the test system (or finds it there) once the release's webhooks
+/// answer: a Deployment is ready a moment before the proxy routes its
+/// Service, and the IoTSystem webhook fails closed meanwhile.
+async fn create_system(systems: &Api<IoTSystem>, namespace: &str) {
+    wait_until("the release's webhooks admitting the IoTSystem", || async {
+        match systems
+            .create(&PostParams::default(), &sensor_system(namespace))
+            .await
+        {
+            Ok(_) => Some(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Some(()),
+            Err(e) => {
+                eprintln!("not admitted yet: {e}");
+                None
+            }
+        }
+    })
+    .await;
+}
+
 async fn wait_system_ready(client: &Client, namespace: &str) {
     let api: Api<IoTSystem> = Api::namespaced(client.clone(), namespace);
     wait_until("the IoTSystem Ready", || async {
@@ -392,10 +412,11 @@ async fn install_upgrade_from_the_previous_version_and_uninstall() {
     ]);
     let systems: Api<IoTSystem> = Api::namespaced(admin.clone(), apps);
     let _ = systems.delete("plant", &DeleteParams::default()).await;
-    systems
-        .create(&PostParams::default(), &sensor_system(apps))
-        .await
-        .expect("the previous release's webhooks admit the IoTSystem");
+    wait_until("no system left from an earlier run", || async {
+        systems.get_opt("plant").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    create_system(&systems, apps).await;
     wait_system_ready(&admin, apps).await;
 
     let current = chart_dir();
@@ -420,24 +441,32 @@ async fn install_upgrade_from_the_previous_version_and_uninstall() {
     assert_eq!(status["info"]["status"], "deployed");
     // The upgraded release still judges and admits: the system stays Ready and a new one is reviewed.
     wait_system_ready(&admin, apps).await;
-    let refused = Api::<Pod>::namespaced(admin.clone(), apps)
-        .create(
-            &PostParams {
-                dry_run: true,
-                ..Default::default()
-            },
-            &serde_json::from_value(json!({
-                "metadata": {"name": "ssh", "labels": {"app": "sensor"}},
-                "spec": {"containers": [{"name": "ssh", "image": local_image("toolbox"),
-                    "ports": [{"containerPort": 22}]}]},
-            }))
-            .unwrap(),
-        )
-        .await;
-    assert!(
-        refused.is_err(),
-        "the upgraded webhooks refuse port 22 in Enforce: {refused:?}"
-    );
+    // Refused by the webhook itself, naming the item (an unreachable webhook
+    // would refuse too, for the wrong reason: retried until it answers).
+    let ssh: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "ssh", "labels": {"app": "sensor"}},
+        "spec": {"containers": [{"name": "ssh", "image": local_image("toolbox"),
+            "ports": [{"containerPort": 22}]}]},
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), apps);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    wait_until(
+        "the upgraded webhooks refusing port 22 in Enforce",
+        || async {
+            match pods.create(&dry, &ssh).await {
+                Err(kube::Error::Api(e)) if e.message.contains("IV-2") => Some(()),
+                other => {
+                    eprintln!("not refused by the webhook yet: {other:?}");
+                    None
+                }
+            }
+        },
+    )
+    .await;
 
     helm_ok(&[
         "uninstall",
@@ -586,12 +615,7 @@ async fn two_replicas_fail_over_within_15s_and_keep_answering_through_a_rollout(
     ]);
     wait_rolled_out(&admin, ns, release).await;
     let systems: Api<IoTSystem> = Api::namespaced(admin.clone(), apps);
-    if systems.get_opt("plant").await.unwrap().is_none() {
-        systems
-            .create(&PostParams::default(), &sensor_system(apps))
-            .await
-            .unwrap();
-    }
+    create_system(&systems, apps).await;
     wait_system_ready(&admin, apps).await;
 
     // Kill the leader's process outright (SIGKILL, no lease release).

@@ -377,7 +377,22 @@ fn dashboard(listen: &str) -> serde_json::Value {
 }
 
 /// GET `url` with curl from the pod `user`: the response head and the status.
+/// A pod turns ready a
+/// moment before the proxy routes its Service: retried while nothing answers
+/// (curl's 000), for up to 20 s.
 async fn curl(ns: &TestNamespace, url: &str) -> String {
+    let mut out = String::new();
+    for _ in 0..20 {
+        out = curl_once(ns, url).await;
+        if !out.trim_end().ends_with("000") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    out
+}
+
+async fn curl_once(ns: &TestNamespace, url: &str) -> String {
     let (_, out, _) = ns
         .kubectl(
             &[
