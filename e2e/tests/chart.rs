@@ -480,6 +480,14 @@ async fn install_upgrade_from_the_previous_version_and_uninstall() {
     // Nothing of the release stays: namespaced objects, its cluster-wide RBAC,
     // and (through their owner, the ClusterRole) the webhook configurations.
     wait_until("every object of the release gone", || async {
+        let names = |args: &[&str]| {
+            let out = kubectl().args(args).output().unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        let selector = format!("app.kubernetes.io/instance={release}");
         let mut left = Vec::new();
         for kind in [
             "deployments",
@@ -495,24 +503,9 @@ async fn install_upgrade_from_the_previous_version_and_uninstall() {
             "leases",
             "configmaps",
         ] {
-            let out = kubectl()
-                .args([
-                    "get",
-                    kind,
-                    "-n",
-                    ns,
-                    "-o",
-                    "name",
-                    "-l",
-                    &format!("app.kubernetes.io/instance={release}"),
-                ])
-                .output()
-                .unwrap();
-            left.extend(
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .map(String::from),
-            );
+            left.extend(names(&[
+                "get", kind, "-n", ns, "-o", "name", "-l", &selector,
+            ]));
         }
         for kind in [
             "clusterroles",
@@ -520,15 +513,14 @@ async fn install_upgrade_from_the_previous_version_and_uninstall() {
             "mutatingwebhookconfigurations",
             "validatingwebhookconfigurations",
         ] {
-            let out = kubectl()
-                .args(["get", kind, release, "-o", "name", "--ignore-not-found"])
-                .output()
-                .unwrap();
-            left.extend(
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .map(String::from),
-            );
+            left.extend(names(&[
+                "get",
+                kind,
+                release,
+                "-o",
+                "name",
+                "--ignore-not-found",
+            ]));
         }
         if !left.is_empty() {
             eprintln!("left behind so far: {left:?}");

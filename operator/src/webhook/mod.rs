@@ -35,10 +35,7 @@ use hyper_util::{
     server::conn::auto,
     service::TowerToHyperService,
 };
-use k8s_openapi::api::{
-    admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
-    core::v1::Pod,
-};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
@@ -330,23 +327,25 @@ async fn register(
     ca_pem: &str,
     filter: &ComponentFilter,
 ) -> Result<(), Error> {
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let name = registration.instance.clone();
-    let mutating = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    let desired = registration.mutating(ca_pem, filter);
-    let current = mutating.get_opt(&name).await.map_err(Error::Register)?;
+    let name = &registration.instance;
+    apply_if_changed(client, name, registration.mutating(ca_pem, filter)).await?;
+    apply_if_changed(client, name, registration.validating(ca_pem, filter)).await
+}
+
+/// Server-side applies one configuration unless the server's copy already says the same.
+async fn apply_if_changed<K>(client: &Client, name: &str, desired: K) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+{
+    let api = Api::<K>::all(client.clone());
+    let current = api.get_opt(name).await.map_err(Error::Register)?;
     if !current.is_some_and(|c| same_webhooks(&c, &desired)) {
-        mutating
-            .patch(&name, &params, &Patch::Apply(desired))
-            .await
-            .map_err(Error::Register)?;
-    }
-    let validating = Api::<ValidatingWebhookConfiguration>::all(client.clone());
-    let desired = registration.validating(ca_pem, filter);
-    let current = validating.get_opt(&name).await.map_err(Error::Register)?;
-    if !current.is_some_and(|c| same_webhooks(&c, &desired)) {
-        validating
-            .patch(&name, &params, &Patch::Apply(desired))
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(name, &params, &Patch::Apply(desired))
             .await
             .map_err(Error::Register)?;
     }
@@ -685,6 +684,7 @@ async fn validate_system(State(state): State<WebhookState>, body: Bytes) -> Resp
 #[cfg(test)]
 mod registering {
     use super::*;
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
     use registration::Endpoint;
 
     #[test]
