@@ -7,6 +7,7 @@ pub mod checklist;
 pub mod controller;
 pub mod gateway;
 pub mod health;
+pub mod heartbeat;
 pub mod http;
 pub mod metrics;
 pub mod probe;

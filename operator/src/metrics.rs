@@ -50,6 +50,30 @@ pub struct EndpointLabels {
     pub port: String,
 }
 
+/// Per component: components are bounded by the spec (and MAX_SYSTEMS).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabels {
+    pub namespace: String,
+    pub system: String,
+    pub component: String,
+}
+
+/// Device counts per state: devices themselves are never a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SensorLabels {
+    pub namespace: String,
+    pub system: String,
+    pub component: String,
+    pub state: &'static str,
+}
+
+/// What a component's pods show of their health (alert rules for VIII-1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodHealth {
+    pub restarts: i64,
+    pub crash_looping: i64,
+}
+
 /// Systems beyond this many get no per-system series (counted instead).
 pub const MAX_SYSTEMS: usize = 2000;
 
@@ -92,6 +116,14 @@ pub struct Metrics {
     pub admission: Family<AdmissionLabels, Counter>,
     /// Failed watch attempts, by kind.
     pub watch_errors: Family<KindLabels, Counter>,
+    /// Devices of each listened sensor component, by state (silent, heard).
+    pub sensor_devices: Family<SensorLabels, Gauge>,
+    /// Container restarts summed over a component's current pods.
+    pub component_restarts: Family<ComponentLabels, Gauge>,
+    /// Containers of a component waiting in CrashLoopBackOff.
+    pub component_crash_looping: Family<ComponentLabels, Gauge>,
+    /// Component series exported, to remove them with their system.
+    component_series: Mutex<HashSet<ComponentLabels>>,
     /// Endpoint series exported, to remove them with their system.
     endpoint_series: Mutex<HashSet<EndpointLabels>>,
     /// The label sets currently exported per system, to remove them on change.
@@ -169,8 +201,30 @@ impl Default for Metrics {
             "Failed watch attempts by kind; each is retried with backoff",
             watch_errors.clone(),
         );
+        let sensor_devices = Family::<SensorLabels, Gauge>::default();
+        registry.register(
+            "sensor_devices",
+            "Devices of a sensor component heard over MQTT, by state: silent (longer than maxSilence) or heard",
+            sensor_devices.clone(),
+        );
+        let component_restarts = Family::<ComponentLabels, Gauge>::default();
+        registry.register(
+            "component_container_restarts",
+            "Container restarts summed over a component's current pods",
+            component_restarts.clone(),
+        );
+        let component_crash_looping = Family::<ComponentLabels, Gauge>::default();
+        registry.register(
+            "component_crash_looping_containers",
+            "Containers of a component waiting in CrashLoopBackOff",
+            component_crash_looping.clone(),
+        );
         Self {
             registry,
+            sensor_devices,
+            component_restarts,
+            component_crash_looping,
+            component_series: Mutex::new(HashSet::new()),
             watch_errors,
             certificate_expiry,
             tls_handshake_ok,
@@ -304,6 +358,59 @@ impl Metrics {
     }
 
     /// Drops the series of one system, which is gone.
+    /// Device counts of a system's listened components.
+    pub fn record_sensors(
+        &self,
+        namespace: &str,
+        system: &str,
+        heartbeats: &std::collections::BTreeMap<String, crate::heartbeat::Judged>,
+    ) {
+        for (component, judged) in heartbeats {
+            let silent = judged.devices.iter().filter(|d| d.silent).count() as i64;
+            let heard = judged.devices.len() as i64 - silent;
+            for (state, count) in [("silent", silent), ("heard", heard)] {
+                self.sensor_devices
+                    .get_or_create(&SensorLabels {
+                        namespace: namespace.into(),
+                        system: system.into(),
+                        component: component.clone(),
+                        state,
+                    })
+                    .set(count);
+            }
+            self.component_series
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(ComponentLabels {
+                    namespace: namespace.into(),
+                    system: system.into(),
+                    component: component.clone(),
+                });
+        }
+    }
+
+    /// Restarts and crash loops of each component's pods.
+    pub fn record_pod_health(&self, namespace: &str, system: &str, health: &[(String, PodHealth)]) {
+        let mut series = self
+            .component_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (component, h) in health {
+            let labels = ComponentLabels {
+                namespace: namespace.into(),
+                system: system.into(),
+                component: component.clone(),
+            };
+            self.component_restarts
+                .get_or_create(&labels)
+                .set(h.restarts);
+            self.component_crash_looping
+                .get_or_create(&labels)
+                .set(h.crash_looping);
+            series.insert(labels);
+        }
+    }
+
     pub fn forget_system(&self, namespace: &str, system: &str) {
         let gone = (namespace.to_string(), system.to_string());
         self.retain_where(|key| *key != gone);
@@ -315,6 +422,25 @@ impl Metrics {
     }
 
     fn retain_where(&self, live: impl Fn(&(String, String)) -> bool) {
+        self.component_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l| {
+                let keep = live(&(l.namespace.clone(), l.system.clone()));
+                if !keep {
+                    self.component_restarts.remove(l);
+                    self.component_crash_looping.remove(l);
+                    for state in ["silent", "heard"] {
+                        self.sensor_devices.remove(&SensorLabels {
+                            namespace: l.namespace.clone(),
+                            system: l.system.clone(),
+                            component: l.component.clone(),
+                            state,
+                        });
+                    }
+                }
+                keep
+            });
         self.endpoint_series
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -8,6 +8,7 @@ mod checklist;
 mod crd_validation;
 mod drift;
 mod gateway;
+mod heartbeats;
 mod lifecycle;
 mod node;
 mod noop;

@@ -53,3 +53,39 @@ pub async fn wait_event(ns: &TestNamespace, system: &str, reason: &str) -> Strin
     })
     .await
 }
+
+/// A TLS Secret as cert-manager would write it for the port: the CA, and a
+/// certificate for the Service's names signed by it. Returns the CA (PEM).
+pub async fn tls_secret(ns: &TestNamespace, name: &str, service: &str) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "e2e-factory-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let names = vec![
+        service.to_string(),
+        format!("{service}.{}", ns.name),
+        format!("{service}.{}.svc", ns.name),
+        format!("{service}.{}.svc.cluster.local", ns.name),
+    ];
+    let cert = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "type": "kubernetes.io/tls",
+        "stringData": {"ca.crt": ca_pem, "tls.crt": cert.pem(), "tls.key": key.serialize_pem()},
+    }))
+    .unwrap();
+    ns.api::<k8s_openapi::api::core::v1::Secret>()
+        .create(&kube::api::PostParams::default(), &secret)
+        .await
+        .unwrap();
+    ca_pem
+}

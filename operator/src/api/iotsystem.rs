@@ -425,9 +425,43 @@ impl Protocol {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Heartbeat {
-    /// A duration such as `60s`, `5m` or `1h`.
+    /// A duration such as `60s`, `5m` or `1h`: a device heard less recently is
+    /// silent (checklist item VII-1).
     #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
     pub max_silence: String,
+
+    /// Devices outside the cluster that publish over MQTT, and where the
+    /// operator listens to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttHeartbeat>,
+
+    /// Devices expected to be heard (the `+` level of the topic). A declared
+    /// device never heard counts as silent; others count once heard.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub devices: Vec<String>,
+}
+
+/// Heartbeats heard on an MQTT broker of the system. The operator subscribes
+/// over TLS verified against the broker port's CA (the certificate cert-manager
+/// issued for it, `spec.tls`), to the broker component's Service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttHeartbeat {
+    /// The component running the broker (usually the Aggregator).
+    #[schemars(length(min = 1, max = 40))]
+    pub broker: String,
+    /// The name of the broker component's port; it must be declared `tls: true`.
+    #[schemars(length(min = 1, max = 15))]
+    pub port: String,
+    /// An MQTT topic filter with exactly one `+` level, which names the device,
+    /// e.g. `plant/+/status`. Any message on a matching topic is a heartbeat.
+    #[schemars(length(min = 1, max = 256))]
+    pub topic: String,
+    /// A Secret in the system's namespace with `username` and `password`, for
+    /// brokers that require them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -862,6 +896,31 @@ pub struct IoTSystemStatus {
     /// What the TLS probe saw at each TLS port (checklist item VI-3).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointStatus>,
+    /// Devices heard over MQTT (checklist item VII-1): the silent ones first,
+    /// at most 50; `summary` counts them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensors: Option<SensorStatus>,
+}
+
+/// The heartbeats of a system's external sensors.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SensorStatus {
+    /// e.g. `3 of 40 devices silent`.
+    pub summary: String,
+    pub devices: Vec<DeviceStatus>,
+}
+
+/// One device, as last heard.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceStatus {
+    pub component: String,
+    pub device: String,
+    pub silent: bool,
+    /// RFC 3339; absent for a declared device never heard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
 }
 
 /// One TLS endpoint as the probe saw it.

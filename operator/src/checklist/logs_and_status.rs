@@ -1,15 +1,79 @@
 //! Chapter VII, logs and sensor status: VII-1.
 
-use super::{Scope, evidence::Check, evidence::Offences, pod_name};
+use std::time::Duration;
 
-/// VII-1: sensor containers have liveness and readiness probes.
-pub fn check_sensor_probes(s: &Scope<'_>) -> Check {
+use super::{Scope, evidence::Check, evidence::Offences, pod_name};
+use crate::heartbeat::{Judged, Listening};
+
+/// Restarts and crash loops over a component's pods, for the metrics the
+/// VIII-1 alert rules read.
+pub fn pod_health(pods: &[&k8s_openapi::api::core::v1::Pod]) -> crate::metrics::PodHealth {
+    let statuses = pods
+        .iter()
+        .flat_map(|p| p.status.iter())
+        .flat_map(|s| s.container_statuses.iter().flatten());
+    let mut health = crate::metrics::PodHealth::default();
+    for s in statuses {
+        health.restarts += i64::from(s.restart_count);
+        if crash_looping(s) {
+            health.crash_looping += 1;
+        }
+    }
+    health
+}
+
+fn crash_looping(s: &k8s_openapi::api::core::v1::ContainerStatus) -> bool {
+    s.state
+        .as_ref()
+        .and_then(|s| s.waiting.as_ref())
+        .and_then(|w| w.reason.as_deref())
+        == Some("CrashLoopBackOff")
+}
+
+/// Devices named in one piece of evidence; the status lists more.
+const NAMED: usize = 5;
+
+/// VII-1: the status of every sensor can be told. Sensor pods: liveness and
+/// readiness probes, and none crash-looping. Sensors outside the cluster:
+/// every device declared or heard has been heard within `maxSilence`.
+pub fn check_sensor_status(s: &Scope<'_>) -> Check {
     let mut offences = Offences::default();
+    let mut passed = Vec::new();
+    let mut unknown = Vec::new();
     let mut checked = 0;
-    let mut external = Vec::new();
     for c in &s.targets {
+        let heartbeat = c.component.heartbeat.as_ref();
+        if let Some(mqtt) = heartbeat.and_then(|h| h.mqtt.as_ref()) {
+            let judged = s
+                .snapshot
+                .heartbeats
+                .as_ref()
+                .and_then(|h| h.get(&c.component.name));
+            match judged {
+                None if s.snapshot.heartbeats.is_none() => unknown.push(format!(
+                    "{}: heartbeats on {} are heard only by the running operator",
+                    c.component.name, mqtt.topic
+                )),
+                None => unknown.push(format!(
+                    "{}: not listening on {} yet",
+                    c.component.name, mqtt.topic
+                )),
+                Some(j) => judge_devices(
+                    &c.component.name,
+                    j,
+                    &mut offences,
+                    &mut passed,
+                    &mut unknown,
+                ),
+            }
+        }
         if c.pods.is_empty() {
-            external.push(c.component.name.as_str());
+            if heartbeat.is_none_or(|h| h.mqtt.is_none()) {
+                unknown.push(format!(
+                    "no pods of sensor {} (external sensors? declare heartbeat.mqtt)",
+                    c.component.name
+                ));
+            }
             continue;
         }
         for pod in &c.pods {
@@ -28,15 +92,293 @@ pub fn check_sensor_probes(s: &Scope<'_>) -> Check {
                     }
                 }
             }
+            for status in pod
+                .status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+            {
+                if crash_looping(status) {
+                    offences.add(format!(
+                        "pod {} container {} is crash-looping ({} restarts)",
+                        pod_name(pod),
+                        status.name,
+                        status.restart_count
+                    ));
+                }
+            }
         }
     }
-    if !offences.is_empty() || external.is_empty() {
-        return offences.verdict(format!(
-            "{checked} sensor containers have liveness and readiness probes"
+    if !offences.is_empty() {
+        return offences.verdict(String::new());
+    }
+    if !unknown.is_empty() {
+        return Check::unknown(unknown.join("; "));
+    }
+    let mut what = Vec::new();
+    if checked > 0 {
+        what.push(format!(
+            "{checked} sensor containers have liveness and readiness probes and none is crash-looping"
         ));
     }
-    Check::unknown(format!(
-        "no pods of sensor {} (external sensors?); heartbeat tracking is not evaluated by this version",
-        external.join(", ")
-    ))
+    what.extend(passed);
+    Check::pass(what.join("; "))
+}
+
+fn judge_devices(
+    component: &str,
+    j: &Judged,
+    offences: &mut Offences,
+    passed: &mut Vec<String>,
+    unknown: &mut Vec<String>,
+) {
+    let silent: Vec<_> = j.devices.iter().filter(|d| d.silent).collect();
+    let heard = j.devices.len() - silent.len();
+    match (&j.listening, j.devices.is_empty()) {
+        // Never subscribed and nothing known: nothing can be said yet.
+        (Listening::Not(why), true) => {
+            unknown.push(format!("{component}: cannot listen on {}: {why}", j.source));
+            return;
+        }
+        (Listening::Since(since), true) => {
+            let listened = j.now.duration_since(*since).unwrap_or_default();
+            if listened <= j.max_silence {
+                unknown.push(format!(
+                    "{component}: listening on {} for {}, no device heard yet",
+                    j.source,
+                    secs(listened)
+                ));
+            } else {
+                offences.add(format!(
+                    "{component}: no device heard on {} in {} (maxSilence {})",
+                    j.source,
+                    secs(listened),
+                    secs(j.max_silence)
+                ));
+            }
+            return;
+        }
+        _ => {}
+    }
+    if silent.is_empty() {
+        passed.push(format!(
+            "{component}: all {heard} devices heard within {} on {}",
+            secs(j.max_silence),
+            j.source
+        ));
+        return;
+    }
+    let mut names: Vec<String> = silent
+        .iter()
+        .take(NAMED)
+        .map(|d| match d.last_seen {
+            Some(at) => format!(
+                "{} (silent for {})",
+                d.device,
+                secs(j.now.duration_since(at).unwrap_or_default())
+            ),
+            None => format!("{} (never heard)", d.device),
+        })
+        .collect();
+    if silent.len() > NAMED {
+        names.push(format!("and {} more", silent.len() - NAMED));
+    }
+    let connection = match &j.listening {
+        Listening::Not(why) => format!("; not listening: {why}"),
+        Listening::Since(_) => String::new(),
+    };
+    offences.add(format!(
+        "{component}: {} of {} devices silent longer than {}: {}{connection}",
+        silent.len(),
+        j.devices.len(),
+        secs(j.max_silence),
+        names.join(", ")
+    ));
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeMap,
+        time::{Duration, SystemTime},
+    };
+
+    use super::*;
+    use crate::{
+        api::Verdict,
+        build::fixtures::{FACTORY, validated},
+        checklist::{Snapshot, component_pods},
+        heartbeat::{DeviceState, judge},
+    };
+
+    const T0: Duration = Duration::from_secs(2_000_000_000);
+
+    fn with_mqtt() -> String {
+        FACTORY.replace(
+            "heartbeat: {maxSilence: 60s}",
+            "heartbeat: {maxSilence: 60s, mqtt: {broker: gateway, port: mqtts, topic: plant/+/status}, devices: [press-1]}",
+        )
+    }
+
+    fn vii1(snapshot: &Snapshot) -> Check {
+        let system = validated(&with_mqtt());
+        let all = component_pods(&system, snapshot);
+        let scope = Scope {
+            system: &system,
+            snapshot,
+            targets: all
+                .iter()
+                .filter(|c| c.component.name == "line-sensor")
+                .collect(),
+            all: &all,
+        };
+        check_sensor_status(&scope)
+    }
+
+    fn heard(listening: Listening, seen: &[(&str, u64)]) -> Snapshot {
+        let now = SystemTime::UNIX_EPOCH + T0;
+        let last_seen: BTreeMap<String, SystemTime> = seen
+            .iter()
+            .map(|(d, ago)| (d.to_string(), now - Duration::from_secs(*ago)))
+            .collect();
+        let devices: Vec<DeviceState> = judge(
+            &["press-1".into()],
+            &last_seen,
+            Duration::from_secs(60),
+            now,
+        );
+        Snapshot {
+            heartbeats: Some(BTreeMap::from([(
+                "line-sensor".to_string(),
+                Judged {
+                    listening,
+                    source: "topic plant/+/status on gateway.plant.svc".into(),
+                    max_silence: Duration::from_secs(60),
+                    now,
+                    devices,
+                },
+            )])),
+            ..Snapshot::default()
+        }
+    }
+
+    fn since(ago: u64) -> Listening {
+        Listening::Since(SystemTime::UNIX_EPOCH + T0 - Duration::from_secs(ago))
+    }
+
+    #[test]
+    fn devices_heard_within_max_silence_pass() {
+        let c = vii1(&heard(since(300), &[("press-1", 5), ("press-2", 59)]));
+        assert_eq!(c.verdict, Verdict::Pass, "{}", c.evidence);
+        assert!(
+            c.evidence.contains("all 2 devices heard within 60s"),
+            "{}",
+            c.evidence
+        );
+    }
+
+    #[test]
+    fn silent_and_never_heard_devices_fail_by_name() {
+        let c = vii1(&heard(since(300), &[("press-2", 61)]));
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(
+            c.evidence.contains(
+                "2 of 2 devices silent longer than 60s: press-1 (never heard), press-2 (silent for 61s)"
+            ),
+            "{}",
+            c.evidence
+        );
+    }
+
+    #[test]
+    fn a_lost_broker_connection_is_named_beside_the_silent_devices() {
+        let c = vii1(&heard(
+            Listening::Not("TLS: invalid peer certificate".into()),
+            &[("press-1", 120)],
+        ));
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(
+            c.evidence
+                .ends_with("; not listening: TLS: invalid peer certificate"),
+            "{}",
+            c.evidence
+        );
+    }
+
+    #[test]
+    fn nothing_heard_yet_is_unknown_until_max_silence_has_passed() {
+        let mut snapshot = heard(since(30), &[]);
+        // No declared device either.
+        if let Some(j) = snapshot.heartbeats.as_mut().unwrap().get_mut("line-sensor") {
+            j.devices.clear();
+        }
+        let c = vii1(&snapshot);
+        assert_eq!(c.verdict, Verdict::Unknown, "{}", c.evidence);
+        assert!(
+            c.evidence.contains("listening on topic plant/+/status"),
+            "{}",
+            c.evidence
+        );
+        if let Some(j) = snapshot.heartbeats.as_mut().unwrap().get_mut("line-sensor") {
+            j.listening = since(61);
+        }
+        let c = vii1(&snapshot);
+        assert_eq!(c.verdict, Verdict::Fail, "{}", c.evidence);
+        assert!(
+            c.evidence.contains("no device heard on topic"),
+            "{}",
+            c.evidence
+        );
+        if let Some(j) = snapshot.heartbeats.as_mut().unwrap().get_mut("line-sensor") {
+            j.listening = Listening::Not("no ready pod".into());
+        }
+        let c = vii1(&snapshot);
+        assert_eq!(c.verdict, Verdict::Unknown, "{}", c.evidence);
+        assert!(c.evidence.contains("cannot listen on"), "{}", c.evidence);
+    }
+
+    #[test]
+    fn offline_the_heartbeat_is_left_unknown_with_the_reason() {
+        let c = vii1(&Snapshot::default());
+        assert_eq!(c.verdict, Verdict::Unknown);
+        assert!(
+            c.evidence.contains("heard only by the running operator"),
+            "{}",
+            c.evidence
+        );
+    }
+
+    #[test]
+    fn a_crash_looping_sensor_pod_fails_and_counts_in_pod_health() {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "s-0", "namespace": "plant", "labels": {"app": "line-sensor"}},
+            "spec": {"containers": [{"name": "c", "image": "x",
+                "livenessProbe": {"exec": {"command": ["true"]}},
+                "readinessProbe": {"exec": {"command": ["true"]}}}]},
+            "status": {"containerStatuses": [{"name": "c", "image": "x", "imageID": "", "ready": false,
+                "restartCount": 7, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}
+        }))
+        .unwrap();
+        let mut snapshot = heard(since(300), &[("press-1", 1)]);
+        snapshot.pods = vec![pod];
+        let c = vii1(&snapshot);
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(
+            c.evidence
+                .contains("pod s-0 container c is crash-looping (7 restarts)"),
+            "{}",
+            c.evidence
+        );
+        let pods: Vec<_> = snapshot.pods.iter().collect();
+        assert_eq!(
+            pod_health(&pods),
+            crate::metrics::PodHealth {
+                restarts: 7,
+                crash_looping: 1
+            }
+        );
+    }
 }

@@ -20,7 +20,7 @@ pub mod evidence;
 pub mod snapshot;
 
 pub mod encryption;
-mod logs_and_status;
+pub mod logs_and_status;
 pub mod network_ports;
 pub mod physical_access;
 pub mod software;
@@ -241,7 +241,7 @@ fn run_check(id: &str, s: &Scope<'_>) -> Check {
         "VI-2" => encryption::check_flow_encryption(s),
         "VI-3" => encryption::check_encryption_in_use(s),
         "VI-4" => encryption::check_certificate_renewal(s),
-        "VII-1" => logs_and_status::check_sensor_probes(s),
+        "VII-1" => logs_and_status::check_sensor_status(s),
         "VII-2" => not_yet("log shipping over TLS and the decision record"),
         "VIII-1" => not_yet("sensor alert rules and the notifier"),
         "VIII-2" => web_gateway::check_auth_alerts(s),

@@ -34,6 +34,9 @@ pub struct Snapshot {
     pub tls_probes: Option<Vec<crate::controller::probing::ProbedPort>>,
     /// What the HTTP probe saw at the system's web ports; None when not probed.
     pub http_probes: Option<Vec<crate::controller::probing::ProbedHttpPort>>,
+    /// Devices heard over MQTT, by sensor component; None where nothing
+    /// listens (the offline check).
+    pub heartbeats: Option<std::collections::BTreeMap<String, crate::heartbeat::Judged>>,
 }
 
 impl Snapshot {

@@ -19,6 +19,10 @@ const CHECKED: [&str; 16] = [
     "V-1", "V-2", "VI-4", "VII-1",
 ];
 
+/// Checked, but decided only by the running operator (heartbeats heard over
+/// MQTT): the offline check says so instead of passing.
+const LIVE_ONLY: [&str; 1] = ["VII-1"];
+
 fn judge(yaml: &str) -> SystemReport {
     let mut m = Manifests::default();
     load_text(&mut m, Path::new("fixture.yaml"), yaml, "default").unwrap();
@@ -40,7 +44,17 @@ fn every_item_gets_a_verdict() {
 #[test]
 fn the_example_passes_every_implemented_check() {
     let r = judge(GOOD);
-    for id in CHECKED {
+    for id in LIVE_ONLY {
+        let i = item(&r, id);
+        assert_eq!(i.verdict, Verdict::Unknown, "{id}: {}", i.evidence);
+        assert!(
+            i.evidence.contains("heard only by the running operator"),
+            "{id}: {}",
+            i.evidence
+        );
+    }
+    for id in CHECKED.iter().filter(|id| !LIVE_ONLY.contains(id)) {
+        let id = *id;
         let i = item(&r, id);
         assert_eq!(i.verdict, Verdict::Pass, "{id}: {}", i.evidence);
         assert!(!i.evidence.is_empty() && i.remediation.is_none());
@@ -198,7 +212,8 @@ fn attestations_count_until_they_expire() {
 #[test]
 fn items_without_a_targeted_component_do_not_apply() {
     let without_sensor = GOOD
-        .replace("    - name: temp-sensor\n      role: Sensor\n      selector: {matchLabels: {app: temp-sensor}}\n      heartbeat: {maxSilence: 60s}\n", "")
+        .replace("    - name: temp-sensor\n      role: Sensor\n      selector: {matchLabels: {app: temp-sensor}}\n", "")
+        .replace("      # Each reading is a heartbeat of the device the topic names (the\n      # sensor's host name); one silent for a minute fails VII-1.\n      heartbeat:\n        maxSilence: 60s\n        mqtt: {broker: gateway, port: mqtts, topic: plant/line-1/+/temperature}\n", "")
         .replace("    - {from: {component: temp-sensor}, to: gateway, port: mqtts}\n", "");
     let r = judge(&without_sensor);
     for id in ["VII-1", "VIII-1"] {

@@ -327,6 +327,7 @@ impl Caches {
                 .map(|store| owned(in_namespace(store, namespace))),
             tls_probes: None,
             http_probes: None,
+            heartbeats: None,
         }
     }
 

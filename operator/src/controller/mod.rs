@@ -15,6 +15,7 @@ pub mod apply;
 pub mod backoff;
 pub mod cache;
 pub mod leader;
+pub mod listening;
 pub mod probing;
 pub mod status;
 pub mod validate;
@@ -86,6 +87,8 @@ pub struct Context {
     pub clock: fn() -> Time,
     /// The probes' latest findings, when probing runs.
     pub probes: Option<Arc<probing::ProbeResults>>,
+    /// Sensor devices heard over MQTT (`listening`).
+    pub heartbeats: Arc<crate::heartbeat::Ledger>,
     /// Set when the admission webhooks are served: their match conditions
     /// must cover a system's pods, and its namespace gets their label.
     pub webhooks: Option<Arc<crate::webhook::Registrar>>,
@@ -130,6 +133,7 @@ fn plan(system: &IoTSystem, ctx: &Context, namespace: &str) -> Plan {
 struct Judgement {
     items: Vec<ItemStatus>,
     endpoints: Option<Vec<EndpointStatus>>,
+    sensors: Option<crate::api::SensorStatus>,
 }
 
 /// Judges the namespace as the API server now holds it: the caches, with
@@ -151,6 +155,22 @@ async fn judge(
         .and_then(|p| p.get(&valid.namespace, &valid.name));
     snapshot.tls_probes = findings.as_ref().map(|f| f.tls.clone());
     snapshot.http_probes = findings.map(|f| f.http);
+    let heartbeats = crate::heartbeat::judge_system(&ctx.heartbeats, valid, now_system(now));
+    ctx.metrics
+        .record_sensors(&valid.namespace, &valid.name, &heartbeats);
+    let sensors = status::sensor_status(&heartbeats);
+    let health: Vec<_> = checklist::component_pods(valid, &snapshot)
+        .iter()
+        .map(|c| {
+            (
+                c.component.name.clone(),
+                checklist::logs_and_status::pod_health(&c.pods),
+            )
+        })
+        .collect();
+    ctx.metrics
+        .record_pod_health(&valid.namespace, &valid.name, &health);
+    snapshot.heartbeats = Some(heartbeats);
     let endpoints = snapshot
         .tls_probes
         .as_ref()
@@ -163,7 +183,17 @@ async fn judge(
     if let Err(e) = apply::apply_report(ctx, valid, &report).await {
         failures.push(e);
     }
-    Judgement { items, endpoints }
+    Judgement {
+        items,
+        endpoints,
+        sensors,
+    }
+}
+
+/// The reconcile's clock as a SystemTime, for judging silence.
+fn now_system(now: &Time) -> std::time::SystemTime {
+    std::time::SystemTime::UNIX_EPOCH
+        + std::time::Duration::from_millis(now.0.as_millisecond().max(0) as u64)
 }
 
 #[instrument(skip_all, fields(system = %system.name_any(), namespace = system.namespace().unwrap_or_default()))]
@@ -214,13 +244,20 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
     };
 
     // 4. status, and Events for what changed
-    let (items, endpoints) = match judgement {
-        Some(j) => (Some(j.items), j.endpoints),
-        None => (None, None),
+    let (items, endpoints, sensors) = match judgement {
+        Some(j) => (Some(j.items), j.endpoints, j.sensors),
+        None => (None, None, None),
     };
     let api: Api<IoTSystem> = Api::namespaced(ctx.client.clone(), &namespace);
     let status_changed = status::write_if_changed(&api, &system, |basis| {
-        status::desired_status(basis, &outcome, items.as_deref(), endpoints.clone(), &now)
+        status::desired_status(
+            basis,
+            &outcome,
+            items.as_deref(),
+            endpoints.clone(),
+            sensors.clone(),
+            &now,
+        )
     })
     .await
     .map_err(Error::Status)?;

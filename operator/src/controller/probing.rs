@@ -242,7 +242,7 @@ pub enum Dial {
 }
 
 /// The component's Service name, and the key --probe-resolve uses.
-fn service_name(
+pub fn service_name(
     system: &ValidatedSystem,
     component: &ValidComponent,
     port: &Port,
@@ -256,13 +256,13 @@ fn service_name(
 /// --probe-resolve, else the Service's ClusterIP, else (headless) a ready pod's IP.
 pub fn dial(
     caches: &Caches,
-    options: &ProbeOptions,
+    resolve: &HashMap<String, SocketAddr>,
     system: &ValidatedSystem,
     component: &ValidComponent,
     port: &Port,
 ) -> Dial {
     let (_, key) = service_name(system, component, port);
-    if let Some(addr) = options.resolve.get(&key) {
+    if let Some(addr) = resolve.get(&key) {
         return Dial::To(*addr);
     }
     let service = caches
@@ -376,7 +376,13 @@ async fn probe_web_port(
         finding,
     };
     let (name, key) = service_name(system, component, port);
-    let addr = match dial(round.caches, round.options, system, component, port) {
+    let addr = match dial(
+        round.caches,
+        &round.options.resolve,
+        system,
+        component,
+        port,
+    ) {
         Dial::To(addr) => addr,
         Dial::Fault(why) => return done(http::Finding::fault(key, why)),
         Dial::Refused(why) => return done(http::Finding::unreachable(key, why)),
@@ -503,7 +509,13 @@ async fn probe_tls(round: &Round<'_>, system: &ValidatedSystem) -> Vec<ProbedPor
         for port in component.ports.iter().filter(|p| p.tls) {
             jobs.push(async move {
                 let (name, key) = service_name(system, component, port);
-                let finding = match dial(round.caches, round.options, system, component, port) {
+                let finding = match dial(
+                    round.caches,
+                    &round.options.resolve,
+                    system,
+                    component,
+                    port,
+                ) {
                     Dial::To(addr) => {
                         let trust = issuer_ca(
                             round.client,
@@ -544,7 +556,7 @@ async fn probe_tls(round: &Round<'_>, system: &ValidatedSystem) -> Vec<ProbedPor
 /// The CA cert-manager stored with the certificate (`ca.crt`), the anchor the
 /// presented chain must lead to. Read with one GET: Secrets are cached as
 /// metadata only.
-async fn issuer_ca(
+pub async fn issuer_ca(
     client: &Client,
     system: &ValidatedSystem,
     secret: &str,

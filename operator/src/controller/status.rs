@@ -2,6 +2,8 @@
 //! function with an injected clock, and written only when it differs from what
 //! the object already says.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
     Api, ResourceExt,
@@ -11,9 +13,13 @@ use serde_json::json;
 
 use super::{apply::ApplyReport, validate::ValidationError};
 use crate::{
-    api::{EndpointStatus, IoTSystem, IoTSystemStatus, ItemStatus, ManagedObject},
+    api::{
+        DeviceStatus, EndpointStatus, IoTSystem, IoTSystemStatus, ItemStatus, ManagedObject,
+        SensorStatus,
+    },
     build::DesiredObjects,
     controller::apply::{ApplyFailures, ObjectKey},
+    heartbeat::{Judged, Listening},
 };
 
 pub const READY: &str = "Ready";
@@ -43,6 +49,7 @@ pub fn desired_status(
     outcome: &Outcome<'_>,
     checklist: Option<&[ItemStatus]>,
     endpoints: Option<Vec<EndpointStatus>>,
+    sensors: Option<SensorStatus>,
     now: &Time,
 ) -> IoTSystemStatus {
     let old = system.status.clone().unwrap_or_default();
@@ -92,12 +99,12 @@ pub fn desired_status(
         system.metadata.generation,
         now,
     );
-    let (compliant, summary, items) = match checklist {
+    let (compliant, summary, items, sensors) = match checklist {
         Some(items) => {
             let (summary, compliant) = crate::checklist::summarize(items);
-            (Some(compliant), Some(summary), items.to_vec())
+            (Some(compliant), Some(summary), items.to_vec(), sensors)
         }
-        None => (old.compliant, old.summary, old.items),
+        None => (old.compliant, old.summary, old.items, old.sensors),
     };
     IoTSystemStatus {
         observed_generation: system.metadata.generation,
@@ -108,7 +115,59 @@ pub fn desired_status(
         summary,
         items,
         endpoints: endpoints.unwrap_or(old.endpoints),
+        sensors,
     }
+}
+
+/// Devices listed in status: the silent first, at most this many.
+const LISTED_DEVICES: usize = 50;
+
+/// The heard devices for status. Only silent devices carry their last-seen
+/// time: a heartbeat then changes nothing, so status is written when a
+/// device falls silent or is heard again, not on every message.
+pub fn sensor_status(heartbeats: &BTreeMap<String, Judged>) -> Option<SensorStatus> {
+    if heartbeats.is_empty() {
+        return None;
+    }
+    let mut devices: Vec<DeviceStatus> = heartbeats
+        .iter()
+        .flat_map(|(component, j)| {
+            j.devices.iter().map(move |d| DeviceStatus {
+                component: component.clone(),
+                device: d.device.clone(),
+                silent: d.silent,
+                last_seen: d.last_seen.filter(|_| d.silent).map(rfc3339),
+            })
+        })
+        .collect();
+    devices.sort_by(|a, b| {
+        b.silent
+            .cmp(&a.silent)
+            .then_with(|| (&a.component, &a.device).cmp(&(&b.component, &b.device)))
+    });
+    let silent = devices.iter().filter(|d| d.silent).count();
+    let total = devices.len();
+    devices.truncate(LISTED_DEVICES);
+    let not_listening: Vec<&str> = heartbeats
+        .iter()
+        .filter(|(_, j)| !matches!(j.listening, Listening::Since(_)))
+        .map(|(c, _)| c.as_str())
+        .collect();
+    let mut summary = format!("{silent} of {total} devices silent");
+    if !not_listening.is_empty() {
+        summary.push_str(&format!("; not listening for {}", not_listening.join(", ")));
+    }
+    Some(SensorStatus { summary, devices })
+}
+
+fn rfc3339(at: std::time::SystemTime) -> String {
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    k8s_openapi::jiff::Timestamp::from_second(secs)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 fn managed(key: &ObjectKey, applied: bool) -> ManagedObject {
@@ -209,10 +268,29 @@ pub async fn write_if_changed(
     api.patch_status(
         &system.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
+        &Patch::Merge(json!({ "status": merge_body(&status) })),
     )
     .await?;
     Ok(true)
+}
+
+/// The status as a merge patch: a field left out when empty is sent as
+/// null, or the server would keep its old value and every later reconcile
+/// would find a difference to write.
+fn merge_body(status: &IoTSystemStatus) -> serde_json::Value {
+    let mut body = serde_json::to_value(status).unwrap_or_default();
+    if let Some(fields) = body.as_object_mut() {
+        for optional in [
+            "sensors",
+            "endpoints",
+            "compliant",
+            "summary",
+            "observedGeneration",
+        ] {
+            fields.entry(optional).or_insert(serde_json::Value::Null);
+        }
+    }
+    body
 }
 
 #[cfg(test)]
@@ -250,6 +328,7 @@ mod tests {
             &Outcome::Enforced { report: &report },
             None,
             None,
+            None,
             &at(100),
         );
         assert_eq!(status.observed_generation, Some(4));
@@ -273,11 +352,13 @@ mod tests {
             &Outcome::Enforced { report: &report },
             None,
             None,
+            None,
             &at(100),
         ));
         let again = desired_status(
             &s,
             &Outcome::Enforced { report: &report },
+            None,
             None,
             None,
             &at(200),
@@ -289,7 +370,7 @@ mod tests {
         );
 
         let invalid = ValidationError::EmptySelector("gateway".into());
-        let failed = desired_status(&s, &Outcome::Invalid(&invalid), None, None, &at(300));
+        let failed = desired_status(&s, &Outcome::Invalid(&invalid), None, None, None, &at(300));
         assert_eq!(failed.conditions[0].status, "False");
         assert_eq!(failed.conditions[0].reason, "InvalidSpec");
         assert!(failed.conditions[0].message.contains("gateway"));

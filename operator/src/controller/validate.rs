@@ -16,8 +16,8 @@ use kube::{
 };
 
 use crate::api::{
-    Access, Attestation, Component, ImagePolicy, IoTSystem, Mode, PodDefaults, Port, Protocol,
-    Role, Subject, SubjectKind, TlsPolicy,
+    Access, Attestation, Component, Heartbeat, ImagePolicy, IoTSystem, Mode, MqttHeartbeat,
+    PodDefaults, Port, Protocol, Role, Subject, SubjectKind, TlsPolicy,
 };
 use crate::gateway::settings::{GatewaySettings, SettingError};
 
@@ -109,6 +109,8 @@ pub enum ValidationError {
         component: String,
         error: SettingError,
     },
+    #[error("component {component:?}: heartbeat {why}")]
+    InvalidHeartbeat { component: String, why: String },
     #[error("pod {pod:?} is selected by both component {first:?} and component {second:?}")]
     ComponentOverlap {
         pod: String,
@@ -166,12 +168,21 @@ pub struct ValidComponent {
     pub upnp: bool,
     pub automount_service_account_token: bool,
     pub devices: Vec<String>,
-    pub heartbeat: bool,
+    /// For sensors: when they count as silent, and where they are heard.
+    pub heartbeat: Option<ValidHeartbeat>,
     pub writable_paths: Vec<String>,
     /// The Service in front of the component.
     pub service: String,
     /// Gateway settings, defaulted and checked; used when a port has `http` set.
     pub http: GatewaySettings,
+}
+
+/// A sensor's heartbeat, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidHeartbeat {
+    pub max_silence: std::time::Duration,
+    pub mqtt: Option<MqttHeartbeat>,
+    pub devices: Vec<String>,
 }
 
 impl ValidComponent {
@@ -320,6 +331,11 @@ pub fn validate(
             return Err(ValidationError::DuplicateComponent(c.name.clone()));
         }
         components.push(validate_component(c)?);
+    }
+    for c in &components {
+        if let Some(mqtt) = c.heartbeat.as_ref().and_then(|h| h.mqtt.as_ref()) {
+            check_broker(&c.name, mqtt, &components)?;
+        }
     }
 
     let index_of = |name: &str| components.iter().position(|c| c.name == name);
@@ -539,10 +555,86 @@ fn validate_component(c: &Component) -> Result<ValidComponent, ValidationError> 
         upnp: c.upnp,
         automount_service_account_token: c.automount_service_account_token,
         devices: c.devices.clone(),
-        heartbeat: c.heartbeat.is_some(),
+        heartbeat: c
+            .heartbeat
+            .as_ref()
+            .map(|h| validate_heartbeat(&c.name, h))
+            .transpose()?,
         writable_paths: c.writable_paths.clone(),
         service: c.service.clone().unwrap_or_else(|| c.name.clone()),
     })
+}
+
+fn validate_heartbeat(component: &str, h: &Heartbeat) -> Result<ValidHeartbeat, ValidationError> {
+    let bad = |why: String| ValidationError::InvalidHeartbeat {
+        component: component.to_string(),
+        why,
+    };
+    let max_silence = crate::api::duration::parse_duration(&h.max_silence)
+        .map_err(|e| bad(format!("maxSilence: {e}")))?;
+    if max_silence.is_zero() {
+        return Err(bad("maxSilence must be longer than 0s".into()));
+    }
+    if let Some(mqtt) = &h.mqtt {
+        crate::heartbeat::device_level(&mqtt.topic).map_err(|e| bad(format!("mqtt.topic: {e}")))?;
+    }
+    let mut devices = h.devices.clone();
+    devices.sort();
+    if let Some(pair) = devices.windows(2).find(|w| w[0] == w[1]) {
+        return Err(bad(format!("device {:?} is listed twice", pair[0])));
+    }
+    if let Some(d) = devices
+        .iter()
+        .find(|d| d.is_empty() || d.contains(['+', '#', '/']))
+    {
+        return Err(bad(format!(
+            "device {d:?} is not one topic level (no '/', '+' or '#')"
+        )));
+    }
+    Ok(ValidHeartbeat {
+        max_silence,
+        mqtt: h.mqtt.clone(),
+        devices,
+    })
+}
+
+/// The broker a heartbeat listens on is a component of the system with that
+/// port, and the port is TLS: heartbeats are read only over verified TLS.
+fn check_broker(
+    component: &str,
+    mqtt: &MqttHeartbeat,
+    components: &[ValidComponent],
+) -> Result<(), ValidationError> {
+    let bad = |why: String| ValidationError::InvalidHeartbeat {
+        component: component.to_string(),
+        why,
+    };
+    let broker = components
+        .iter()
+        .find(|c| c.name == mqtt.broker)
+        .ok_or_else(|| {
+            bad(format!(
+                "mqtt.broker names component {:?}, which spec.components does not declare",
+                mqtt.broker
+            ))
+        })?;
+    let port = broker
+        .ports
+        .iter()
+        .find(|p| p.name == mqtt.port)
+        .ok_or_else(|| {
+            bad(format!(
+                "mqtt.port {:?} is not a port of component {:?}",
+                mqtt.port, broker.name
+            ))
+        })?;
+    if !port.tls || port.protocol != Protocol::TCP {
+        return Err(bad(format!(
+            "mqtt.port {:?} of component {:?} must be a TCP port with tls: true (heartbeats are read over verified TLS only)",
+            port.name, broker.name
+        )));
+    }
+    Ok(())
 }
 
 fn selector_of(component: &str, selector: &LabelSelector) -> Result<Selector, ValidationError> {
@@ -747,6 +839,68 @@ spec:
         assert_eq!(v.access.admins[0].namespace, None);
         assert_eq!(v.owner.kind, "IoTSystem");
         assert_eq!(v.owner.controller, Some(true));
+    }
+
+    #[test]
+    fn a_heartbeat_is_heard_only_on_a_declared_tls_port_of_the_system() {
+        let with = |heartbeat: &str| {
+            FACTORY.replace(
+                "{name: sensor, role: Sensor, selector: {matchLabels: {app: sensor}}}",
+                &format!("{{name: sensor, role: Sensor, selector: {{matchLabels: {{app: sensor}}}}, heartbeat: {heartbeat}}}"),
+            )
+        };
+        let good = "{maxSilence: 1m30s, mqtt: {broker: gateway, port: mqtts, topic: plant/+/status}, devices: [b, a]}";
+        let v = validate(&system(&with(good)), &alone()).unwrap();
+        let h = v.components[0].heartbeat.as_ref().unwrap();
+        assert_eq!(h.max_silence, std::time::Duration::from_secs(90));
+        assert_eq!(h.devices, ["a", "b"]);
+        for (heartbeat, says) in [
+            ("{maxSilence: 0s}", "maxSilence must be longer than 0s"),
+            (
+                "{maxSilence: soon}",
+                "maxSilence: \"soon\" is not a duration",
+            ),
+            (
+                "{maxSilence: 60s, mqtt: {broker: nobody, port: mqtts, topic: a/+}}",
+                "mqtt.broker names component \"nobody\"",
+            ),
+            (
+                "{maxSilence: 60s, mqtt: {broker: gateway, port: mqtt, topic: a/+}}",
+                "mqtt.port \"mqtt\" is not a port of component \"gateway\"",
+            ),
+            (
+                "{maxSilence: 60s, mqtt: {broker: gateway, port: mqtts, topic: a/#}}",
+                "mqtt.topic",
+            ),
+            (
+                "{maxSilence: 60s, mqtt: {broker: gateway, port: mqtts, topic: a/b}}",
+                "exactly one '+'",
+            ),
+            (
+                "{maxSilence: 60s, devices: [a, a]}",
+                "device \"a\" is listed twice",
+            ),
+            (
+                "{maxSilence: 60s, devices: [a/b]}",
+                "is not one topic level",
+            ),
+        ] {
+            let err = validate(&system(&with(heartbeat)), &alone()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("component \"sensor\": heartbeat ")
+                    && err.to_string().contains(says),
+                "{heartbeat}: {err}"
+            );
+        }
+        let plain = with("{maxSilence: 60s, mqtt: {broker: gateway, port: mqtts, topic: a/+}}")
+            .replace("port: 8883, tls: true", "port: 1883");
+        let err = validate(&system(&plain), &alone()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("must be a TCP port with tls: true"),
+            "{err}"
+        );
     }
 
     #[test]

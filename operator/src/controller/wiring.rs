@@ -220,6 +220,20 @@ pub async fn run(
                 probe_tx,
             ))
         });
+    // Sensor heartbeats: subscriptions follow the specs; silence wakes a system.
+    let heartbeats = Arc::new(crate::heartbeat::Ledger::default());
+    let (heard_tx, heard_rx) = tokio::sync::mpsc::unbounded_channel();
+    let listen_task = tokio::spawn(super::listening::listen_loop(
+        client.clone(),
+        caches.clone(),
+        options
+            .probes
+            .as_ref()
+            .map(|p| p.resolve.clone())
+            .unwrap_or_default(),
+        heartbeats.clone(),
+        heard_tx,
+    ));
     let access_review = if webhooks.is_some() {
         AccessReview::AtAdmission
     } else if options.trust_unreviewed_access {
@@ -241,6 +255,7 @@ pub async fn run(
         clock: super::now,
         webhooks: registrar,
         probes: probe_results,
+        heartbeats,
         access_review,
         operator_peers: options.operator_peers.clone(),
         backoff: Backoff::default(),
@@ -248,7 +263,10 @@ pub async fn run(
 
     // Every change in every cache, and every changed probe finding, names the
     // systems to look at again; the systems' own cache starts each of them once.
-    let triggers = futures::stream::select(tokio_stream_of(triggers), tokio_stream_of(probe_rx));
+    let triggers = futures::stream::select(
+        tokio_stream_of(triggers),
+        futures::stream::select(tokio_stream_of(probe_rx), tokio_stream_of(heard_rx)),
+    );
     Controller::for_stream(futures::stream::pending(), caches.systems.clone())
         .with_config(
             kube::runtime::controller::Config::default()
@@ -272,6 +290,7 @@ pub async fn run(
     if let Some(p) = probe_task {
         p.abort();
     }
+    listen_task.abort();
     if lost.load(std::sync::atomic::Ordering::SeqCst) {
         anyhow::bail!("lost the leader lease");
     }

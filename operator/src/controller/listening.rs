@@ -1,0 +1,243 @@
+//! Keeps one MQTT subscription running per sensor component that declares
+//! `heartbeat.mqtt`, and wakes a system when one of its devices falls silent
+//! or is heard again (checklist item VII-1). Like the probes, the broker is
+//! dialled at the address the API shows (`probing::dial`) and verified
+//! against its port's CA; a credentials Secret is read only when it carries
+//! the label that lets the operator use it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client, ResourceExt, runtime::reflector::ObjectRef};
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use super::{
+    cache::Caches,
+    probing::{Dial, PROBE_CREDENTIALS_LABEL, dial, issuer_ca, service_name},
+    validate::{Neighbourhood, ValidComponent, ValidatedSystem, validate},
+};
+use crate::{
+    api::IoTSystem,
+    build::certificate::certificate_name,
+    heartbeat::{
+        Key, Ledger, Listening, judge,
+        mqtt::{Subscription, listen},
+    },
+};
+
+/// How often silence is looked for; a device falls silent at most this late.
+const SWEEP: Duration = Duration::from_secs(2);
+/// How often subscriptions are compared with the specs and Secrets.
+const RESOLVE: Duration = Duration::from_secs(10);
+
+struct Running {
+    sub: Subscription,
+    task: JoinHandle<()>,
+}
+
+/// A component's subscription as the spec and the API describe it now, or
+/// why there is none.
+async fn desired(
+    client: &Client,
+    caches: &Caches,
+    resolve: &HashMap<String, SocketAddr>,
+    system: &ValidatedSystem,
+    sensor: &ValidComponent,
+    uid: &str,
+) -> Result<Subscription, String> {
+    let Some(mqtt) = sensor.heartbeat.as_ref().and_then(|h| h.mqtt.as_ref()) else {
+        return Err("no heartbeat.mqtt".into());
+    };
+    let broker = system
+        .components
+        .iter()
+        .find(|c| c.name == mqtt.broker)
+        .ok_or("the broker component is gone")?;
+    let port = broker
+        .ports
+        .iter()
+        .find(|p| p.name == mqtt.port)
+        .ok_or("the broker port is gone")?;
+    let addr = match dial(caches, resolve, system, broker, port) {
+        Dial::To(addr) => addr,
+        Dial::Fault(why) | Dial::Refused(why) => return Err(why),
+    };
+    let (server_name, _) = service_name(system, broker, port);
+    let secret = certificate_name(system, broker, &port.name);
+    let ca = issuer_ca(client, system, &secret).await;
+    if ca.is_empty() {
+        return Err(format!(
+            "no ca.crt in Secret {secret} (the broker port's certificate): heartbeats are read only over TLS verified against it"
+        ));
+    }
+    let credentials = match &mqtt.credentials_secret {
+        Some(name) => Some(credentials(client, caches, &system.namespace, name).await?),
+        None => None,
+    };
+    Ok(Subscription {
+        addr,
+        server_name,
+        ca,
+        topic: mqtt.topic.clone(),
+        credentials,
+        // Unique per system and component, so two replicas' brief overlap
+        // or two systems on one broker never take each other's session.
+        client_id: format!("iotposture-{}-{}", &uid[..uid.len().min(8)], sensor.name),
+    })
+}
+
+async fn credentials(
+    client: &Client,
+    caches: &Caches,
+    namespace: &str,
+    name: &str,
+) -> Result<(String, String), String> {
+    let field = format!("heartbeat.mqtt.credentialsSecret {name}");
+    let labelled = |labels: &BTreeMap<String, String>| {
+        labels.get(PROBE_CREDENTIALS_LABEL).map(String::as_str) == Some("true")
+    };
+    let meta = caches
+        .secrets
+        .get(&ObjectRef::new(name).within(namespace))
+        .ok_or_else(|| format!("{field}: no such Secret in namespace {namespace}"))?;
+    if !labelled(meta.labels()) {
+        return Err(format!(
+            "{field}: the Secret lacks the label {PROBE_CREDENTIALS_LABEL}=true that lets the operator use it"
+        ));
+    }
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let full = api
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("{field}: reading it failed: {e}"))?
+        .filter(|s| labelled(s.labels()))
+        .ok_or_else(|| format!("{field}: no such labelled Secret"))?;
+    let data = full.data.unwrap_or_default();
+    let text = |k: &str| {
+        data.get(k)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+    };
+    match (text("username"), text("password")) {
+        (Some(u), Some(p)) => Ok((u, p)),
+        _ => Err(format!("{field}: the Secret lacks username or password")),
+    }
+}
+
+/// What a reconcile shows of a component: which devices are silent, and
+/// whether the operator listens. Compared between sweeps to wake systems.
+type Shown = (Vec<(String, bool)>, bool);
+
+fn shown(ledger: &Ledger, key: &Key, system: &ValidatedSystem, now: SystemTime) -> Option<Shown> {
+    let heard = ledger.get(key)?;
+    let heartbeat = system
+        .components
+        .iter()
+        .find(|c| c.name == key.2)?
+        .heartbeat
+        .as_ref()?;
+    let states = judge(
+        &heartbeat.devices,
+        &heard.last_seen,
+        heartbeat.max_silence,
+        now,
+    );
+    Some((
+        states.into_iter().map(|s| (s.device, s.silent)).collect(),
+        matches!(heard.listening, Listening::Since(_)),
+    ))
+}
+
+/// Runs until aborted: subscriptions follow the specs; silence and
+/// recovery wake the system's reconcile.
+pub async fn listen_loop(
+    client: Client,
+    caches: Caches,
+    resolve: HashMap<String, SocketAddr>,
+    ledger: Arc<Ledger>,
+    changed: mpsc::UnboundedSender<ObjectRef<IoTSystem>>,
+) {
+    let mut running: HashMap<Key, Running> = HashMap::new();
+    let mut last_shown: HashMap<Key, Shown> = HashMap::new();
+    let mut last_resolve: Option<tokio::time::Instant> = None;
+    loop {
+        let systems = caches.systems.state();
+        let alone = Neighbourhood {
+            pods: &[],
+            systems: &[],
+        };
+        let valid: Vec<(Arc<IoTSystem>, ValidatedSystem)> = systems
+            .iter()
+            .filter_map(|s| Some((s.clone(), validate(s, &alone).ok()?)))
+            .collect();
+        let wanted: HashMap<Key, (&Arc<IoTSystem>, &ValidatedSystem, &ValidComponent)> = valid
+            .iter()
+            .flat_map(|(obj, v)| {
+                v.components
+                    .iter()
+                    .filter(|c| c.heartbeat.as_ref().is_some_and(|h| h.mqtt.is_some()))
+                    .map(move |c| {
+                        (
+                            (v.namespace.clone(), v.name.clone(), c.name.clone()),
+                            (obj, v, c),
+                        )
+                    })
+            })
+            .collect();
+        // Components no longer listened to: stop, forget, and let the
+        // system (if still there) show it.
+        running.retain(|key, r| {
+            let keep = wanted.contains_key(key);
+            if !keep {
+                r.task.abort();
+            }
+            keep
+        });
+        for key in ledger.keys() {
+            if !wanted.contains_key(&key) {
+                ledger.forget(&key);
+                last_shown.remove(&key);
+            }
+        }
+        if last_resolve.is_none_or(|t| t.elapsed() >= RESOLVE) {
+            last_resolve = Some(tokio::time::Instant::now());
+            for (key, (obj, system, sensor)) in &wanted {
+                let uid = obj.uid().unwrap_or_default();
+                match desired(&client, &caches, &resolve, system, sensor, &uid).await {
+                    Ok(sub) => {
+                        if running.get(key).is_some_and(|r| r.sub == sub) {
+                            continue;
+                        }
+                        if let Some(old) = running.remove(key) {
+                            old.task.abort();
+                        }
+                        let task = tokio::spawn(listen(key.clone(), sub.clone(), ledger.clone()));
+                        running.insert(key.clone(), Running { sub, task });
+                    }
+                    Err(why) => {
+                        if let Some(old) = running.remove(key) {
+                            old.task.abort();
+                        }
+                        ledger.open(key, format!("broker of component {}", sensor.name));
+                        ledger.set_listening(key, Listening::Not(why));
+                    }
+                }
+            }
+        }
+        let now = SystemTime::now();
+        for (key, (obj, system, _)) in &wanted {
+            let Some(now_shown) = shown(&ledger, key, system, now) else {
+                continue;
+            };
+            if last_shown.get(key) != Some(&now_shown) {
+                last_shown.insert(key.clone(), now_shown);
+                let _ = changed.send(ObjectRef::from_obj(obj.as_ref()));
+            }
+        }
+        tokio::time::sleep(SWEEP).await;
+    }
+}
