@@ -28,6 +28,7 @@ testplane-bins:
 	bash e2e/controlplane/build.sh $(PLANE_BIN)
 	bash e2e/tools/build.sh $(PLANE_BIN)
 	bash e2e/node/build.sh target/node/bin
+	bash e2e/logs/build.sh target/logs/bin
 
 # Container images from Debian packages and our binaries (cached; needs root).
 images:

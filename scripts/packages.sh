@@ -1,12 +1,13 @@
 # Debian packages `make test` and `make demo` run for real, installed when
 # missing (as root). Sourced by scripts/test.sh and scripts/demo.sh.
-#   prometheus (metrics), openssl (TLS peers), nginx with ModSecurity v3 and
-#   the OWASP CRS (the WAF gateway); the node's containerd, runc, CNI plugins,
+#   prometheus (metrics, promtool), prometheus-alertmanager (alert delivery;
+#   amtool is the oracle of our routing), openssl (TLS peers), nginx with
+#   ModSecurity v3 and the OWASP CRS (the WAF gateway); the node's containerd, runc, CNI plugins,
 #   iptables, ipset, nftables, conntrack; mmdebstrap for the images.
-packages=(prometheus openssl nginx libnginx-mod-http-modsecurity modsecurity-crs
+packages=(prometheus prometheus-alertmanager openssl nginx libnginx-mod-http-modsecurity modsecurity-crs
   containerd runc containernetworking-plugins iptables ipset nftables conntrack iproute2 mmdebstrap)
 missing=no
-for tool in prometheus promtool openssl nginx containerd runc ipset nft iptables conntrack mmdebstrap; do
+for tool in prometheus promtool prometheus-alertmanager amtool openssl nginx containerd runc ipset nft iptables conntrack mmdebstrap; do
   command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin" command -v "$tool" >/dev/null 2>&1 || missing=yes
 done
 if [[ $missing == yes || ! -e /usr/lib/nginx/modules/ngx_http_modsecurity_module.so \
@@ -16,7 +17,15 @@ if [[ $missing == yes || ! -e /usr/lib/nginx/modules/ngx_http_modsecurity_module
     exit 1
   fi
   apt-get update -qq
+  # Installed, never started as services (the tests run them): a
+  # policy-rc.d of our own for the install only.
+  own_policy=no
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    own_policy=yes
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+  [[ $own_policy == yes ]] && rm -f /usr/sbin/policy-rc.d
 fi
 # nginx is run by the tests, never as a service.
 export PATH="$PATH:/usr/sbin"

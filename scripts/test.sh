@@ -14,10 +14,11 @@ if ! python3 -c "import sslyze" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check 'sslyze==6.3.1'
 fi
 
-echo "==> control plane and node binaries, helm and checkov (built once, then cached) and third-party CRDs"
+echo "==> control plane and node binaries, helm and checkov, VictoriaLogs and the log collector (built once, then cached) and third-party CRDs"
 bash e2e/controlplane/build.sh target/testplane/bin
 bash e2e/node/build.sh target/node/bin
 bash e2e/tools/build.sh target/testplane/bin
+bash e2e/logs/build.sh target/logs/bin
 bash e2e/thirdparty/fetch-crds.sh
 
 echo "==> generated cert-manager types are current (kopium, built once into ~/.cache)"

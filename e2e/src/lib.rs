@@ -2,8 +2,10 @@
 //! (`controlplane`), a client for it, a fresh namespace per test, the operator
 //! running in-process for that namespace, and the API server's audit log.
 
+pub mod alerting;
 pub mod bench;
 pub mod controlplane;
+pub mod logstore;
 pub mod waf;
 
 use std::{
@@ -390,7 +392,19 @@ impl RunningOperator {
             trust_unreviewed_access: !webhooks,
             operator_peers: Default::default(),
             leader_election: None,
+            alerting: None,
+            // Every test's operator keeps its decision record, in a file of
+            // the namespace's own (a key of the process's own).
+            record: Some(iotposture::controller::RecordOptions {
+                key_secret: None,
+                out: Some(Self::record_file(ns)),
+            }),
         }
+    }
+
+    /// Where the operator of `ns` writes its decision record's lines.
+    pub fn record_file(ns: &TestNamespace) -> PathBuf {
+        std::env::temp_dir().join(format!("iotposture-e2e-record-{}.jsonl", ns.name))
     }
 
     /// Also serves the admission webhooks on 127.0.0.1, registered by URL
@@ -614,8 +628,26 @@ pub struct Prometheus {
     _dir: PathBuf,
 }
 
+/// A free loopback address, for a server started later.
+pub fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
 impl Prometheus {
     pub async fn start(job: &str, targets: &[std::net::SocketAddr]) -> Self {
+        Self::start_with(free_addr(), job, targets, None, None).await
+    }
+
+    /// At `addr`, also loading the rule files matching `rules` (a glob) and
+    /// sending alerts to `alertmanager`; evaluates every second.
+    pub async fn start_with(
+        addr: std::net::SocketAddr,
+        job: &str,
+        targets: &[std::net::SocketAddr],
+        rules: Option<&std::path::Path>,
+        alertmanager: Option<std::net::SocketAddr>,
+    ) -> Self {
         let dir = plane_dir().join(format!(
             "prometheus-{}-{}",
             std::process::id(),
@@ -623,18 +655,19 @@ impl Prometheus {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-        std::fs::write(
-            dir.join("prometheus.yml"),
-            format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: {job}\n    static_configs: [{{targets: [{}]}}]\n",
-                targets.join(", ")
-            ),
-        )
-        .unwrap();
-        let addr: std::net::SocketAddr = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
+        let mut config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: {job}\n    static_configs: [{{targets: [{}]}}]\n",
+            targets.join(", ")
+        );
+        if let Some(glob) = rules {
+            config.push_str(&format!("rule_files: [\"{}\"]\n", glob.display()));
+        }
+        if let Some(am) = alertmanager {
+            config.push_str(&format!(
+                "alerting:\n  alertmanagers:\n    - static_configs: [{{targets: [\"{am}\"]}}]\n"
+            ));
+        }
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = std::process::Command::new("prometheus")
             .arg(format!(
@@ -672,15 +705,7 @@ impl Prometheus {
 
     /// Runs an instant query and returns `data.result`.
     pub async fn query(&self, expr: &str) -> Vec<Value> {
-        let encoded: String = expr
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
+        let encoded = iotposture::probe::http::form_encode(expr);
         let (code, body) = http_get(self.addr, &format!("/api/v1/query?query={encoded}")).await;
         assert_eq!(code, 200, "query {expr}: {body}");
         let v: Value = serde_json::from_str(&body).expect("JSON from Prometheus");

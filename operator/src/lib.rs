@@ -1,5 +1,6 @@
 //! iotposture: makes the IoT security checklist true for applications on
 //! Kubernetes, and proves it.
+pub mod alerts;
 pub mod api;
 pub mod build;
 pub mod check;
@@ -9,7 +10,9 @@ pub mod gateway;
 pub mod health;
 pub mod heartbeat;
 pub mod http;
+pub mod logs;
 pub mod metrics;
 pub mod probe;
+pub mod record;
 pub mod telemetry;
 pub mod webhook;

@@ -17,6 +17,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Check a system's decision record: recompute the Merkle tree from the
+    /// logged entries and check the signed checkpoints against it. Exit 0
+    /// when it holds, 1 naming the first entry that was altered, removed or
+    /// moved, 2 on unreadable input.
+    Verify {
+        /// The logged lines (a file, or - for stdin): the operator's output,
+        /// or a log store's JSON lines whose `_msg` holds them. Lines that are
+        /// not entries of the system are skipped.
+        #[arg(long)]
+        entries: std::path::PathBuf,
+        /// A signed checkpoint (repeatable), e.g. from an earlier status.
+        #[arg(long = "checkpoint")]
+        checkpoints: Vec<std::path::PathBuf>,
+        /// The IoTSystem as `kubectl get -o json` shows it: its
+        /// status.decisionLog gives the latest checkpoint, the key and the system.
+        #[arg(long)]
+        status: Option<std::path::PathBuf>,
+        /// The verifier key (default: the one in --status).
+        #[arg(long)]
+        key: Option<String>,
+        /// `namespace/name` (default: the one in --status).
+        #[arg(long)]
+        system: Option<String>,
+    },
     /// Run the controller against the cluster of KUBECONFIG (or the in-cluster config).
     Run {
         /// Watch only this namespace (default: all namespaces).
@@ -37,6 +61,8 @@ enum Command {
         /// (repeatable), where the operator cannot reach ClusterIPs.
         #[arg(long = "probe-resolve", value_name = "NAME:PORT=ADDR:PORT")]
         probe_resolve: Vec<String>,
+        #[command(flatten)]
+        records: Box<RecordArgs>,
         /// Without the admission webhooks nothing reviews who may grant the
         /// access an IoTSystem's spec.access names, so its subjects are not
         /// bound; set this only where nobody but cluster administrators may
@@ -97,6 +123,35 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:9145")]
         listen: SocketAddr,
     },
+}
+
+/// The decision record (VII-2) and the alerting checks (VIII-1, VIII-2).
+#[derive(clap::Args, Debug)]
+struct RecordArgs {
+    /// Keep the decision record's signing key in this Secret of the
+    /// operator's namespace (made when empty); without it each process
+    /// signs with a key of its own, whose checkpoints verify only until
+    /// it restarts.
+    #[arg(long, env = "IOTPOSTURE_DECISION_RECORD_SECRET")]
+    decision_record_secret: Option<String>,
+    /// Prometheus' HTTP address (http://host:port[/prefix]): whether each
+    /// system's alert rules are loaded decides VIII-1 and VIII-2.
+    #[arg(long, env = "IOTPOSTURE_PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
+    /// Alertmanager's HTTP address: whether the alerts reach a receiver
+    /// that notifies someone.
+    #[arg(long, env = "IOTPOSTURE_ALERTMANAGER_URL")]
+    alertmanager_url: Option<String>,
+    /// Seconds between questions to Prometheus and Alertmanager.
+    #[arg(
+        long,
+        env = "IOTPOSTURE_ALERTING_INTERVAL_SECONDS",
+        default_value_t = 60
+    )]
+    alerting_interval_seconds: u64,
+    /// Append the decision record's lines to this file instead of stdout.
+    #[arg(long, env = "IOTPOSTURE_DECISION_RECORD_FILE")]
+    decision_record_file: Option<std::path::PathBuf>,
 }
 
 /// Several replicas: only the holder of a Lease writes.
@@ -430,6 +485,19 @@ async fn main() -> anyhow::Result<()> {
             };
             std::process::exit(check(&paths, output, &namespace, admission))
         }
+        Command::Verify {
+            entries,
+            checkpoints,
+            status,
+            key,
+            system,
+        } => std::process::exit(iotposture::record::cli::run(
+            &entries,
+            &checkpoints,
+            status.as_deref(),
+            key.as_deref(),
+            system.as_deref(),
+        )),
         Command::GatewayExporter { logs, listen } => {
             iotposture::telemetry::init(true);
             let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -443,6 +511,7 @@ async fn main() -> anyhow::Result<()> {
             probe_interval_seconds,
             probe_resolve,
             trust_unreviewed_access,
+            records,
             probe_namespace,
             probe_pod_labels,
             scrape_namespace,
@@ -468,7 +537,38 @@ async fn main() -> anyhow::Result<()> {
             });
             let client = kube::Client::try_default().await?;
             let leader_election = election.election(webhook.own_namespace.as_ref())?;
+            let RecordArgs {
+                decision_record_secret,
+                decision_record_file,
+                prometheus_url,
+                alertmanager_url,
+                alerting_interval_seconds,
+            } = *records;
+            let key_secret = match decision_record_secret {
+                None => None,
+                Some(name) => Some((
+                    webhook.own_namespace.clone().ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--decision-record-secret needs POD_NAMESPACE (--own-namespace)"
+                        )
+                    })?,
+                    name,
+                )),
+            };
+            let record = Some(iotposture::controller::RecordOptions {
+                key_secret,
+                out: decision_record_file,
+            });
+            let alerting = prometheus_url.map(|prometheus| {
+                iotposture::controller::alerting::AlertingOptions {
+                    prometheus,
+                    alertmanager: alertmanager_url,
+                    interval: std::time::Duration::from_secs(alerting_interval_seconds.max(1)),
+                }
+            });
             let options = iotposture::controller::Options {
+                alerting,
+                record,
                 leader_election,
                 admission: webhook.options(&client, namespace.clone()).await?,
                 namespace,

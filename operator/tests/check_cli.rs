@@ -50,7 +50,7 @@ fn a_clean_system_exits_0_and_a_failing_one_exits_1() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("smart-factory/line-1"), "{out}");
     assert!(
-        out.contains("compliant: smart-factory/line-1: 17/39"),
+        out.contains("compliant: smart-factory/line-1: 16/39"),
         "{out}"
     );
     // Judged as admitted, the web pods carry the injected gateway; as

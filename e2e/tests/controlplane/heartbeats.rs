@@ -3,15 +3,21 @@
 //! Secret as cert-manager would write it; sensor simulators (the example's
 //! sensor image) publishing as devices; the operator subscribed over TLS
 //! verified for the Service's name. A simulator that stops makes its device
-//! silent, and VII-1 fails naming it.
-use std::{collections::HashMap, time::Duration};
+//! silent, and VII-1 fails naming it; the alert rule the operator wrote
+//! fires in Debian's Prometheus, and Alertmanager delivers it to a webhook
+//! the test runs (VIII-1 passes once the rules are loaded and routed).
+use std::time::Duration;
 
 use iotposture::{
     api::{IoTSystem, Verdict},
     build::meta::child_name,
 };
-use iotposture_e2e::{RunningOperator, TestNamespace, local_image, wait_until};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use iotposture_e2e::{
+    Prometheus, RunningOperator, TestNamespace,
+    alerting::{Alertmanager, WebhookSink},
+    free_addr, local_image, operator_client, wait_until,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -22,17 +28,21 @@ use crate::support::tls_secret;
 
 /// VII-1's verdict once it says `says`, or a panic with the last one seen.
 async fn vii1(systems: &Api<IoTSystem>, verdict: Verdict, says: &str) -> IoTSystem {
+    item(systems, "VII-1", verdict, says).await
+}
+
+async fn item(systems: &Api<IoTSystem>, id: &str, verdict: Verdict, says: &str) -> IoTSystem {
     let last = std::sync::Mutex::new(String::new());
     let found = tokio::time::timeout(
         Duration::from_secs(90),
-        wait_until(&format!("VII-1 {verdict:?} saying {says:?}"), || async {
+        wait_until(&format!("{id} {verdict:?} saying {says:?}"), || async {
             let system = systems.get("plant").await.ok()?;
             let item = system
                 .status
                 .as_ref()?
                 .items
                 .iter()
-                .find(|i| i.id == "VII-1")?
+                .find(|i| i.id == id)?
                 .clone();
             *last.lock().unwrap() = format!("{:?}: {}", item.verdict, item.evidence);
             (item.verdict == verdict && item.evidence.contains(says)).then_some(system)
@@ -41,7 +51,7 @@ async fn vii1(systems: &Api<IoTSystem>, verdict: Verdict, says: &str) -> IoTSyst
     .await;
     found.unwrap_or_else(|_| {
         panic!(
-            "VII-1 never became {verdict:?} saying {says:?}; last: {}",
+            "{id} never became {verdict:?} saying {says:?}; last: {}",
             last.lock().unwrap()
         )
     })
@@ -122,8 +132,26 @@ async fn a_silent_device_fails_vii1_by_name_and_recovers_when_heard() {
     )
     .await;
     run(&ns, &broker(&secret)).await;
+    // Alerts go to Alertmanager, which posts them to the test's webhook.
+    let sink = WebhookSink::start().await;
+    let alertmanager = Alertmanager::start(sink.addr).await;
+    let prometheus_addr = free_addr();
     // No --probe-resolve: the broker is dialled at the Service's ClusterIP.
-    let operator = RunningOperator::start_with_probes(&ns, HashMap::new()).await;
+    let mut options = RunningOperator::options(&ns, false);
+    options.alerting = Some(iotposture::controller::alerting::AlertingOptions {
+        prometheus: format!("http://{prometheus_addr}"),
+        alertmanager: Some(format!("http://{}", alertmanager.addr)),
+        interval: Duration::from_secs(1),
+    });
+    let operator = RunningOperator::start_as(&ns, operator_client().await, options).await;
+    // The operator's metrics, for Prometheus to scrape.
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = metrics.local_addr().unwrap();
+    let serving = tokio::spawn(iotposture::http::serve(
+        metrics,
+        operator.metrics.clone(),
+        operator.health.clone(),
+    ));
     let systems: Api<IoTSystem> = ns.api();
     let system: IoTSystem = serde_saphyr::from_str(
         r#"
@@ -155,6 +183,26 @@ spec:
         .await
         .unwrap();
 
+    // The rules file the operator keeps, loaded as a rules file would be.
+    let rules: Api<ConfigMap> = ns.api();
+    let rules = wait_until("the alert rules ConfigMap", || async {
+        rules.get_opt("plant-alert-rules").await.ok()?
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("iotposture-e2e-rules-{}", ns.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in rules.data.unwrap() {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let _prometheus = Prometheus::start_with(
+        prometheus_addr,
+        "iotposture",
+        &[metrics_addr],
+        Some(&dir.join("*.yaml")),
+        Some(alertmanager.addr),
+    )
+    .await;
+
     // Declared, never heard: silent from the start.
     let plant = vii1(&systems, Verdict::Fail, "press-2 (never heard)").await;
     let sensors = plant.status.unwrap().sensors.unwrap();
@@ -175,8 +223,17 @@ spec:
             .all(|d| !d.silent && d.last_seen.is_none()),
         "heard devices carry no time, so heartbeats write no status: {sensors:?}"
     );
+    // The rules are loaded and an alert of the system reaches the webhook receiver.
+    item(
+        &systems,
+        "VIII-1",
+        Verdict::Pass,
+        "the rules IoTSensorSilent, IoTSensorCrashLooping, IoTSensorRestarting are loaded in Prometheus and routed to team (webhook)",
+    )
+    .await;
 
     // The simulator stops: its device falls silent, named, first in status.
+    let delivered_before = sink.received().len();
     ns.api::<Pod>()
         .delete("press-1", &DeleteParams::default())
         .await
@@ -190,6 +247,32 @@ spec:
     let sensors = plant.status.unwrap().sensors.unwrap();
     assert_eq!(sensors.devices[0].device, "press-1", "{sensors:?}");
     assert!(sensors.devices[0].silent && sensors.devices[0].last_seen.is_some());
+    // ... and someone is told: the alert arrives at the webhook.
+    let alert = tokio::time::timeout(
+        Duration::from_secs(60),
+        wait_until("IoTSensorSilent delivered to the webhook", || async {
+            sink.received()
+                .into_iter()
+                .skip(delivered_before)
+                .flat_map(|payload| payload["alerts"].as_array().cloned().unwrap_or_default())
+                .find(|a| {
+                    a["status"] == "firing"
+                        && a["labels"]["alertname"] == "IoTSensorSilent"
+                        && a["labels"]["iotsystem"] == "plant"
+                })
+        }),
+    )
+    .await
+    .expect("the silent sensor's alert reached the webhook");
+    assert_eq!(alert["labels"]["checklist_item"], "VIII-1", "{alert}");
+    assert_eq!(alert["labels"]["component"], "presses", "{alert}");
+    item(
+        &systems,
+        "VIII-1",
+        Verdict::Pass,
+        "firing now: IoTSensorSilent",
+    )
+    .await;
 
     run(&ns, &simulator(&ns.name, "press-1", &secret)).await;
     vii1(&systems, Verdict::Pass, "all 2 devices heard").await;
@@ -214,6 +297,8 @@ spec:
         "the reason names the certificate: {evidence}"
     );
 
+    serving.abort();
     operator.stop().await;
     ns.delete().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,6 +15,7 @@ mod noop;
 mod rbac;
 mod reach;
 mod reconcile;
+mod record;
 mod security;
 mod support;
 mod tls;

@@ -900,6 +900,31 @@ pub struct IoTSystemStatus {
     /// at most 50; `summary` counts them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sensors: Option<SensorStatus>,
+    /// The head of this system's decision record (checklist item VII-2):
+    /// every object applied or pruned and every verdict change is a line the
+    /// operator logs, in a Merkle tree whose checkpoint it signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_log: Option<DecisionLogStatus>,
+}
+
+/// Where a system's decision record stands; `iotposture verify` checks the
+/// logged entries against `checkpoint` with `key`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionLogStatus {
+    /// The log's name in its checkpoints: `iotposture.dev/<namespace>/<name>/<uid>`.
+    pub origin: String,
+    /// Entries so far.
+    pub size: i64,
+    /// The latest checkpoint: a C2SP signed note (origin, size, root hash,
+    /// Ed25519 signature).
+    pub checkpoint: String,
+    /// The verifier key of the operator that signed it (note verifier-key format).
+    pub key: String,
+    /// The right edge of the tree (base64 hashes), so any replica can go on
+    /// appending after a restart.
+    #[serde(default)]
+    pub frontier: Vec<String>,
 }
 
 /// The heartbeats of a system's external sensors.

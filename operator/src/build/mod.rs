@@ -1,6 +1,7 @@
 //! Step 3 of the pipeline: the desired objects of a system, from pure functions
 //! of a `ValidatedSystem`. One module per managed kind; no network here.
 
+pub mod alert_rules;
 pub mod certificate;
 pub mod gateway;
 pub mod meta;
@@ -31,7 +32,7 @@ pub struct DesiredObjects {
     pub role_bindings: Vec<RoleBinding>,
     pub network_policies: Vec<NetworkPolicy>,
     pub certificates: Vec<Certificate>,
-    /// The WAF gateways' configuration.
+    /// The WAF gateways' configuration, and the alert rules file.
     pub config_maps: Vec<ConfigMap>,
 }
 
@@ -42,6 +43,9 @@ pub fn build_all(system: &ValidatedSystem) -> DesiredObjects {
         role_bindings: rbac::build_role_bindings(system),
         network_policies: network_policy::build_network_policies(system),
         certificates: certificate::build_certificates(system),
-        config_maps: gateway::build_gateway_configs(system),
+        config_maps: gateway::build_gateway_configs(system)
+            .into_iter()
+            .chain(alert_rules::build_alert_rules(system))
+            .collect(),
     }
 }

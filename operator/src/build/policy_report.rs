@@ -37,7 +37,14 @@ pub fn result_of(verdict: Verdict) -> &'static str {
     }
 }
 
-pub fn build_policy_report(system: &ValidatedSystem, items: &[ItemStatus]) -> DynamicObject {
+/// The annotation carrying the latest checkpoint of the system's decision record.
+pub const CHECKPOINT_ANNOTATION: &str = "iotposture.dev/decision-checkpoint";
+
+pub fn build_policy_report(
+    system: &ValidatedSystem,
+    items: &[ItemStatus],
+    checkpoint: Option<&str>,
+) -> DynamicObject {
     let results: Vec<Value> = items
         .iter()
         .filter_map(|i| {
@@ -62,6 +69,13 @@ pub fn build_policy_report(system: &ValidatedSystem, items: &[ItemStatus]) -> Dy
     let count = |r: &str| items.iter().filter(|i| result_of(i.verdict) == r).count();
     let mut report = DynamicObject::new(&report_name(system), &api_resource());
     report.metadata = child_meta(system, report_name(system), None);
+    if let Some(note) = checkpoint {
+        report
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(CHECKPOINT_ANNOTATION.into(), note.into());
+    }
     report.data = json!({
         "scope": {
             "apiVersion": system.owner.api_version,
@@ -107,7 +121,7 @@ mod tests {
             item("VII-1", Verdict::NotApplicable),
             item("I-1", Verdict::Unknown),
         ];
-        let report = build_policy_report(&system, &items);
+        let report = build_policy_report(&system, &items, None);
         assert_eq!(report.metadata.name.as_deref(), Some("iotposture-factory"));
         assert_eq!(
             report.metadata.owner_references.as_ref().unwrap()[0].uid,
@@ -127,6 +141,6 @@ mod tests {
         assert_eq!(data["results"][2]["properties"]["verdict"], "Attested");
         assert_eq!(data["scope"]["kind"], "IoTSystem");
         // Deterministic: the same verdicts give the same object.
-        assert_eq!(report.data, build_policy_report(&system, &items).data);
+        assert_eq!(report.data, build_policy_report(&system, &items, None).data);
     }
 }

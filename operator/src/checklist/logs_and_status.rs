@@ -5,6 +5,65 @@ use std::time::Duration;
 use super::{Scope, evidence::Check, evidence::Offences, pod_name};
 use crate::heartbeat::{Judged, Listening};
 
+/// VII-2: logs are protected from reading and tampering. Decided here: who
+/// may read the pods' logs through the API (`pods/log`: only the system's
+/// admins and operators; the built-in `view`, `edit` and `admin` roles grant
+/// it too), and whether the operator keeps its signed decision record.
+/// Shipping the logs off the node over verified TLS is not evaluated by this
+/// version, so the item is never Pass yet.
+pub fn check_log_protection(s: &Scope<'_>) -> Check {
+    use super::user_management::{bound_rules, grants, same_subject};
+    let mut offences = Offences::default();
+    let allowed: Vec<_> = s
+        .system
+        .access
+        .admins
+        .iter()
+        .chain(&s.system.access.operators)
+        .collect();
+    for binding in &s.snapshot.role_bindings {
+        let role = &binding.role_ref;
+        // The built-in roles grant it whether or not their rules are at
+        // hand (offline, manifests rarely carry them): view, and thus edit
+        // and admin, read pods/log.
+        let builtin = role.kind == "ClusterRole"
+            && ["cluster-admin", "admin", "edit", "view"].contains(&role.name.as_str());
+        let granted =
+            builtin || bound_rules(s, binding).is_some_and(|r| grants(r, "pods/log", "get"));
+        if !granted {
+            continue;
+        }
+        for subject in binding.subjects.iter().flatten() {
+            if !allowed.iter().any(|a| same_subject(a, subject)) {
+                offences.add(format!(
+                    "RoleBinding {} lets {} {} read pods/log through {} {}; only the system's admins and operators may",
+                    binding.metadata.name.as_deref().unwrap_or("?"),
+                    subject.kind,
+                    subject.name,
+                    binding.role_ref.kind,
+                    binding.role_ref.name
+                ));
+            }
+        }
+    }
+    let record = match &s.snapshot.decision_record {
+        None => "the decision record is kept only by the running operator".to_string(),
+        Some(Err(why)) => {
+            offences.add(format!("no decision record: {why}"));
+            String::new()
+        }
+        // No size: evidence that grew with every decision would rewrite
+        // the status once more after each.
+        Some(Ok(_)) => "the operator's decisions are in a signed Merkle log".to_string(),
+    };
+    if !offences.is_empty() {
+        return offences.verdict(String::new());
+    }
+    Check::unknown(format!(
+        "pods/log is readable only by the system's admins and operators; {record}; shipping the logs off the node over verified TLS is not evaluated by this version"
+    ))
+}
+
 /// Restarts and crash loops over a component's pods, for the metrics the
 /// VIII-1 alert rules read.
 pub fn pod_health(pods: &[&k8s_openapi::api::core::v1::Pod]) -> crate::metrics::PodHealth {

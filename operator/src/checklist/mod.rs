@@ -15,6 +15,7 @@ macro_rules! pods_or_unknown {
     };
 }
 
+pub mod alerts;
 pub mod catalog;
 pub mod evidence;
 pub mod snapshot;
@@ -242,8 +243,8 @@ fn run_check(id: &str, s: &Scope<'_>) -> Check {
         "VI-3" => encryption::check_encryption_in_use(s),
         "VI-4" => encryption::check_certificate_renewal(s),
         "VII-1" => logs_and_status::check_sensor_status(s),
-        "VII-2" => not_yet("log shipping over TLS and the decision record"),
-        "VIII-1" => not_yet("sensor alert rules and the notifier"),
+        "VII-2" => logs_and_status::check_log_protection(s),
+        "VIII-1" => alerts::check_sensor_alerts(s),
         "VIII-2" => web_gateway::check_auth_alerts(s),
         other => Check::unknown(format!("no check is registered for {other}")),
     }

@@ -37,6 +37,11 @@ pub struct Snapshot {
     /// Devices heard over MQTT, by sensor component; None where nothing
     /// listens (the offline check).
     pub heartbeats: Option<std::collections::BTreeMap<String, crate::heartbeat::Judged>>,
+    /// The decision record: its size, or why none is kept; None offline.
+    pub decision_record: Option<Result<i64, String>>,
+    /// What Prometheus and Alertmanager say of the system's alerts, or why
+    /// nobody asked; None offline.
+    pub alerting: Option<Result<crate::controller::alerting::AlertFindings, String>>,
 }
 
 impl Snapshot {

@@ -107,6 +107,10 @@ fn the_sloppy_system_fails_each_check_for_its_reason() {
             "pod sensor-0 container sensor has no liveness probe",
         ),
         (
+            "VII-2",
+            "RoleBinding everyone-admin lets User intern read pods/log through ClusterRole cluster-admin",
+        ),
+        (
             "VI-2",
             "flow sensor → gateway uses port mqtt (1883), which is not declared tls",
         ),

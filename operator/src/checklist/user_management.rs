@@ -199,7 +199,7 @@ fn find_binding<'a>(s: &'a Scope<'_>, name: &str) -> Option<&'a RoleBinding> {
         .find(|b| b.metadata.name.as_deref() == Some(name))
 }
 
-fn grants(rules: &[PolicyRule], resource: &str, verb: &str) -> bool {
+pub(crate) fn grants(rules: &[PolicyRule], resource: &str, verb: &str) -> bool {
     rules.iter().any(|r| {
         r.resources
             .iter()
@@ -209,7 +209,7 @@ fn grants(rules: &[PolicyRule], resource: &str, verb: &str) -> bool {
     })
 }
 
-fn same_subject(a: &Subject, b: &Subject) -> bool {
+pub(crate) fn same_subject(a: &Subject, b: &Subject) -> bool {
     a.kind == b.kind
         && a.name == b.name
         && (a.kind != "ServiceAccount" || a.namespace == b.namespace)
@@ -317,20 +317,26 @@ pub fn check_user_access(s: &Scope<'_>) -> Check {
     ))
 }
 
+/// The rules a RoleBinding grants, when its Role or ClusterRole is known.
+pub(crate) fn bound_rules<'a>(s: &'a Scope<'_>, binding: &RoleBinding) -> Option<&'a [PolicyRule]> {
+    let role = &binding.role_ref;
+    match role.kind.as_str() {
+        "ClusterRole" => s
+            .snapshot
+            .cluster_roles
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(role.name.as_str()))
+            .map(|r| r.rules.as_deref().unwrap_or_default()),
+        _ => find_role_rules(s, &role.name),
+    }
+}
+
 /// I-9: no binding in the namespace gives wildcard rules or cluster-admin to non-admins.
 pub fn check_authorization(s: &Scope<'_>) -> Check {
     let mut offences = Offences::default();
     for binding in &s.snapshot.role_bindings {
         let role = &binding.role_ref;
-        let rules: Option<&[PolicyRule]> = match role.kind.as_str() {
-            "ClusterRole" => s
-                .snapshot
-                .cluster_roles
-                .iter()
-                .find(|r| r.metadata.name.as_deref() == Some(role.name.as_str()))
-                .map(|r| r.rules.as_deref().unwrap_or_default()),
-            _ => find_role_rules(s, &role.name),
-        };
+        let rules = bound_rules(s, binding);
         let wildcard = role.kind == "ClusterRole" && role.name == "cluster-admin"
             || rules.is_some_and(|rules| {
                 rules.iter().any(|r| {

@@ -187,22 +187,26 @@ pub fn check_traffic_limits(s: &Scope<'_>) -> Check {
 }
 
 /// VIII-2: the exporter turns failed logins and lockouts into metrics in
-/// every web pod. Whether Prometheus loads the alert rules is not visible
-/// from the cluster API, so the best this can say is Unknown.
+/// every web pod, the operator exports certificate expiry, and the rules
+/// on them are loaded and reach someone (`alerts::reach`).
 pub fn check_auth_alerts(s: &Scope<'_>) -> Check {
-    if web_ports(s).is_empty() {
-        return Check::unknown(
-            "no HTTP port: no gateway counts authentication failures; attest the alerting in place",
-        );
+    let mut counted = String::new();
+    if !web_ports(s).is_empty() {
+        let (checked, offences) = match pods_without(s, EXPORTER_CONTAINER) {
+            Ok(r) => r,
+            Err(unknown) => return unknown,
+        };
+        if !offences.is_empty() {
+            return offences.verdict("");
+        }
+        counted = format!("all {checked} web pods export failed logins and lockouts; ");
     }
-    let (checked, offences) = match pods_without(s, EXPORTER_CONTAINER) {
-        Ok(r) => r,
-        Err(unknown) => return unknown,
-    };
-    if !offences.is_empty() {
-        return offences.verdict("");
+    match super::alerts::reach(s, "VIII-2") {
+        Ok(text) => Check::pass(format!("{counted}{text}")),
+        Err(verdict) if counted.is_empty() => verdict,
+        Err(verdict) => Check {
+            evidence: super::evidence::bounded(format!("{counted}{}", verdict.evidence)),
+            ..verdict
+        },
     }
-    Check::unknown(format!(
-        "all {checked} web pods export failed logins and lockouts (iotposture_gateway_*), and the operator exports certificate expiry; that Prometheus loads manifests/prometheus/iotposture.rules.yaml is not visible here: attest it"
-    ))
 }

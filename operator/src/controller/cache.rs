@@ -328,6 +328,8 @@ impl Caches {
             tls_probes: None,
             http_probes: None,
             heartbeats: None,
+            decision_record: None,
+            alerting: None,
         }
     }
 

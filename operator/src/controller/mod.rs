@@ -11,12 +11,14 @@
 //! Only steps 2–4 talk to the API server. Starting it all is in `wiring`.
 
 pub mod access;
+pub mod alerting;
 pub mod apply;
 pub mod backoff;
 pub mod cache;
 pub mod leader;
 pub mod listening;
 pub mod probing;
+pub mod record;
 pub mod status;
 pub mod validate;
 pub mod wiring;
@@ -48,7 +50,7 @@ use backoff::Backoff;
 use cache::Caches;
 use status::Outcome;
 use validate::{Neighbourhood, ValidatedSystem, ValidationError, validate};
-pub use wiring::{Options, run, run_with_http};
+pub use wiring::{Options, RecordOptions, run, run_with_http};
 
 /// The one field manager for every object we write.
 pub const FIELD_MANAGER: &str = "iotposture";
@@ -89,6 +91,10 @@ pub struct Context {
     pub probes: Option<Arc<probing::ProbeResults>>,
     /// Sensor devices heard over MQTT (`listening`).
     pub heartbeats: Arc<crate::heartbeat::Ledger>,
+    /// The decision record (VII-2), when kept.
+    pub record: Option<Arc<record::DecisionRecord>>,
+    /// What Prometheus and Alertmanager say of each system's alerts, when asked.
+    pub alerting: Option<Arc<alerting::AlertResults>>,
     /// Set when the admission webhooks are served: their match conditions
     /// must cover a system's pods, and its namespace gets their label.
     pub webhooks: Option<Arc<crate::webhook::Registrar>>,
@@ -134,12 +140,15 @@ struct Judgement {
     items: Vec<ItemStatus>,
     endpoints: Option<Vec<EndpointStatus>>,
     sensors: Option<crate::api::SensorStatus>,
+    /// What this reconcile decided, for the decision record.
+    decisions: Vec<crate::record::Decision>,
 }
 
 /// Judges the namespace as the API server now holds it: the caches, with
 /// this system's objects as step 2 left them.
 async fn judge(
     ctx: &Context,
+    system: &IoTSystem,
     valid: &ValidatedSystem,
     applied: &ApplyReport,
     now: &Time,
@@ -175,11 +184,49 @@ async fn judge(
         .tls_probes
         .as_ref()
         .map(|ports| ports.iter().take(64).map(|p| p.status()).collect());
+    snapshot.alerting = Some(match &ctx.alerting {
+        None => Err("the operator runs without --prometheus-url: whether the alert rules are loaded and reach a receiver is not known".into()),
+        Some(results) => results
+            .get(&valid.namespace, &valid.name)
+            .ok_or_else(|| "Prometheus and Alertmanager not asked yet".to_string()),
+    });
+    let current_log = system.status.as_ref().and_then(|s| s.decision_log.as_ref());
+    snapshot.decision_record = Some(match (&ctx.record, current_log) {
+        (None, _) => Err(
+            "the operator keeps no decision record (its key is unusable, or it runs without one)"
+                .into(),
+        ),
+        (Some(_), log) => Ok(log.map_or(0, |l| l.size)),
+    });
     let today = now.0.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC).date();
     let items = checklist::evaluate(valid, &snapshot, today);
     ctx.metrics
         .record_verdicts(&valid.namespace, &valid.name, &items);
-    let report = crate::build::policy_report::build_policy_report(valid, &items);
+    let before = system
+        .status
+        .as_ref()
+        .map(|s| s.items.as_slice())
+        .unwrap_or_default();
+    let decisions = record::decisions(
+        &format!("{}/{}", valid.namespace, valid.name),
+        &now.0.to_string(),
+        &applied.applied,
+        &applied.pruned,
+        before,
+        &items,
+    );
+    let appended = ctx.record.as_ref().and_then(|r| {
+        r.append(system, current_log, decisions.clone())
+            .map_err(|e| warn!(error = %e, "could not append to the decision record"))
+            .ok()
+            .flatten()
+    });
+    let checkpoint = appended
+        .as_ref()
+        .map(|a| &a.status)
+        .or(current_log)
+        .map(|l| l.checkpoint.as_str());
+    let report = crate::build::policy_report::build_policy_report(valid, &items, checkpoint);
     if let Err(e) = apply::apply_report(ctx, valid, &report).await {
         failures.push(e);
     }
@@ -187,6 +234,7 @@ async fn judge(
         items,
         endpoints,
         sensors,
+        decisions,
     }
 }
 
@@ -225,7 +273,7 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
         report = apply::apply_all(&ctx, valid, &to_apply).await;
         report.failed.extend(labelled.err());
         let mut failures = std::mem::take(&mut report.failed);
-        judgement = Some(judge(&ctx, valid, &report, &now, &mut failures).await);
+        judgement = Some(judge(&ctx, &system, valid, &report, &now, &mut failures).await);
         report.failed = failures;
     }
     // A system deleted while this ran keeps no series.
@@ -244,23 +292,44 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
     };
 
     // 4. status, and Events for what changed
-    let (items, endpoints, sensors) = match judgement {
-        Some(j) => (Some(j.items), j.endpoints, j.sensors),
-        None => (None, None, None),
+    let (items, endpoints, sensors, decisions) = match judgement {
+        Some(j) => (Some(j.items), j.endpoints, j.sensors, j.decisions),
+        None => (None, None, None, Vec::new()),
     };
     let api: Api<IoTSystem> = Api::namespaced(ctx.client.clone(), &namespace);
+    // The record's lines are emitted once the status counting them is
+    // stored; computed from the status the write is based on, so a lagging
+    // cache cannot fork the log.
+    let to_emit = std::sync::Mutex::new(Vec::new());
     let status_changed = status::write_if_changed(&api, &system, |basis| {
-        status::desired_status(
+        let mut desired = status::desired_status(
             basis,
             &outcome,
             items.as_deref(),
             endpoints.clone(),
             sensors.clone(),
             &now,
-        )
+        );
+        let current = basis.status.as_ref().and_then(|s| s.decision_log.as_ref());
+        let appended = ctx
+            .record
+            .as_ref()
+            .and_then(|r| r.append(basis, current, decisions.clone()).ok().flatten());
+        let mut emit = to_emit.lock().unwrap_or_else(|e| e.into_inner());
+        match appended {
+            Some(a) => {
+                desired.decision_log = Some(a.status);
+                *emit = a.lines;
+            }
+            None => emit.clear(),
+        }
+        desired
     })
     .await
     .map_err(Error::Status)?;
+    if status_changed && let Some(r) = &ctx.record {
+        r.emit(&to_emit.lock().unwrap_or_else(|e| e.into_inner()));
+    }
     if status_changed {
         ctx.metrics.write("IoTSystem", "status");
     }

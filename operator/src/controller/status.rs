@@ -116,6 +116,8 @@ pub fn desired_status(
         items,
         endpoints: endpoints.unwrap_or(old.endpoints),
         sensors,
+        // The reconcile appends to it when it decided something.
+        decision_log: old.decision_log,
     }
 }
 

@@ -39,6 +39,66 @@ pub struct Options {
     pub operator_peers: super::validate::OperatorPeers,
     /// With several replicas: the Lease that picks the one that writes.
     pub leader_election: Option<super::leader::LeaderElection>,
+    /// The decision record (item VII-2); None: no record is kept.
+    pub record: Option<RecordOptions>,
+    /// Prometheus and Alertmanager to ask about the alert rules (VIII-1, VIII-2).
+    pub alerting: Option<super::alerting::AlertingOptions>,
+}
+
+/// Where the decision record's signing key comes from, and where its lines go.
+#[derive(Clone, Debug)]
+pub struct RecordOptions {
+    /// `namespace/name` of the key's Secret; None: a key of this process only.
+    pub key_secret: Option<(String, String)>,
+    /// A file to append the lines to instead of stdout.
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// The record the leader keeps, or None (logged) when its key is unusable.
+async fn open_record(
+    client: &Client,
+    options: &RecordOptions,
+) -> Option<Arc<super::record::DecisionRecord>> {
+    use super::record::{DecisionRecord, KEY_NAME, load_or_create_key, publish_key};
+    let out: Box<dyn std::io::Write + Send> = match &options.out {
+        None => Box::new(std::io::stdout()),
+        Some(path) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                error!(error = %e, path = %path.display(), "cannot open the decision record's file; no record");
+                return None;
+            }
+        },
+    };
+    let signer = match &options.key_secret {
+        Some((namespace, name)) => match load_or_create_key(client, namespace, name).await {
+            Ok(signer) => {
+                publish_key(client, namespace, name, &signer.vkey()).await;
+                signer
+            }
+            Err(e) => {
+                error!(error = %e, "no decision record: its key is unusable");
+                return None;
+            }
+        },
+        None => {
+            let made = crate::record::Signer::generate_pkcs8()
+                .and_then(|k| crate::record::Signer::from_pkcs8(KEY_NAME, &k));
+            match made {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(error = %e, "no decision record: no key");
+                    return None;
+                }
+            }
+        }
+    };
+    info!(key = %signer.vkey(), "keeping the decision record");
+    Some(Arc::new(DecisionRecord::new(signer, out)))
 }
 
 /// Runs the controller with the HTTP endpoints until SIGINT/SIGTERM. After
@@ -234,6 +294,27 @@ pub async fn run(
         heartbeats.clone(),
         heard_tx,
     ));
+    let (alert_tx, alert_rx) = tokio::sync::mpsc::unbounded_channel();
+    let alert_results = options
+        .alerting
+        .as_ref()
+        .map(|_| Arc::new(super::alerting::AlertResults::default()));
+    let alert_task = options
+        .alerting
+        .clone()
+        .zip(alert_results.clone())
+        .map(|(o, r)| {
+            tokio::spawn(super::alerting::alerting_loop(
+                caches.clone(),
+                o,
+                r,
+                alert_tx,
+            ))
+        });
+    let record = match &options.record {
+        Some(r) => open_record(&client, r).await,
+        None => None,
+    };
     let access_review = if webhooks.is_some() {
         AccessReview::AtAdmission
     } else if options.trust_unreviewed_access {
@@ -256,6 +337,8 @@ pub async fn run(
         webhooks: registrar,
         probes: probe_results,
         heartbeats,
+        record,
+        alerting: alert_results,
         access_review,
         operator_peers: options.operator_peers.clone(),
         backoff: Backoff::default(),
@@ -265,7 +348,10 @@ pub async fn run(
     // systems to look at again; the systems' own cache starts each of them once.
     let triggers = futures::stream::select(
         tokio_stream_of(triggers),
-        futures::stream::select(tokio_stream_of(probe_rx), tokio_stream_of(heard_rx)),
+        futures::stream::select(
+            tokio_stream_of(probe_rx),
+            futures::stream::select(tokio_stream_of(heard_rx), tokio_stream_of(alert_rx)),
+        ),
     );
     Controller::for_stream(futures::stream::pending(), caches.systems.clone())
         .with_config(
@@ -291,6 +377,9 @@ pub async fn run(
         p.abort();
     }
     listen_task.abort();
+    if let Some(a) = alert_task {
+        a.abort();
+    }
     if lost.load(std::sync::atomic::Ordering::SeqCst) {
         anyhow::bail!("lost the leader lease");
     }

@@ -575,7 +575,8 @@ fn cookie_pairs(set_cookies: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn form_encode(s: &str) -> String {
+/// An application/x-www-form-urlencoded value.
+pub fn form_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -1,0 +1,115 @@
+//! Chapter VIII, security alerts: VIII-1 and VIII-2 pass only when the
+//! system's alert rules are loaded and healthy in Prometheus and an alert
+//! with the system's labels is routed by Alertmanager to a receiver that
+//! notifies someone (`controller::alerting` asks both).
+
+use super::{Scope, evidence::Check};
+
+/// The alerts of `item` reach someone: the pass evidence, or the verdict.
+pub fn reach(s: &Scope<'_>, item: &str) -> Result<String, Check> {
+    let findings = match &s.snapshot.alerting {
+        None => {
+            return Err(Check::unknown(
+                "whether the alert rules are loaded and reach a receiver is seen only by the running operator (with --prometheus-url and --alertmanager-url)",
+            ));
+        }
+        Some(Err(why)) => return Err(Check::unknown(why.clone())),
+        Some(Ok(f)) => f,
+    };
+    let expected: Vec<&str> = findings
+        .expected
+        .iter()
+        .filter(|(_, i)| i == item)
+        .map(|(a, _)| a.as_str())
+        .collect();
+    if expected.is_empty() {
+        return Err(Check::unknown(format!(
+            "no alert rule of {item} applies to what the spec declares"
+        )));
+    }
+    let loaded = match &findings.rules {
+        Ok(l) => l,
+        Err(why) => return Err(Check::unknown(format!("Prometheus: {why}"))),
+    };
+    let missing: Vec<&str> = loaded
+        .missing
+        .iter()
+        .map(String::as_str)
+        .filter(|a| expected.contains(a))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Check::fail(format!(
+            "Prometheus has not loaded the rules {} of {}/{} (ConfigMap {}-alert-rules holds them: load it into rule_files)",
+            missing.join(", "),
+            s.system.namespace,
+            s.system.name,
+            s.system.name
+        )));
+    }
+    if let Some((alert, error)) = loaded
+        .unhealthy
+        .iter()
+        .find(|(a, _)| expected.contains(&a.as_str()))
+    {
+        return Err(Check::fail(format!(
+            "Prometheus cannot evaluate the rule {alert}: {error}"
+        )));
+    }
+    let routes = match &findings.routes {
+        None => {
+            return Err(Check::unknown(format!(
+                "the rules {} are loaded; without --alertmanager-url whether they reach anyone is not known",
+                expected.join(", ")
+            )));
+        }
+        Some(Err(why)) => return Err(Check::unknown(format!("Alertmanager: {why}"))),
+        Some(Ok(routes)) => routes,
+    };
+    let mut receivers = Vec::new();
+    for route in routes
+        .iter()
+        .filter(|r| expected.contains(&r.alert.as_str()))
+    {
+        if route.delivering.is_empty() {
+            return Err(Check::fail(format!(
+                "Alertmanager routes {} of {}/{} to {}, which notifies nobody (no *_configs)",
+                route.alert,
+                s.system.namespace,
+                s.system.name,
+                if route.silent.is_empty() {
+                    "no receiver".to_string()
+                } else {
+                    route.silent.join(", ")
+                }
+            )));
+        }
+        for r in &route.delivering {
+            if !receivers.contains(r) {
+                receivers.push(r.clone());
+            }
+        }
+    }
+    let firing: Vec<&str> = loaded
+        .firing
+        .iter()
+        .map(String::as_str)
+        .filter(|a| expected.contains(a))
+        .collect();
+    let mut text = format!(
+        "the rules {} are loaded in Prometheus and routed to {}",
+        expected.join(", "),
+        receivers.join(", ")
+    );
+    if !firing.is_empty() {
+        text.push_str(&format!("; firing now: {}", firing.join(", ")));
+    }
+    Ok(text)
+}
+
+/// VIII-1: alerts on silent, crash-looping and restarting sensors reach someone.
+pub fn check_sensor_alerts(s: &Scope<'_>) -> Check {
+    match reach(s, "VIII-1") {
+        Ok(text) => Check::pass(text),
+        Err(verdict) => verdict,
+    }
+}
