@@ -28,6 +28,9 @@ start() { # name, command...
 
 case "${1:-up}" in
 down)
+  stop prometheus
+  stop alertmanager
+  stop alert-receiver
   stop cert-manager
   testplane down
   echo "demo stopped"
@@ -72,6 +75,20 @@ metadata: {name: factory-ca}
 spec: {ca: {secretName: factory-ca}}
 EOF
 
+echo "==> Alertmanager (Debian's) with a webhook receiver that writes what it gets to $dir/alerts.log"
+# On the node's address, so the operator's pods reach them; its NetworkPolicy
+# lets it out to these ports (alerting.* below).
+node_ip=10.250.0.1
+start alert-receiver python3 scripts/alert-receiver.py "$dir/alerts.log" "$node_ip" 19095
+cat >"$dir/alertmanager.yml" <<YAML
+route: {receiver: plant-team, group_by: [alertname, iotsystem], group_wait: 10s, group_interval: 1m, repeat_interval: 4h}
+receivers:
+  - name: plant-team
+    webhook_configs: [{url: "http://$node_ip:19095/alerts"}]
+YAML
+start alertmanager prometheus-alertmanager --config.file="$dir/alertmanager.yml" \
+  --storage.path="$dir/alertmanager" --web.listen-address="$node_ip:19093" --cluster.listen-address=
+
 echo "==> the operator, installed with its Helm chart (charts/iotposture), images built here"
 # Pods reach the API server at the node's address, on the plane's port.
 api_port="$($kubectl get endpointslice kubernetes -n default -o jsonpath='{.ports[0].port}')"
@@ -81,6 +98,8 @@ $helm upgrade --install iotposture charts/iotposture --namespace iotposture-syst
   --set image.repository=iotposture.local/operator --set image.tag="$version" --set image.pullPolicy=Never \
   --set gatewayImage="iotposture.local/gateway:$version" --set probes.intervalSeconds=10 \
   --set "networkPolicy.apiServerCIDRs={10.250.0.1/32}" --set "networkPolicy.apiServerPorts={$api_port}" \
+  --set alerting.prometheusUrl="http://$node_ip:19090" --set alerting.alertmanagerUrl="http://$node_ip:19093" \
+  --set alerting.intervalSeconds=10 \
   --set-string "podAnnotations.iotposture\.dev/image-tar-sha256=$image_sum" \
   --wait --timeout 180s >/dev/null
 $kubectl -n iotposture-system rollout status deployment/iotposture --timeout=120s >/dev/null
@@ -116,8 +135,34 @@ if ! $kubectl -n smart-factory wait deployment --all --for=condition=Available -
   exit 1
 fi
 
-echo "waiting for the probes to decide the web and TLS items…"
-probed='I-1 II-1 III-2 III-3 III-4 III-8 III-9 VI-2 VI-3'
+echo "==> Prometheus (Debian's) with the system's alert rules (ConfigMap line-1-alert-rules) and the operator's metrics"
+mkdir -p "$dir/rules"
+for _ in $(seq 1 60); do
+  $kubectl -n smart-factory get configmap line-1-alert-rules >/dev/null 2>&1 && break
+  sleep 1
+done
+$kubectl -n smart-factory get configmap line-1-alert-rules -o jsonpath='{.data.smart-factory_line-1\.rules\.yaml}' \
+  >"$dir/rules/smart-factory_line-1.rules.yaml"
+# Debian's Prometheus has no Kubernetes discovery: the operator's pods by address.
+targets="$($kubectl -n iotposture-system get pods -l app.kubernetes.io/name=iotposture \
+  -o jsonpath='{range .items[*]}"{.status.podIP}:8080", {end}')"
+cat >"$dir/prometheus.yml" <<YAML
+global: {scrape_interval: 10s, evaluation_interval: 10s}
+rule_files: ["$PWD/$dir/rules/*.yaml"]
+alerting: {alertmanagers: [{static_configs: [{targets: ["$node_ip:19093"]}]}]}
+scrape_configs:
+  - job_name: iotposture
+    static_configs: [{targets: [${targets%, }]}]
+YAML
+if running prometheus; then
+  curl -s -X POST "http://$node_ip:19090/-/reload" >/dev/null || true
+else
+  start prometheus prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/prometheus" \
+    --web.listen-address="$node_ip:19090" --web.enable-lifecycle
+fi
+
+echo "waiting for the probes, the sensors' heartbeats and Prometheus to decide their items…"
+probed='I-1 II-1 III-2 III-3 III-4 III-8 III-9 VI-2 VI-3 VII-1 VIII-1 VIII-2'
 for _ in $(seq 1 90); do
   undecided=""
   for id in $probed; do
@@ -168,6 +213,14 @@ for _ in 1 2 3 4 5 6; do
 done
 echo " (401 until the lockout: 429)"
 
+echo
+echo "==> the decision record (VII-2): the leader's log lines against the signed checkpoint in status"
+$kubectl -n iotposture-system logs "$leader_pod" >"$dir/record.jsonl"
+$kubectl get iotsystem line-1 -n smart-factory -o json >"$dir/line-1.json"
+if ! target/debug/iotposture verify --entries "$dir/record.jsonl" --status "$dir/line-1.json"; then
+  echo "(entries an earlier leader logged are not in this pod's log: shipping the logs off the node keeps them)"
+fi
+
 cat <<MSG
 
 Everything keeps running. Look around with:
@@ -179,6 +232,10 @@ Everything keeps running. Look around with:
   $bins/kubectl -n smart-factory exec toolbox -- curl -sk https://dashboard.smart-factory.svc:8443/login
   $bins/kubectl get --raw /api/v1/namespaces/iotposture-system/pods/$leader_pod:8080/proxy/metrics | grep iotposture_checklist
   $bins/kubectl -n iotposture-system logs $leader_pod
+  curl -s http://$node_ip:19090/api/v1/rules | head -c 600    # the system's alert rules in Prometheus
+  cat $dir/alerts.log                                          # what Alertmanager delivered
+Silence the sensors and watch VII-1 fail and the alert arrive (within a minute or two):
+  $bins/kubectl -n smart-factory scale deployment temp-sensor --replicas=0
 Try a pod the checklist forbids (the admission webhook refuses it, naming the item):
   $bins/kubectl run ssh-gw -n smart-factory --image=iotposture.local/mosquitto:$version --labels=app=mqtt-gateway --port=22
 Stop everything with: make demo-down

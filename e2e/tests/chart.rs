@@ -668,6 +668,39 @@ async fn two_replicas_fail_over_within_15s_and_keep_answering_through_a_rollout(
         eprintln!("no audit log for this cluster: the writes after the failover were not checked");
     }
     wait_system_ready(&admin, apps).await;
+    // One decision record key across leaders: the first leader stored it in
+    // the chart's Secret, and the system's record names it.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(admin.clone(), ns);
+    let key_secret = secrets
+        .get(&format!("{release}-decision-record"))
+        .await
+        .unwrap();
+    assert!(
+        key_secret
+            .data
+            .as_ref()
+            .is_some_and(|d| d.contains_key("ed25519.pkcs8")),
+        "the leader stored the signing key"
+    );
+    let vkey = key_secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("iotposture.dev/verifier-key"))
+        .cloned()
+        .expect("the verifier key beside it");
+    let log = systems
+        .get("plant")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .decision_log;
+    assert_eq!(
+        log.map(|l| l.key),
+        Some(vkey),
+        "the record is signed with the stored key"
+    );
     wait_rolled_out(&admin, ns, release).await;
 
     // A rollout: component pods keep being admitted (and hardened) throughout.

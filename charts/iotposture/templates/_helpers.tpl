@@ -30,6 +30,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{/* The Secret holding the webhook certificate every replica serves. */}}
+{{- define "iotposture.recordSecret" -}}
+{{ include "iotposture.fullname" . }}-decision-record
+{{- end -}}
+
 {{- define "iotposture.webhookSecret" -}}
 {{ include "iotposture.fullname" . }}-webhook-tls
 {{- end -}}

@@ -440,6 +440,13 @@ pub struct Heartbeat {
     #[serde(default)]
     #[schemars(length(max = 256))]
     pub devices: Vec<String>,
+
+    /// How long a device that is not declared stays listed (and silent)
+    /// after its last heartbeat, e.g. a sensor pod that was replaced.
+    /// Default: 10 × maxSilence, at least 10m. Declared devices never go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
+    pub forget_after: Option<String>,
 }
 
 /// Heartbeats heard on an MQTT broker of the system. The operator subscribes

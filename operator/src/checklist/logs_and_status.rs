@@ -307,6 +307,7 @@ mod tests {
             &["press-1".into()],
             &last_seen,
             Duration::from_secs(60),
+            Duration::from_secs(3600),
             now,
         );
         Snapshot {

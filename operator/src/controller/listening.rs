@@ -144,6 +144,7 @@ fn shown(ledger: &Ledger, key: &Key, system: &ValidatedSystem, now: SystemTime) 
         &heartbeat.devices,
         &heard.last_seen,
         heartbeat.max_silence,
+        heartbeat.forget_after,
         now,
     );
     Some((
@@ -229,6 +230,14 @@ pub async fn listen_loop(
             }
         }
         let now = SystemTime::now();
+        for (key, (_, _, sensor)) in &wanted {
+            if let Some(h) = &sensor.heartbeat {
+                ledger.prune(key, |device, at| {
+                    h.devices.iter().any(|d| d == device)
+                        || now.duration_since(at).unwrap_or_default() <= h.forget_after
+                });
+            }
+        }
         for (key, (obj, system, _)) in &wanted {
             let Some(now_shown) = shown(&ledger, key, system, now) else {
                 continue;

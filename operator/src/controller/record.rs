@@ -15,10 +15,7 @@ use std::{
 };
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
-use kube::{
-    Api, Client, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
-};
+use kube::{Api, Client, ResourceExt, api::PostParams};
 use tracing::{info, warn};
 
 use crate::{
@@ -34,6 +31,8 @@ use super::apply::ObjectKey;
 /// The key's name in the signed notes and the Secret's data key.
 pub const KEY_NAME: &str = "iotposture.dev/decisions";
 const SECRET_KEY: &str = "ed25519.pkcs8";
+/// Where the Secret shows the verifier key.
+pub const VERIFIER_KEY_ANNOTATION: &str = "iotposture.dev/verifier-key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -204,11 +203,20 @@ pub async fn load_or_create_key(
         }
         let pkcs8 =
             Signer::generate_pkcs8().map_err(|e| RecordError::Key(what.clone(), e.to_string()))?;
+        let vkey = Signer::from_pkcs8(KEY_NAME, &pkcs8)
+            .map_err(|e| RecordError::Key(what.clone(), e.to_string()))?
+            .vkey();
         let mut updated = secret.clone();
         updated
             .data
             .get_or_insert_default()
             .insert(SECRET_KEY.into(), ByteString(pkcs8));
+        // The verifier key beside it, for auditors who may not read the key.
+        updated
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(VERIFIER_KEY_ANNOTATION.into(), vkey);
         match api.replace(name, &PostParams::default(), &updated).await {
             Ok(_) => info!(secret = %what, "stored a new decision record key"),
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
@@ -219,21 +227,6 @@ pub async fn load_or_create_key(
         what,
         "it kept changing while being written".into(),
     ))
-}
-
-/// Publishes the verifier key beside the signing key, for auditors who may
-/// not read Secrets: a ConfigMap would do too, but the annotation needs no
-/// further right.
-pub async fn publish_key(client: &Client, namespace: &str, name: &str, vkey: &str) {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let patch =
-        serde_json::json!({"metadata": {"annotations": {"iotposture.dev/verifier-key": vkey}}});
-    if let Err(e) = api
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        warn!(error = %e, "could not publish the decision record's verifier key");
-    }
 }
 
 #[cfg(test)]

@@ -181,6 +181,8 @@ pub struct ValidComponent {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidHeartbeat {
     pub max_silence: std::time::Duration,
+    /// Undeclared devices silent this long are no longer listed.
+    pub forget_after: std::time::Duration,
     pub mqtt: Option<MqttHeartbeat>,
     pub devices: Vec<String>,
 }
@@ -575,6 +577,18 @@ fn validate_heartbeat(component: &str, h: &Heartbeat) -> Result<ValidHeartbeat, 
     if max_silence.is_zero() {
         return Err(bad("maxSilence must be longer than 0s".into()));
     }
+    let forget_after = match &h.forget_after {
+        Some(text) => crate::api::duration::parse_duration(text)
+            .map_err(|e| bad(format!("forgetAfter: {e}")))?,
+        None => (max_silence * 10).max(std::time::Duration::from_secs(600)),
+    };
+    if forget_after < max_silence {
+        return Err(bad(format!(
+            "forgetAfter ({}) must not be shorter than maxSilence ({})",
+            h.forget_after.as_deref().unwrap_or_default(),
+            h.max_silence
+        )));
+    }
     if let Some(mqtt) = &h.mqtt {
         crate::heartbeat::device_level(&mqtt.topic).map_err(|e| bad(format!("mqtt.topic: {e}")))?;
     }
@@ -593,6 +607,7 @@ fn validate_heartbeat(component: &str, h: &Heartbeat) -> Result<ValidHeartbeat, 
     }
     Ok(ValidHeartbeat {
         max_silence,
+        forget_after,
         mqtt: h.mqtt.clone(),
         devices,
     })
@@ -854,8 +869,17 @@ spec:
         let h = v.components[0].heartbeat.as_ref().unwrap();
         assert_eq!(h.max_silence, std::time::Duration::from_secs(90));
         assert_eq!(h.devices, ["a", "b"]);
+        assert_eq!(
+            h.forget_after,
+            std::time::Duration::from_secs(900),
+            "10 × maxSilence"
+        );
         for (heartbeat, says) in [
             ("{maxSilence: 0s}", "maxSilence must be longer than 0s"),
+            (
+                "{maxSilence: 5m, forgetAfter: 1m}",
+                "forgetAfter (1m) must not be shorter than maxSilence (5m)",
+            ),
             (
                 "{maxSilence: soon}",
                 "maxSilence: \"soon\" is not a duration",

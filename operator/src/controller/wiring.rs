@@ -59,7 +59,7 @@ async fn open_record(
     client: &Client,
     options: &RecordOptions,
 ) -> Option<Arc<super::record::DecisionRecord>> {
-    use super::record::{DecisionRecord, KEY_NAME, load_or_create_key, publish_key};
+    use super::record::{DecisionRecord, KEY_NAME, load_or_create_key};
     let out: Box<dyn std::io::Write + Send> = match &options.out {
         None => Box::new(std::io::stdout()),
         Some(path) => match std::fs::OpenOptions::new()
@@ -76,10 +76,7 @@ async fn open_record(
     };
     let signer = match &options.key_secret {
         Some((namespace, name)) => match load_or_create_key(client, namespace, name).await {
-            Ok(signer) => {
-                publish_key(client, namespace, name, &signer.vkey()).await;
-                signer
-            }
+            Ok(signer) => signer,
             Err(e) => {
                 error!(error = %e, "no decision record: its key is unusable");
                 return None;

@@ -82,14 +82,25 @@ pub struct DeviceState {
 }
 
 /// Every device declared or heard, silent ones first, then by name. A
-/// declared device never heard is silent.
+/// declared device never heard is silent; one not declared and silent for
+/// longer than `forget_after` is left out (a replaced pod, a retired device).
 pub fn judge(
     declared: &[String],
     last_seen: &BTreeMap<String, SystemTime>,
     max_silence: Duration,
+    forget_after: Duration,
     now: SystemTime,
 ) -> Vec<DeviceState> {
-    let mut names: Vec<&String> = declared.iter().chain(last_seen.keys()).collect();
+    let forgotten = |device: &String| {
+        !declared.contains(device)
+            && last_seen
+                .get(device)
+                .is_some_and(|at| now.duration_since(*at).unwrap_or_default() > forget_after)
+    };
+    let mut names: Vec<&String> = declared
+        .iter()
+        .chain(last_seen.keys().filter(|d| !forgotten(d)))
+        .collect();
     names.sort();
     names.dedup();
     let mut states: Vec<DeviceState> = names
@@ -147,7 +158,13 @@ pub fn judge_system(
                     source: h.source.clone(),
                     max_silence: heartbeat.max_silence,
                     now,
-                    devices: judge(&heartbeat.devices, &h.last_seen, heartbeat.max_silence, now),
+                    devices: judge(
+                        &heartbeat.devices,
+                        &h.last_seen,
+                        heartbeat.max_silence,
+                        heartbeat.forget_after,
+                        now,
+                    ),
                 },
             ))
         })
@@ -230,6 +247,18 @@ impl Ledger {
         true
     }
 
+    /// Drops the devices `keep` refuses (forgotten ones), freeing their room.
+    pub fn prune(&self, key: &Key, keep: impl Fn(&str, SystemTime) -> bool) {
+        if let Some(h) = self
+            .0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(key)
+        {
+            h.last_seen.retain(|device, at| keep(device, *at));
+        }
+    }
+
     pub fn forget(&self, key: &Key) {
         self.0
             .write()
@@ -274,10 +303,12 @@ mod tests {
             ("b".to_string(), t0 - Duration::from_secs(61)),
             ("c".to_string(), t0 - Duration::from_secs(60)),
         ]);
+        let hour = Duration::from_secs(3600);
         let states = judge(
             &["z".into(), "a".into()],
             &seen,
             Duration::from_secs(60),
+            hour,
             t0,
         );
         let names: Vec<(&str, bool)> = states
@@ -289,6 +320,24 @@ mod tests {
             [("b", true), ("z", true), ("a", false), ("c", false)]
         );
         assert_eq!(states[1].last_seen, None);
+        // Undeclared and silent past forgetting: gone; declared: never.
+        let states = judge(
+            &["a".into()],
+            &seen,
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+            t0,
+        );
+        let names: Vec<&str> = states.iter().map(|s| s.device.as_str()).collect();
+        assert_eq!(names, ["c", "a"], "b (61s) is forgotten, c (60s) not yet");
+        let states = judge(
+            &[],
+            &seen,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            t0,
+        );
+        assert!(states.is_empty(), "{states:?}");
     }
 
     #[test]
