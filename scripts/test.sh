@@ -43,7 +43,8 @@ else
 fi
 
 echo "==> tests"
-cargo test --workspace
+# Every test binary runs even when one fails, so a run shows every failure.
+cargo test --workspace --no-fail-fast
 
 # Last, as it reads what every test above made the operator request.
 echo "==> the chart's roles against the operator's requests (API server audit log)"

@@ -141,8 +141,8 @@ async fn nothing_lost_or_duplicated(
         "{what}: written more than once: {twice:?}"
     );
     // Per system: 3 ServiceAccounts, 3 Roles, 2 RoleBindings, 6
-    // NetworkPolicies, the gateway ConfigMap and the PolicyReport.
-    assert_eq!(children(ns).await, systems * 16, "{what}: children");
+    // NetworkPolicies, the gateway and alert rules ConfigMaps and the PolicyReport.
+    assert_eq!(children(ns).await, systems * 17, "{what}: children");
 }
 
 /// Objects labelled as ours in the namespace, by kind (from the API).
@@ -289,7 +289,7 @@ async fn operator_killed_mid_apply() {
     first.0.kill().unwrap();
     first.0.wait().unwrap();
     assert!(
-        written_at_kill < names.len() * 16,
+        written_at_kill < names.len() * 17,
         "killed after it had finished ({written_at_kill} writes): not mid-apply"
     );
     let restarted = Instant::now();
@@ -297,7 +297,7 @@ async fn operator_killed_mid_apply() {
     let converged = all_ready(&ns, &names, Duration::from_secs(180)).await;
     eprintln!(
         "figure: operator SIGKILLed after {written_at_kill} of {} child writes; 20 systems Ready {:.1?} after the restart",
-        names.len() * 16,
+        names.len() * 17,
         converged.max(restarted.elapsed())
     );
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -365,6 +365,12 @@ impl Metrics {
         system: &str,
         heartbeats: &std::collections::BTreeMap<String, crate::heartbeat::Judged>,
     ) {
+        // A component no longer listened to keeps no device counts.
+        for old in self.components_of(namespace, system) {
+            if !heartbeats.contains_key(&old.component) {
+                self.remove_sensor_series(&old);
+            }
+        }
         for (component, judged) in heartbeats {
             let silent = judged.devices.iter().filter(|d| d.silent).count() as i64;
             let heard = judged.devices.len() as i64 - silent;
@@ -389,8 +395,42 @@ impl Metrics {
         }
     }
 
+    /// The component series exported for one system.
+    fn components_of(&self, namespace: &str, system: &str) -> Vec<ComponentLabels> {
+        self.component_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|l| l.namespace == namespace && l.system == system)
+            .cloned()
+            .collect()
+    }
+
+    fn remove_sensor_series(&self, l: &ComponentLabels) {
+        for state in ["silent", "heard"] {
+            self.sensor_devices.remove(&SensorLabels {
+                namespace: l.namespace.clone(),
+                system: l.system.clone(),
+                component: l.component.clone(),
+                state,
+            });
+        }
+    }
+
     /// Restarts and crash loops of each component's pods.
     pub fn record_pod_health(&self, namespace: &str, system: &str, health: &[(String, PodHealth)]) {
+        // A component gone from the spec keeps no series.
+        for old in self.components_of(namespace, system) {
+            if !health.iter().any(|(c, _)| *c == old.component) {
+                self.component_restarts.remove(&old);
+                self.component_crash_looping.remove(&old);
+                self.remove_sensor_series(&old);
+                self.component_series
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&old);
+            }
+        }
         let mut series = self
             .component_series
             .lock()
@@ -430,14 +470,7 @@ impl Metrics {
                 if !keep {
                     self.component_restarts.remove(l);
                     self.component_crash_looping.remove(l);
-                    for state in ["silent", "heard"] {
-                        self.sensor_devices.remove(&SensorLabels {
-                            namespace: l.namespace.clone(),
-                            system: l.system.clone(),
-                            component: l.component.clone(),
-                            state,
-                        });
-                    }
+                    self.remove_sensor_series(l);
                 }
                 keep
             });
@@ -485,5 +518,73 @@ impl Drop for ReconcileTimer<'_> {
         self.metrics
             .reconcile_duration
             .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeMap,
+        time::{Duration, SystemTime},
+    };
+
+    use super::*;
+    use crate::heartbeat::{DeviceState, Judged, Listening};
+
+    fn judged(silent: bool) -> Judged {
+        Judged {
+            listening: Listening::Since(SystemTime::UNIX_EPOCH),
+            source: "topic".into(),
+            max_silence: Duration::from_secs(60),
+            now: SystemTime::UNIX_EPOCH,
+            devices: vec![DeviceState {
+                device: "d".into(),
+                silent,
+                last_seen: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn component_series_follow_the_spec_and_go_with_their_system() {
+        let m = Metrics::default();
+        let health = |names: &[&str]| -> Vec<(String, PodHealth)> {
+            names
+                .iter()
+                .map(|n| {
+                    (
+                        n.to_string(),
+                        PodHealth {
+                            restarts: 4,
+                            crash_looping: 1,
+                        },
+                    )
+                })
+                .collect()
+        };
+        m.record_pod_health("ns", "sys", &health(&["a", "b"]));
+        m.record_sensors(
+            "ns",
+            "sys",
+            &BTreeMap::from([("a".to_string(), judged(true))]),
+        );
+        let text = m.encode();
+        assert!(text.contains(
+            r#"iotposture_sensor_devices{namespace="ns",system="sys",component="a",state="silent"} 1"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"iotposture_component_container_restarts{namespace="ns",system="sys",component="b"} 4"#
+        ), "{text}");
+
+        // b leaves the spec, a stops being listened to.
+        m.record_pod_health("ns", "sys", &health(&["a"]));
+        m.record_sensors("ns", "sys", &BTreeMap::new());
+        let text = m.encode();
+        assert!(!text.contains(r#"component="b""#), "{text}");
+        assert!(!text.contains("iotposture_sensor_devices{"), "{text}");
+        assert!(text.contains(r#"component="a""#), "{text}");
+
+        m.forget_system("ns", "sys");
+        assert!(!m.encode().contains(r#"system="sys""#));
     }
 }

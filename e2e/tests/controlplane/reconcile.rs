@@ -49,12 +49,13 @@ async fn creates_restores_and_prunes_children() {
     assert_eq!(ready.reason, "Reconciled");
     let status = system.status.as_ref().unwrap();
     assert_eq!(status.component_count, 3);
-    // ServiceAccounts, Roles, RoleBindings, NetworkPolicies, the gateway ConfigMap.
-    assert_eq!(status.managed_objects.len(), 3 + 3 + 2 + 6 + 1);
+    // ServiceAccounts, Roles, RoleBindings, NetworkPolicies, the gateway
+    // ConfigMap and the alert rules' ConfigMap.
+    assert_eq!(status.managed_objects.len(), 3 + 3 + 2 + 6 + 1 + 1);
     assert!(
         wait_event(&ns, "factory", "Applied")
             .await
-            .contains("15 applied")
+            .contains("16 applied")
     );
     // What `kubectl get iots` shows, as the README says.
     let (ok, table, err) = ns.kubectl(&["get", "iots"], "").await;
@@ -98,7 +99,7 @@ async fn creates_restores_and_prunes_children() {
     let configs: Api<k8s_openapi::api::core::v1::ConfigMap> = ns.api();
     assert_eq!(
         names(&configs, "factory").await,
-        set(&["factory-dashboard-gateway"])
+        set(&["factory-alert-rules", "factory-dashboard-gateway"])
     );
 
     // Every child is owned by the system, so the garbage collector removes it with it.
@@ -279,7 +280,7 @@ async fn audit_mode_plans_without_applying() {
     let system = wait_ready(&ns, "audited", "True").await;
     assert_eq!(ready_condition(&system).reason, "AuditOnly");
     let planned = &system.status.as_ref().unwrap().managed_objects;
-    assert_eq!(planned.len(), 15);
+    assert_eq!(planned.len(), 16);
     assert!(planned.iter().all(|m| !m.applied));
     let accounts: Api<ServiceAccount> = ns.api();
     let policies: Api<NetworkPolicy> = ns.api();

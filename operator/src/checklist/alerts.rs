@@ -113,3 +113,141 @@ pub fn check_sensor_alerts(s: &Scope<'_>) -> Check {
         Err(verdict) => verdict,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        alerts::Loaded,
+        api::Verdict,
+        build::fixtures::{FACTORY, validated},
+        checklist::{Snapshot, component_pods},
+        controller::alerting::{AlertFindings, Route},
+    };
+
+    fn judge(alerting: Option<Result<AlertFindings, String>>) -> Check {
+        let system = validated(FACTORY);
+        let snapshot = Snapshot {
+            alerting,
+            ..Snapshot::default()
+        };
+        let all = component_pods(&system, &snapshot);
+        let scope = Scope {
+            system: &system,
+            snapshot: &snapshot,
+            targets: all.iter().collect(),
+            all: &all,
+        };
+        check_sensor_alerts(&scope)
+    }
+
+    fn findings() -> AlertFindings {
+        AlertFindings {
+            expected: vec![
+                ("IoTSensorSilent".into(), "VIII-1".into()),
+                ("IoTSensorRestarting".into(), "VIII-1".into()),
+                ("IoTCertificateExpiringSoon".into(), "VIII-2".into()),
+            ],
+            rules: Ok(Loaded {
+                missing: Vec::new(),
+                unhealthy: Vec::new(),
+                firing: vec!["IoTSensorRestarting".into()],
+            }),
+            routes: Some(Ok(["IoTSensorSilent", "IoTSensorRestarting"]
+                .iter()
+                .map(|a| Route {
+                    alert: a.to_string(),
+                    delivering: vec!["team (webhook)".into()],
+                    silent: Vec::new(),
+                })
+                .collect())),
+        }
+    }
+
+    #[test]
+    fn loaded_and_routed_rules_pass_naming_the_receiver_and_what_fires() {
+        let c = judge(Some(Ok(findings())));
+        assert_eq!(c.verdict, Verdict::Pass, "{}", c.evidence);
+        assert_eq!(
+            c.evidence,
+            "the rules IoTSensorSilent, IoTSensorRestarting are loaded in Prometheus and routed to team (webhook); firing now: IoTSensorRestarting"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_broken_rule_fails_and_so_does_a_receiver_that_notifies_nobody() {
+        let mut f = findings();
+        f.rules = Ok(Loaded {
+            missing: vec![
+                "IoTSensorSilent".into(),
+                "IoTCertificateExpiringSoon".into(),
+            ],
+            unhealthy: Vec::new(),
+            firing: Vec::new(),
+        });
+        let c = judge(Some(Ok(f)));
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(
+            c.evidence.starts_with(
+                "Prometheus has not loaded the rules IoTSensorSilent of plant/factory"
+            ),
+            "only this item's rules are named: {}",
+            c.evidence
+        );
+
+        let mut f = findings();
+        f.rules = Ok(Loaded {
+            missing: Vec::new(),
+            unhealthy: vec![("IoTSensorRestarting".into(), "bad regex".into())],
+            firing: Vec::new(),
+        });
+        let c = judge(Some(Ok(f)));
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(
+            c.evidence
+                .contains("cannot evaluate the rule IoTSensorRestarting: bad regex")
+        );
+
+        let mut f = findings();
+        if let Some(Ok(routes)) = f.routes.as_mut() {
+            routes[1].delivering.clear();
+            routes[1].silent = vec!["null".into()];
+        }
+        let c = judge(Some(Ok(f)));
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(
+            c.evidence.contains(
+                "routes IoTSensorRestarting of plant/factory to null, which notifies nobody"
+            ),
+            "{}",
+            c.evidence
+        );
+    }
+
+    #[test]
+    fn without_prometheus_or_alertmanager_nothing_is_decided() {
+        for (alerting, says) in [
+            (None, "seen only by the running operator"),
+            (
+                Some(Err("no --prometheus-url".to_string())),
+                "no --prometheus-url",
+            ),
+        ] {
+            let c = judge(alerting);
+            assert_eq!(c.verdict, Verdict::Unknown);
+            assert!(c.evidence.contains(says), "{}", c.evidence);
+        }
+        let mut f = findings();
+        f.routes = None;
+        let c = judge(Some(Ok(f)));
+        assert_eq!(c.verdict, Verdict::Unknown);
+        assert!(
+            c.evidence.contains("without --alertmanager-url"),
+            "{}",
+            c.evidence
+        );
+        let mut f = findings();
+        f.rules = Err("cannot connect".into());
+        assert_eq!(judge(Some(Ok(f))).verdict, Verdict::Unknown);
+    }
+}

@@ -441,4 +441,89 @@ mod tests {
             }
         );
     }
+
+    fn vii2(snapshot: &Snapshot) -> Check {
+        let system = validated(FACTORY);
+        let all = component_pods(&system, snapshot);
+        let scope = Scope {
+            system: &system,
+            snapshot,
+            targets: all.iter().collect(),
+            all: &all,
+        };
+        check_log_protection(&scope)
+    }
+
+    fn binding(
+        name: &str,
+        role_kind: &str,
+        role: &str,
+        subject: (&str, &str),
+    ) -> k8s_openapi::api::rbac::v1::RoleBinding {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "plant"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+            "subjects": [{"kind": subject.0, "name": subject.1, "apiGroup": "rbac.authorization.k8s.io"}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pods_log_for_anyone_but_admins_and_operators_fails_vii2() {
+        let mut snapshot = Snapshot {
+            decision_record: Some(Ok(3)),
+            ..Snapshot::default()
+        };
+        // The system's admins may; the built-in view role read by an auditor may not.
+        snapshot.role_bindings = vec![
+            binding(
+                "admins-view",
+                "ClusterRole",
+                "view",
+                ("Group", "factory-admins"),
+            ),
+            binding(
+                "audit",
+                "ClusterRole",
+                "view",
+                ("User", "auditor@example.com"),
+            ),
+        ];
+        let c = vii2(&snapshot);
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert_eq!(
+            c.evidence,
+            "RoleBinding audit lets User auditor@example.com read pods/log through ClusterRole view; only the system's admins and operators may"
+        );
+        // A Role of the namespace granting it counts too; one that does not, not.
+        snapshot.role_bindings = vec![binding("logs", "Role", "log-reader", ("User", "intern"))];
+        snapshot.roles = vec![
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "log-reader", "namespace": "plant"},
+                "rules": [{"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}],
+            }))
+            .unwrap(),
+        ];
+        assert_eq!(vii2(&snapshot).verdict, Verdict::Fail);
+        snapshot.roles[0].rules.as_mut().unwrap()[0].resources = Some(vec!["pods".into()]);
+        let c = vii2(&snapshot);
+        assert_eq!(c.verdict, Verdict::Unknown, "{}", c.evidence);
+        assert!(c.evidence.contains("signed Merkle log"), "{}", c.evidence);
+        assert!(
+            c.evidence.contains("not evaluated by this version"),
+            "{}",
+            c.evidence
+        );
+    }
+
+    #[test]
+    fn an_operator_without_its_record_fails_vii2() {
+        let snapshot = Snapshot {
+            decision_record: Some(Err("its key is unusable".into())),
+            ..Snapshot::default()
+        };
+        let c = vii2(&snapshot);
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert_eq!(c.evidence, "no decision record: its key is unusable");
+    }
 }

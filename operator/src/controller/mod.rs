@@ -140,8 +140,6 @@ struct Judgement {
     items: Vec<ItemStatus>,
     endpoints: Option<Vec<EndpointStatus>>,
     sensors: Option<crate::api::SensorStatus>,
-    /// What this reconcile decided, for the decision record.
-    decisions: Vec<crate::record::Decision>,
 }
 
 /// Judges the namespace as the API server now holds it: the caches, with
@@ -215,12 +213,12 @@ async fn judge(
         before,
         &items,
     );
-    let appended = ctx.record.as_ref().and_then(|r| {
-        r.append(system, current_log, decisions.clone())
-            .map_err(|e| warn!(error = %e, "could not append to the decision record"))
-            .ok()
-            .flatten()
-    });
+    // For the PolicyReport's checkpoint; the status write appends the same
+    // (from the server's copy, should the cache lag).
+    let appended = ctx
+        .record
+        .as_ref()
+        .and_then(|r| r.append(system, current_log, decisions).ok().flatten());
     let checkpoint = appended
         .as_ref()
         .map(|a| &a.status)
@@ -234,7 +232,6 @@ async fn judge(
         items,
         endpoints,
         sensors,
-        decisions,
     }
 }
 
@@ -292,9 +289,9 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
     };
 
     // 4. status, and Events for what changed
-    let (items, endpoints, sensors, decisions) = match judgement {
-        Some(j) => (Some(j.items), j.endpoints, j.sensors, j.decisions),
-        None => (None, None, None, Vec::new()),
+    let (items, endpoints, sensors) = match judgement {
+        Some(j) => (Some(j.items), j.endpoints, j.sensors),
+        None => (None, None, None),
     };
     let api: Api<IoTSystem> = Api::namespaced(ctx.client.clone(), &namespace);
     // The record's lines are emitted once the status counting them is
@@ -310,11 +307,29 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
             sensors.clone(),
             &now,
         );
+        // Verdict changes against the status this write is based on: after
+        // a lagging cache, the server may hold them already.
         let current = basis.status.as_ref().and_then(|s| s.decision_log.as_ref());
-        let appended = ctx
-            .record
-            .as_ref()
-            .and_then(|r| r.append(basis, current, decisions.clone()).ok().flatten());
+        let decided = items.as_deref().map(|items| {
+            record::decisions(
+                &format!("{namespace}/{name}"),
+                &now.0.to_string(),
+                &report.applied,
+                &report.pruned,
+                basis
+                    .status
+                    .as_ref()
+                    .map(|s| s.items.as_slice())
+                    .unwrap_or_default(),
+                items,
+            )
+        });
+        let appended = ctx.record.as_ref().zip(decided).and_then(|(r, decided)| {
+            r.append(basis, current, decided)
+                .map_err(|e| warn!(error = %e, "could not append to the decision record"))
+                .ok()
+                .flatten()
+        });
         let mut emit = to_emit.lock().unwrap_or_else(|e| e.into_inner());
         match appended {
             Some(a) => {
