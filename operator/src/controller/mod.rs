@@ -3,12 +3,12 @@
 //! 1. `plan`: the system and its neighbourhood from the caches, `validate`d
 //!    into a `ValidatedSystem`, and the desired objects `build` makes of it
 //! 2. `apply`: the cluster made to hold exactly those objects
-//! 3. `judge`: the checklist on the namespace as it now is, to metrics and
-//!    the PolicyReport
-//! 4. `status`: observedGeneration, the Ready condition, the verdicts; Events
-//!    for what changed
+//! 3. `judge`: the checklist on the namespace as it now is, to metrics
+//! 4. `status`: observedGeneration, the Ready condition, the verdicts, the
+//!    decision record's new head; Events for what changed
+//! 5. the PolicyReport, with the checkpoint the status now holds
 //!
-//! Only steps 2–4 talk to the API server. Starting it all is in `wiring`.
+//! Only steps 2, 4 and 5 talk to the API server. Starting it all is in `wiring`.
 
 pub mod access;
 pub mod alerting;
@@ -150,7 +150,6 @@ async fn judge(
     valid: &ValidatedSystem,
     applied: &ApplyReport,
     now: &Time,
-    failures: &mut Vec<apply::ApplyError>,
 ) -> Judgement {
     let mut snapshot = ctx
         .caches
@@ -200,34 +199,6 @@ async fn judge(
     let items = checklist::evaluate(valid, &snapshot, today);
     ctx.metrics
         .record_verdicts(&valid.namespace, &valid.name, &items);
-    let before = system
-        .status
-        .as_ref()
-        .map(|s| s.items.as_slice())
-        .unwrap_or_default();
-    let decisions = record::decisions(
-        &format!("{}/{}", valid.namespace, valid.name),
-        &now.0.to_string(),
-        &applied.applied,
-        &applied.pruned,
-        before,
-        &items,
-    );
-    // For the PolicyReport's checkpoint; the status write appends the same
-    // (from the server's copy, should the cache lag).
-    let appended = ctx
-        .record
-        .as_ref()
-        .and_then(|r| r.append(system, current_log, decisions).ok().flatten());
-    let checkpoint = appended
-        .as_ref()
-        .map(|a| &a.status)
-        .or(current_log)
-        .map(|l| l.checkpoint.as_str());
-    let report = crate::build::policy_report::build_policy_report(valid, &items, checkpoint);
-    if let Err(e) = apply::apply_report(ctx, valid, &report).await {
-        failures.push(e);
-    }
     Judgement {
         items,
         endpoints,
@@ -269,9 +240,7 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
         let labelled = apply::admit_for_review(&ctx, &namespace).await;
         report = apply::apply_all(&ctx, valid, &to_apply).await;
         report.failed.extend(labelled.err());
-        let mut failures = std::mem::take(&mut report.failed);
-        judgement = Some(judge(&ctx, &system, valid, &report, &now, &mut failures).await);
-        report.failed = failures;
+        judgement = Some(judge(&ctx, &system, valid, &report, &now).await);
     }
     // A system deleted while this ran keeps no series.
     if !ctx
@@ -289,6 +258,7 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
     };
 
     // 4. status, and Events for what changed
+    let judged_items = judgement.as_ref().map(|j| j.items.clone());
     let (items, endpoints, sensors) = match judgement {
         Some(j) => (Some(j.items), j.endpoints, j.sensors),
         None => (None, None, None),
@@ -298,6 +268,7 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
     // stored; computed from the status the write is based on, so a lagging
     // cache cannot fork the log.
     let to_emit = std::sync::Mutex::new(Vec::new());
+    let head = std::sync::Mutex::new(None);
     let status_changed = status::write_if_changed(&api, &system, |basis| {
         let mut desired = status::desired_status(
             basis,
@@ -338,6 +309,7 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
             }
             None => emit.clear(),
         }
+        *head.lock().unwrap_or_else(|e| e.into_inner()) = desired.decision_log.clone();
         desired
     })
     .await
@@ -349,6 +321,18 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
         ctx.metrics.write("IoTSystem", "status");
     }
     publish_events(&ctx, &system, &outcome, &report, status_changed).await;
+
+    // 5. the PolicyReport, after the status: it carries the checkpoint the
+    // status now holds, so one reconcile writes both, and a report written
+    // from a lagging cache carries no time of its own.
+    if let (Ok(valid), Some(items)) = (&validated, &judged_items) {
+        let head = head.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let checkpoint = head.as_ref().map(|l| l.checkpoint.as_str());
+        let policy = crate::build::policy_report::build_policy_report(valid, items, checkpoint);
+        if let Err(e) = apply::apply_report(&ctx, valid, &policy).await {
+            return Err(Error::Apply(ApplyFailures(vec![e])));
+        }
+    }
 
     let this = ObjectRef::from_obj(system.as_ref());
     if !failures.0.is_empty() {
