@@ -232,6 +232,24 @@ spec:
     )
     .await;
 
+    // While nothing changes, the broker's Secrets are not read again (the
+    // subscription is kept while their resourceVersions stay).
+    let audit = iotposture_e2e::AuditLog::default();
+    let mark = audit.mark();
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    let reads: Vec<_> = audit
+        .entries_since(mark)
+        .into_iter()
+        .filter(|e| {
+            e["objectRef"]["resource"] == "secrets"
+                && e["objectRef"]["namespace"] == ns.name.as_str()
+        })
+        .collect();
+    assert!(
+        reads.is_empty(),
+        "Secrets read again with nothing changed: {reads:?}"
+    );
+
     // The simulator stops: its device falls silent, named, first in status.
     let delivered_before = sink.received().len();
     ns.api::<Pod>()

@@ -40,6 +40,47 @@ struct Running {
     task: JoinHandle<()>,
 }
 
+/// What a subscription depends on, from the caches alone: the address,
+/// and the resourceVersions of the Secrets it reads. Unchanged, the
+/// Secrets are not read again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    addr: Option<SocketAddr>,
+    ca_version: Option<String>,
+    credentials_version: Option<String>,
+    topic: String,
+}
+
+/// How long a subscription that could not be made waits before the
+/// Secrets are read again, when nothing they depend on changed.
+const RETRY: Duration = Duration::from_secs(60);
+
+fn fingerprint(
+    caches: &Caches,
+    resolve: &HashMap<String, SocketAddr>,
+    system: &ValidatedSystem,
+    sensor: &ValidComponent,
+) -> Option<Fingerprint> {
+    let mqtt = sensor.heartbeat.as_ref()?.mqtt.as_ref()?;
+    let broker = system.components.iter().find(|c| c.name == mqtt.broker)?;
+    let port = broker.ports.iter().find(|p| p.name == mqtt.port)?;
+    let version = |name: &str| {
+        caches
+            .secrets
+            .get(&ObjectRef::new(name).within(&system.namespace))
+            .and_then(|s| s.resource_version())
+    };
+    Some(Fingerprint {
+        addr: match dial(caches, resolve, system, broker, port) {
+            Dial::To(addr) => Some(addr),
+            _ => None,
+        },
+        ca_version: version(&certificate_name(system, broker, &port.name)),
+        credentials_version: mqtt.credentials_secret.as_deref().and_then(version),
+        topic: mqtt.topic.clone(),
+    })
+}
+
 /// A component's subscription as the spec and the API describe it now, or
 /// why there is none.
 async fn desired(
@@ -163,6 +204,8 @@ pub async fn listen_loop(
     changed: mpsc::UnboundedSender<ObjectRef<IoTSystem>>,
 ) {
     let mut running: HashMap<Key, Running> = HashMap::new();
+    // What each subscription was last made (or tried) from, and when.
+    let mut made_from: HashMap<Key, (Option<Fingerprint>, tokio::time::Instant)> = HashMap::new();
     let mut last_shown: HashMap<Key, Shown> = HashMap::new();
     let mut last_resolve: Option<tokio::time::Instant> = None;
     loop {
@@ -198,6 +241,7 @@ pub async fn listen_loop(
             }
             keep
         });
+        made_from.retain(|key, _| wanted.contains_key(key));
         for key in ledger.keys() {
             if !wanted.contains_key(&key) {
                 ledger.forget(&key);
@@ -207,6 +251,14 @@ pub async fn listen_loop(
         if last_resolve.is_none_or(|t| t.elapsed() >= RESOLVE) {
             last_resolve = Some(tokio::time::Instant::now());
             for (key, (obj, system, sensor)) in &wanted {
+                let print = fingerprint(&caches, &resolve, system, sensor);
+                let unchanged = made_from.get(key).is_some_and(|(p, at)| {
+                    *p == print && (running.contains_key(key) || at.elapsed() < RETRY)
+                });
+                if unchanged {
+                    continue;
+                }
+                made_from.insert(key.clone(), (print, tokio::time::Instant::now()));
                 let uid = obj.uid().unwrap_or_default();
                 match desired(&client, &caches, &resolve, system, sensor, &uid).await {
                     Ok(sub) => {
