@@ -135,7 +135,13 @@ async fn nothing_lost_or_duplicated(
 ) {
     let (writes, deletes) = child_writes(audit, mark, &ns.name);
     assert!(deletes.is_empty(), "{what}: deleted {deletes:?}");
-    let twice: Vec<_> = writes.iter().filter(|(_, n)| **n > 1).collect();
+    // The PolicyReport is an account, not a child kept in force: it carries
+    // the decision record's latest checkpoint, which grows when a retry
+    // completes an apply the fault cut short, so it may be written again.
+    let twice: Vec<_> = writes
+        .iter()
+        .filter(|(key, n)| **n > 1 && !key.starts_with("policyreports/"))
+        .collect();
     assert!(
         twice.is_empty(),
         "{what}: written more than once: {twice:?}"
