@@ -33,6 +33,8 @@ testplane-bins:
 # Container images from Debian packages and our binaries (cached; needs root).
 images:
 	$(CARGO) build -q -p iotposture
+	bash e2e/node/build.sh target/node/bin
+	bash e2e/logs/build.sh target/logs/bin
 	bash images/build.sh target/images
 
 testplane-up: testplane-bins images

@@ -15,7 +15,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 out="$(mkdir -p "${1:?usage: images/build.sh OUT [NAME...]}" && cd "$1" && pwd)"
 shift
-all=(pause toolbox gateway operator mosquitto sensor dashboard coredns)
+all=(pause toolbox gateway operator mosquitto sensor dashboard coredns log-collector)
 names=("${@:-${all[@]}}")
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)"
 # Reproducible: every file dated the same, whatever day the image is built.
@@ -55,6 +55,9 @@ spec() {
   dashboard)
     packages="python3"
     entrypoint='["python3", "/usr/local/lib/dashboard/app.py"]' ;;
+  log-collector)
+    binaries=("$root/target/logs/bin/iotposture-otelcol:/usr/bin/iotposture-otelcol")
+    entrypoint='["/usr/bin/iotposture-otelcol"]' cmd='["--config=/etc/iotposture-logs/config/config.yaml"]' ;;
   coredns)
     binaries=("$root/target/node/bin/coredns:/usr/bin/coredns")
     entrypoint='["/usr/bin/coredns"]' cmd='["-conf", "/etc/coredns/Corefile"]' ;;

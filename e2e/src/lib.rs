@@ -393,6 +393,7 @@ impl RunningOperator {
             operator_peers: Default::default(),
             leader_election: None,
             alerting: None,
+            shipping: None,
             // Every test's operator keeps its decision record, in a file of
             // the namespace's own (a key of the process's own).
             record: Some(iotposture::controller::RecordOptions {
@@ -763,6 +764,10 @@ async fn operator_token() -> String {
                 chart.to_str().unwrap(),
                 "--namespace",
                 OPERATOR_NAMESPACE,
+                // Every permission the tests' operators use, the log
+                // collector's included (the shipping test runs it).
+                "--set",
+                "logShipping.enabled=true",
                 "--show-only",
                 "templates/serviceaccount.yaml",
                 "--show-only",

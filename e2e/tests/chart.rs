@@ -918,6 +918,9 @@ async fn the_operator_roles_grant_only_what_the_operator_uses() {
         chart_dir().to_str().unwrap(),
         "--namespace",
         "iotposture-e2e",
+        // As the tests' operator account was bound (operator_client).
+        "--set",
+        "logShipping.enabled=true",
         "--show-only",
         "templates/rbac.yaml",
     ]);

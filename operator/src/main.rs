@@ -152,6 +152,28 @@ struct RecordArgs {
     /// Append the decision record's lines to this file instead of stdout.
     #[arg(long, env = "IOTPOSTURE_DECISION_RECORD_FILE")]
     decision_record_file: Option<std::path::PathBuf>,
+    /// The log collector's image: with it, the operator runs the collector
+    /// DaemonSet that ships the logs of systems with spec.logging (III-1).
+    #[arg(long, env = "IOTPOSTURE_LOG_COLLECTOR_IMAGE")]
+    log_collector_image: Option<String>,
+    /// Name of the collector's DaemonSet, ConfigMap and Secret, in the
+    /// operator's namespace (POD_NAMESPACE) or --namespace.
+    #[arg(
+        long,
+        env = "IOTPOSTURE_LOG_COLLECTOR_NAME",
+        default_value = "iotposture-log-collector"
+    )]
+    log_collector_name: String,
+    /// The nodes' pod log folder, mounted read-only into the collector.
+    #[arg(long, env = "IOTPOSTURE_POD_LOG_DIR", default_value = "/var/log/pods")]
+    pod_log_dir: String,
+    /// Seconds between looks at the collector and the store.
+    #[arg(
+        long,
+        env = "IOTPOSTURE_SHIPPING_INTERVAL_SECONDS",
+        default_value_t = 30
+    )]
+    shipping_interval_seconds: u64,
 }
 
 /// Several replicas: only the holder of a Lease writes.
@@ -543,7 +565,40 @@ async fn main() -> anyhow::Result<()> {
                 prometheus_url,
                 alertmanager_url,
                 alerting_interval_seconds,
+                log_collector_image,
+                log_collector_name,
+                pod_log_dir,
+                shipping_interval_seconds,
             } = *records;
+            let shipping = match log_collector_image {
+                None => None,
+                Some(image) => {
+                    let collector_namespace = webhook
+                        .own_namespace
+                        .clone()
+                        .or_else(|| namespace.clone())
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "--log-collector-image needs the operator's namespace (POD_NAMESPACE) or --namespace"
+                            )
+                        })?;
+                    // Kubernetes refuses hostPath paths with `..`.
+                    if !pod_log_dir.starts_with('/') || pod_log_dir.split('/').any(|p| p == "..") {
+                        anyhow::bail!(
+                            "--pod-log-dir {pod_log_dir:?} must be an absolute path without `..`"
+                        );
+                    }
+                    Some(iotposture::controller::shipping::ShippingOptions {
+                        collector: iotposture::build::log_collector::Settings {
+                            namespace: collector_namespace,
+                            name: log_collector_name,
+                            image,
+                            pod_log_dir,
+                        },
+                        interval: std::time::Duration::from_secs(shipping_interval_seconds.max(1)),
+                    })
+                }
+            };
             let key_secret = match decision_record_secret {
                 None => None,
                 Some(name) => Some((
@@ -568,6 +623,7 @@ async fn main() -> anyhow::Result<()> {
             });
             let options = iotposture::controller::Options {
                 alerting,
+                shipping,
                 record,
                 leader_election,
                 admission: webhook.options(&client, namespace.clone()).await?,

@@ -17,5 +17,6 @@ mod reach;
 mod reconcile;
 mod record;
 mod security;
+mod shipping;
 mod support;
 mod tls;

@@ -116,6 +116,46 @@ pub struct IoTSystemSpec {
     #[serde(default)]
     #[schemars(length(max = 39))]
     pub attestations: Vec<Attestation>,
+
+    /// Where the components' container logs and the WAF's audit records are
+    /// shipped (checklist item III-1), by the log collector the operator runs
+    /// on every node. Without it nothing is shipped and III-1 fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Logging>,
+}
+
+/// A log store that takes OTLP/HTTP over TLS (e.g. VictoriaLogs). Both
+/// Secrets live in the system's namespace and carry the label
+/// `iotposture.dev/probe-credentials=true`, which lets the operator read them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Logging {
+    /// The store's OTLP/HTTP logs URL; https only, e.g.
+    /// `https://logs.example:9428/insert/opentelemetry/v1/logs`.
+    #[schemars(
+        length(min = 9, max = 512),
+        regex(pattern = r"^https://[^@/?#\s]+(/[^\s]*)?$")
+    )]
+    pub endpoint: String,
+    /// A Secret with `ca.crt`: the CA the store's certificate must chain to.
+    /// The collector trusts nothing else.
+    #[schemars(length(min = 1, max = 253))]
+    pub ca_secret: String,
+    /// A Secret with `username` and `password` for HTTP basic auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: Option<String>,
+    /// The store's base URL for reading back (VictoriaLogs' LogsQL API, e.g.
+    /// `https://logs.example:9428`), with the same CA and credentials. With
+    /// it, III-1 passes only when the system's records are found there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 512), regex(pattern = r"^https://[^@/?#\s]+/?$"))]
+    pub query_url: Option<String>,
+    /// How long the store must keep the logs, e.g. `30d` (h, d, w or y). With
+    /// `queryUrl`, a store that keeps them for less fails III-1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(h|d|w|y)$"))]
+    pub retention: Option<String>,
 }
 
 /// How the operator obtains certificates from cert-manager.

@@ -4,6 +4,7 @@
 pub mod alert_rules;
 pub mod certificate;
 pub mod gateway;
+pub mod log_collector;
 pub mod meta;
 pub mod network_policy;
 pub mod policy_report;

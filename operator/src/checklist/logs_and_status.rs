@@ -1,16 +1,119 @@
-//! Chapter VII, logs and sensor status: VII-1.
+//! Logs and sensor status: III-1 (logs shipped off the node), VII-1
+//! (sensors heard), VII-2 (logs protected).
 
 use std::time::Duration;
 
 use super::{Scope, evidence::Check, evidence::Offences, pod_name};
 use crate::heartbeat::{Judged, Listening};
 
-/// VII-2: logs are protected from reading and tampering. Decided here: who
-/// may read the pods' logs through the API (`pods/log`: only the system's
-/// admins and operators; the built-in `view`, `edit` and `admin` roles grant
-/// it too), and whether the operator keeps its signed decision record.
-/// Shipping the logs off the node over verified TLS is not evaluated by this
-/// version, so the item is never Pass yet.
+/// III-1: the system's logs reach the store `spec.logging` names. Passes only
+/// on delivery observed: the collector's own counters show records of the
+/// system sent and none failing, and, with `queryUrl`, the store answers
+/// with them and keeps them as long as declared.
+pub fn check_log_shipping(s: &Scope<'_>) -> Check {
+    let Some(logging) = &s.system.logging else {
+        return Check::fail(
+            "no spec.logging: the container and WAF audit logs stay on the nodes, where the kubelet rotates them away",
+        );
+    };
+    let findings = match &s.snapshot.shipping {
+        None => {
+            return Check::unknown(format!(
+                "logs go to {}; delivery is observed only by the running operator",
+                logging.endpoint
+            ));
+        }
+        Some(Err(why)) => return Check::unknown(why.clone()),
+        Some(Ok(f)) => f,
+    };
+    let endpoint = &findings.endpoint;
+    if let Err(why) = &findings.plan {
+        return Check::fail(format!("the logs are not shipped: {why}"));
+    }
+    match &findings.collectors {
+        Err(why) => return Check::fail(format!("the log collector does not run: {why}")),
+        Ok((0, _)) => {
+            return Check::fail("the log collector DaemonSet has no pod on any node");
+        }
+        Ok((wanted, ready)) if ready < wanted => {
+            return Check::fail(format!(
+                "{ready} of {wanted} log collector pods are ready with the current configuration; the others' nodes ship nothing"
+            ));
+        }
+        Ok(_) => {}
+    }
+    if findings.failing {
+        return Check::fail(format!(
+            "the log collector failed to deliver records to {endpoint} (its failed count rose)"
+        ));
+    }
+    if !findings.unscraped.is_empty() {
+        return Check::unknown(format!(
+            "the counters of some log collector pods could not be read: {}",
+            findings.unscraped.join("; ")
+        ));
+    }
+    if !findings.sent_any {
+        return Check::unknown(format!(
+            "shipping to {endpoint} is configured, but no record of the system has been sent yet"
+        ));
+    }
+    let mut evidence = format!(
+        "the log collector delivers the system's records to {endpoint} over TLS verified against logging.caSecret, with none failing"
+    );
+    if let Some(read_back) = &findings.read_back {
+        match read_back {
+            Ok(true) => evidence.push_str("; the latest records were read back from the store"),
+            Ok(false) => {
+                return Check::fail(format!(
+                    "the collector reports records sent to {endpoint}, but the store has none of them"
+                ));
+            }
+            Err(why) => {
+                return Check::unknown(format!(
+                    "records are sent to {endpoint}; reading them back failed: {why}"
+                ));
+            }
+        }
+    }
+    if let (Some(wanted), Some(kept)) = (logging.retention, &findings.store_retention) {
+        match kept {
+            Ok(kept) if *kept < wanted => {
+                return Check::fail(format!(
+                    "the store keeps records for {}, less than logging.retention {}",
+                    days(*kept),
+                    days(wanted)
+                ));
+            }
+            Ok(kept) => evidence.push_str(&format!(
+                "; the store keeps them for {} (at least {})",
+                days(*kept),
+                days(wanted)
+            )),
+            Err(why) => {
+                return Check::unknown(format!(
+                    "records are delivered; the store's retention is not known: {why}"
+                ));
+            }
+        }
+    }
+    Check::pass(evidence)
+}
+
+fn days(d: Duration) -> String {
+    let hours = d.as_secs() / 3600;
+    if hours.is_multiple_of(24) {
+        format!("{}d", hours / 24)
+    } else {
+        format!("{hours}h")
+    }
+}
+
+/// VII-2: logs are protected from reading and tampering: who may read the
+/// pods' logs through the API (`pods/log`: only the system's admins and
+/// operators; the built-in `view`, `edit` and `admin` roles grant it too),
+/// whether the operator keeps its signed decision record, and whether the
+/// logs leave the node over verified TLS (III-1's delivery).
 pub fn check_log_protection(s: &Scope<'_>) -> Check {
     use super::user_management::{bound_rules, grants, same_subject};
     let mut offences = Offences::default();
@@ -56,12 +159,32 @@ pub fn check_log_protection(s: &Scope<'_>) -> Check {
         // the status once more after each.
         Some(Ok(_)) => "the operator's decisions are in a signed Merkle log".to_string(),
     };
+    let shipped = match &s.snapshot.shipping {
+        _ if s.system.logging.is_none() => {
+            offences.add("no spec.logging: the logs stay on the nodes, unprotected from whoever controls a node".to_string());
+            None
+        }
+        Some(Ok(f)) if f.plan.is_ok() && f.sent_any && !f.failing => Some(Ok(())),
+        Some(Ok(_)) => Some(Err(
+            "the logs are not yet delivered off the node (see III-1)".to_string(),
+        )),
+        Some(Err(why)) => Some(Err(why.clone())),
+        None => Some(Err(
+            "whether the logs are shipped is observed only by the running operator".to_string(),
+        )),
+    };
     if !offences.is_empty() {
         return offences.verdict(String::new());
     }
-    Check::unknown(format!(
-        "pods/log is readable only by the system's admins and operators; {record}; shipping the logs off the node over verified TLS is not evaluated by this version"
-    ))
+    let evidence =
+        format!("pods/log is readable only by the system's admins and operators; {record}");
+    match shipped {
+        Some(Ok(())) => Check::pass(format!(
+            "{evidence}; the logs leave the node over TLS verified against logging.caSecret"
+        )),
+        Some(Err(why)) => Check::unknown(format!("{evidence}; {why}")),
+        None => Check::unknown(evidence),
+    }
 }
 
 /// Restarts and crash loops over a component's pods, for the metrics the
@@ -270,6 +393,7 @@ mod tests {
         api::Verdict,
         build::fixtures::{FACTORY, validated},
         checklist::{Snapshot, component_pods},
+        controller::shipping::ShippingFindings,
         heartbeat::{DeviceState, judge},
     };
 
@@ -442,8 +566,20 @@ mod tests {
         );
     }
 
-    fn vii2(snapshot: &Snapshot) -> Check {
-        let system = validated(FACTORY);
+    /// The factory, shipping its logs (with read-back and retention when `full`).
+    fn logged(full: bool) -> String {
+        let extra = if full {
+            ", queryUrl: \"https://logs.example:9428\", retention: 30d"
+        } else {
+            ""
+        };
+        format!(
+            "{FACTORY}  logging: {{endpoint: \"https://logs.example:9428/insert/opentelemetry/v1/logs\", caSecret: logs-ca{extra}}}\n"
+        )
+    }
+
+    fn judge_item(yaml: &str, snapshot: &Snapshot, check: fn(&Scope<'_>) -> Check) -> Check {
+        let system = validated(yaml);
         let all = component_pods(&system, snapshot);
         let scope = Scope {
             system: &system,
@@ -451,7 +587,173 @@ mod tests {
             targets: all.iter().collect(),
             all: &all,
         };
-        check_log_protection(&scope)
+        check(&scope)
+    }
+
+    fn vii2(snapshot: &Snapshot) -> Check {
+        judge_item(&logged(false), snapshot, check_log_protection)
+    }
+
+    fn iii1(full: bool, findings: Option<Result<ShippingFindings, String>>) -> Check {
+        let snapshot = Snapshot {
+            shipping: findings,
+            ..Snapshot::default()
+        };
+        judge_item(&logged(full), &snapshot, check_log_shipping)
+    }
+
+    /// Records delivered, read back, kept 30 days, by one ready collector.
+    fn delivered() -> ShippingFindings {
+        ShippingFindings {
+            endpoint: "https://logs.example:9428/insert/opentelemetry/v1/logs".into(),
+            plan: Ok(()),
+            collectors: Ok((1, 1)),
+            unscraped: vec![],
+            sent_any: true,
+            failing: false,
+            read_back: Some(Ok(true)),
+            store_retention: Some(Ok(Duration::from_secs(30 * 86_400))),
+        }
+    }
+
+    #[test]
+    fn iii1_passes_only_on_delivery_observed() {
+        let c = iii1(true, Some(Ok(delivered())));
+        assert_eq!(c.verdict, Verdict::Pass, "{}", c.evidence);
+        assert_eq!(
+            c.evidence,
+            "the log collector delivers the system's records to https://logs.example:9428/insert/opentelemetry/v1/logs over TLS verified against logging.caSecret, with none failing; the latest records were read back from the store; the store keeps them for 30d (at least 30d)"
+        );
+        // Without queryUrl the counters alone decide.
+        let mut counters_only = delivered();
+        counters_only.read_back = None;
+        counters_only.store_retention = None;
+        assert_eq!(iii1(false, Some(Ok(counters_only))).verdict, Verdict::Pass);
+
+        let case = |change: fn(&mut ShippingFindings)| {
+            let mut f = delivered();
+            change(&mut f);
+            iii1(true, Some(Ok(f)))
+        };
+        for (change, verdict, says) in [
+            (
+                (|f: &mut ShippingFindings| {
+                    f.plan =
+                        Err("logging.caSecret logs-ca: no such Secret in namespace plant".into())
+                }) as fn(&mut ShippingFindings),
+                Verdict::Fail,
+                "the logs are not shipped: logging.caSecret logs-ca: no such Secret",
+            ),
+            (
+                |f| f.collectors = Err("writing DaemonSet x: forbidden".into()),
+                Verdict::Fail,
+                "the log collector does not run: writing DaemonSet x: forbidden",
+            ),
+            (
+                |f| f.collectors = Ok((0, 0)),
+                Verdict::Fail,
+                "no pod on any node",
+            ),
+            (
+                |f| f.collectors = Ok((3, 2)),
+                Verdict::Fail,
+                "2 of 3 log collector pods are ready",
+            ),
+            (
+                |f| f.failing = true,
+                Verdict::Fail,
+                "failed to deliver records",
+            ),
+            (
+                |f| f.unscraped = vec!["c-1: cannot connect".into()],
+                Verdict::Unknown,
+                "c-1: cannot connect",
+            ),
+            (
+                |f| f.sent_any = false,
+                Verdict::Unknown,
+                "no record of the system has been sent yet",
+            ),
+            (
+                |f| f.read_back = Some(Ok(false)),
+                Verdict::Fail,
+                "the store has none of them",
+            ),
+            (
+                |f| f.read_back = Some(Err("answered 401".into())),
+                Verdict::Unknown,
+                "reading them back failed: answered 401",
+            ),
+            (
+                |f| f.store_retention = Some(Ok(Duration::from_secs(7 * 86_400))),
+                Verdict::Fail,
+                "the store keeps records for 7d, less than logging.retention 30d",
+            ),
+            (
+                |f| f.store_retention = Some(Err("no answer".into())),
+                Verdict::Unknown,
+                "retention is not known: no answer",
+            ),
+        ] {
+            let c = case(change);
+            assert_eq!(c.verdict, verdict, "{}", c.evidence);
+            assert!(
+                c.evidence.contains(says),
+                "{says:?} not in {:?}",
+                c.evidence
+            );
+        }
+        // Offline, and an operator without a collector: not known.
+        let offline = iii1(true, None);
+        assert_eq!(offline.verdict, Verdict::Unknown);
+        assert!(
+            offline
+                .evidence
+                .contains("observed only by the running operator")
+        );
+        let c = iii1(
+            true,
+            Some(Err("the operator runs without a log collector".into())),
+        );
+        assert_eq!(
+            (c.verdict, c.evidence.as_str()),
+            (
+                Verdict::Unknown,
+                "the operator runs without a log collector"
+            )
+        );
+        // No spec.logging at all: nothing leaves the node.
+        let c = judge_item(FACTORY, &Snapshot::default(), check_log_shipping);
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(c.evidence.starts_with("no spec.logging"), "{}", c.evidence);
+    }
+
+    #[test]
+    fn vii2_passes_with_the_record_and_the_logs_delivered_over_verified_tls() {
+        let mut snapshot = Snapshot {
+            decision_record: Some(Ok(3)),
+            shipping: Some(Ok(delivered())),
+            ..Snapshot::default()
+        };
+        let c = vii2(&snapshot);
+        assert_eq!(c.verdict, Verdict::Pass, "{}", c.evidence);
+        assert!(
+            c.evidence
+                .ends_with("the logs leave the node over TLS verified against logging.caSecret")
+        );
+        let mut failing = delivered();
+        failing.failing = true;
+        snapshot.shipping = Some(Ok(failing));
+        let c = vii2(&snapshot);
+        assert_eq!(c.verdict, Verdict::Unknown, "{}", c.evidence);
+        assert!(
+            c.evidence.contains("not yet delivered off the node"),
+            "{}",
+            c.evidence
+        );
+        let c = judge_item(FACTORY, &snapshot, check_log_protection);
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert!(c.evidence.contains("no spec.logging"), "{}", c.evidence);
     }
 
     fn binding(
@@ -510,7 +812,7 @@ mod tests {
         assert_eq!(c.verdict, Verdict::Unknown, "{}", c.evidence);
         assert!(c.evidence.contains("signed Merkle log"), "{}", c.evidence);
         assert!(
-            c.evidence.contains("not evaluated by this version"),
+            c.evidence.contains("observed only by the running operator"),
             "{}",
             c.evidence
         );

@@ -223,7 +223,7 @@ fn run_check(id: &str, s: &Scope<'_>) -> Check {
         "II-4" => not_yet("anti-malware scanning; attest the measure in place"),
         "II-5" => software::check_resource_limits(s),
         "II-6" => web_gateway::check_traffic_limits(s),
-        "III-1" => not_yet("log shipping to a declared destination"),
+        "III-1" => logs_and_status::check_log_shipping(s),
         "III-2" => web_gateway::check_cookies(s),
         "III-3" => web_gateway::check_session_in_url(s),
         "III-4" => web_gateway::check_session_fixation(s),

@@ -42,6 +42,9 @@ pub struct Snapshot {
     /// What Prometheus and Alertmanager say of the system's alerts, or why
     /// nobody asked; None offline.
     pub alerting: Option<Result<crate::controller::alerting::AlertFindings, String>>,
+    /// What the log collector and the store show of the system's shipping,
+    /// or why nothing is shipped by this operator; None offline.
+    pub shipping: Option<Result<crate::controller::shipping::ShippingFindings, String>>,
 }
 
 impl Snapshot {

@@ -88,7 +88,7 @@ impl AlertResults {
 }
 
 /// One GET over plain HTTP; the body when the status is 200.
-async fn get(base: &str, path: &str) -> Result<String, String> {
+pub(super) async fn get(base: &str, path: &str) -> Result<String, String> {
     let rest = base
         .strip_prefix("http://")
         .ok_or_else(|| format!("{base}: only http:// URLs are supported"))?;

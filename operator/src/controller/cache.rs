@@ -330,6 +330,7 @@ impl Caches {
             heartbeats: None,
             decision_record: None,
             alerting: None,
+            shipping: None,
         }
     }
 

@@ -6,19 +6,19 @@
 //! the label that lets the operator use it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client, ResourceExt, runtime::reflector::ObjectRef};
+use kube::{Client, ResourceExt, runtime::reflector::ObjectRef};
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{
     cache::Caches,
-    probing::{Dial, PROBE_CREDENTIALS_LABEL, dial, issuer_ca, service_name},
+    probing::{Dial, dial, issuer_ca, service_name},
+    secrets,
     validate::{Neighbourhood, ValidComponent, ValidatedSystem, validate},
 };
 use crate::{
@@ -139,34 +139,8 @@ async fn credentials(
     name: &str,
 ) -> Result<(String, String), String> {
     let field = format!("heartbeat.mqtt.credentialsSecret {name}");
-    let labelled = |labels: &BTreeMap<String, String>| {
-        labels.get(PROBE_CREDENTIALS_LABEL).map(String::as_str) == Some("true")
-    };
-    let meta = caches
-        .secrets
-        .get(&ObjectRef::new(name).within(namespace))
-        .ok_or_else(|| format!("{field}: no such Secret in namespace {namespace}"))?;
-    if !labelled(meta.labels()) {
-        return Err(format!(
-            "{field}: the Secret lacks the label {PROBE_CREDENTIALS_LABEL}=true that lets the operator use it"
-        ));
-    }
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let full = api
-        .get_opt(name)
-        .await
-        .map_err(|e| format!("{field}: reading it failed: {e}"))?
-        .filter(|s| labelled(s.labels()))
-        .ok_or_else(|| format!("{field}: no such labelled Secret"))?;
-    let data = full.data.unwrap_or_default();
-    let text = |k: &str| {
-        data.get(k)
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-    };
-    match (text("username"), text("password")) {
-        (Some(u), Some(p)) => Ok((u, p)),
-        _ => Err(format!("{field}: the Secret lacks username or password")),
-    }
+    let data = secrets::read(client, caches, namespace, name, &field).await?;
+    secrets::username_password(&data, &field)
 }
 
 /// What a reconcile shows of a component: which devices are silent, and

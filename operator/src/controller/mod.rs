@@ -19,6 +19,8 @@ pub mod leader;
 pub mod listening;
 pub mod probing;
 pub mod record;
+pub mod secrets;
+pub mod shipping;
 pub mod status;
 pub mod validate;
 pub mod wiring;
@@ -95,6 +97,8 @@ pub struct Context {
     pub record: Option<Arc<record::DecisionRecord>>,
     /// What Prometheus and Alertmanager say of each system's alerts, when asked.
     pub alerting: Option<Arc<alerting::AlertResults>>,
+    /// What the log collector and the store show, when the operator runs one.
+    pub shipping: Option<Arc<shipping::ShippingResults>>,
     /// Set when the admission webhooks are served: their match conditions
     /// must cover a system's pods, and its namespace gets their label.
     pub webhooks: Option<Arc<crate::webhook::Registrar>>,
@@ -186,6 +190,12 @@ async fn judge(
         Some(results) => results
             .get(&valid.namespace, &valid.name)
             .ok_or_else(|| "Prometheus and Alertmanager not asked yet".to_string()),
+    });
+    snapshot.shipping = Some(match &ctx.shipping {
+        None => Err("the operator runs without a log collector (--log-collector-image): nothing ships the logs".into()),
+        Some(results) => results
+            .get(&valid.namespace, &valid.name)
+            .ok_or_else(|| "the log collector has not been looked at yet".to_string()),
     });
     let current_log = system.status.as_ref().and_then(|s| s.decision_log.as_ref());
     snapshot.decision_record = Some(match (&ctx.record, current_log) {

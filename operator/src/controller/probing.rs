@@ -20,14 +20,14 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client,
     core::{Selector, SelectorExt},
     runtime::reflector::ObjectRef,
 };
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::cache::Caches;
+use super::{cache::Caches, secrets};
 use crate::{
     api::{EndpointStatus, IoTSystem, Port},
     build::certificate::certificate_name,
@@ -40,7 +40,7 @@ use crate::{
 };
 
 /// The label a Secret must carry before the probe may log in with it.
-pub const PROBE_CREDENTIALS_LABEL: &str = "iotposture.dev/probe-credentials";
+pub use super::secrets::READABLE_LABEL as PROBE_CREDENTIALS_LABEL;
 
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
@@ -448,20 +448,8 @@ async fn test_credentials(
     secret: &str,
 ) -> Result<http::Credentials, String> {
     let field = format!("probeCredentialsSecret {secret}");
-    let labelled = |labels: &BTreeMap<String, String>| {
-        labels.get(PROBE_CREDENTIALS_LABEL).map(String::as_str) == Some("true")
-    };
     // The metadata cache first: an unlabelled Secret is never read.
-    let meta = round
-        .caches
-        .secrets
-        .get(&ObjectRef::new(secret).within(&system.namespace))
-        .ok_or_else(|| format!("{field}: no such Secret in namespace {}", system.namespace))?;
-    if !labelled(meta.labels()) {
-        return Err(format!(
-            "{field}: the Secret lacks the label {PROBE_CREDENTIALS_LABEL}=true that lets the probe log in with it"
-        ));
-    }
+    secrets::readable(round.caches, &system.namespace, secret, &field)?;
     if !port.tls {
         return Err(format!(
             "{field}: port {} is not TLS, and the test account's password is sent only over verified TLS",
@@ -477,30 +465,20 @@ async fn test_credentials(
     let verified_tls = http::verifying_tls(&trust).map_err(|why| {
         format!("{field}: the password is sent only over TLS verified against the port's CA: {why}")
     })?;
-    let api: Api<Secret> = Api::namespaced(round.client.clone(), &system.namespace);
-    let full = api
-        .get_opt(secret)
-        .await
-        .map_err(|e| format!("{field}: reading it failed: {e}"))?
-        .ok_or_else(|| format!("{field}: no such Secret"))?;
-    if !labelled(full.labels()) {
-        return Err(format!(
-            "{field}: the Secret lacks the label {PROBE_CREDENTIALS_LABEL}=true"
-        ));
-    }
-    let data = full.data.unwrap_or_default();
-    let text = |k: &str| {
-        data.get(k)
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-    };
-    match (text("username"), text("password")) {
-        (Some(username), Some(password)) => Ok(http::Credentials {
-            username,
-            password,
-            verified_tls,
-        }),
-        _ => Err(format!("{field}: the Secret lacks username or password")),
-    }
+    let data = secrets::read(
+        round.client,
+        round.caches,
+        &system.namespace,
+        secret,
+        &field,
+    )
+    .await?;
+    let (username, password) = secrets::username_password(&data, &field)?;
+    Ok(http::Credentials {
+        username,
+        password,
+        verified_tls,
+    })
 }
 
 async fn probe_tls(round: &Round<'_>, system: &ValidatedSystem) -> Vec<ProbedPort> {

@@ -111,6 +111,8 @@ pub enum ValidationError {
     },
     #[error("component {component:?}: heartbeat {why}")]
     InvalidHeartbeat { component: String, why: String },
+    #[error("logging.{field}: {why}")]
+    InvalidLogging { field: &'static str, why: String },
     #[error("pod {pod:?} is selected by both component {first:?} and component {second:?}")]
     ComponentOverlap {
         pod: String,
@@ -157,6 +159,20 @@ pub struct ValidatedSystem {
     pub tls: Option<TlsPolicy>,
     pub pod_defaults: PodDefaults,
     pub attestations: Vec<Attestation>,
+    /// Where the system's logs are shipped (item III-1).
+    pub logging: Option<ValidLogging>,
+}
+
+/// `spec.logging`, checked: URLs that are plain https, a retention the
+/// store's own flag syntax can be compared with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidLogging {
+    pub endpoint: String,
+    pub ca_secret: String,
+    pub credentials_secret: Option<String>,
+    /// Without a trailing slash.
+    pub query_url: Option<String>,
+    pub retention: Option<std::time::Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -458,6 +474,12 @@ pub fn validate(
             });
         }
     }
+    let logging = system
+        .spec
+        .logging
+        .as_ref()
+        .map(validate_logging)
+        .transpose()?;
     check_pod_ownership(system, &components, around)?;
 
     Ok(ValidatedSystem {
@@ -474,6 +496,74 @@ pub fn validate(
         tls: system.spec.tls.clone(),
         pod_defaults: system.spec.pod_defaults.clone(),
         attestations: system.spec.attestations.clone(),
+        logging,
+    })
+}
+
+/// An https URL with a host, and no user, spaces or control characters:
+/// the collector and the read-back take it as it is.
+fn https_url(field: &'static str, url: &str) -> Result<(), ValidationError> {
+    let bad = |why: String| ValidationError::InvalidLogging { field, why };
+    let rest = url.strip_prefix("https://").ok_or_else(|| {
+        bad(format!(
+            "{url:?} is not an https:// URL (logs and credentials travel only over verified TLS)"
+        ))
+    })?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty()
+        || authority.contains('@')
+        || url.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(bad(format!("{url:?} needs a host, and no user or spaces")));
+    }
+    Ok(())
+}
+
+fn validate_logging(l: &crate::api::Logging) -> Result<ValidLogging, ValidationError> {
+    https_url("endpoint", &l.endpoint)?;
+    let query_url = match &l.query_url {
+        Some(url) => {
+            https_url("queryUrl", url)?;
+            let base = url.trim_end_matches('/');
+            if base["https://".len()..].contains(['/', '?', '#']) {
+                return Err(ValidationError::InvalidLogging {
+                    field: "queryUrl",
+                    why: format!("{url:?} must be the store's base URL, without a path"),
+                });
+            }
+            Some(base.to_string())
+        }
+        None => None,
+    };
+    for (field, name) in [
+        ("caSecret", Some(&l.ca_secret)),
+        ("credentialsSecret", l.credentials_secret.as_ref()),
+    ] {
+        if let Some(name) = name
+            && !is_dns_subdomain(name)
+        {
+            return Err(ValidationError::InvalidLogging {
+                field,
+                why: format!("{name:?} is not a Secret name"),
+            });
+        }
+    }
+    let retention =
+        match &l.retention {
+            Some(text) => Some(crate::logs::retention(text).ok_or_else(|| {
+                ValidationError::InvalidLogging {
+                    field: "retention",
+                    why: format!("{text:?} is not a duration such as 12h, 30d, 4w or 1y"),
+                }
+            })?),
+            None => None,
+        };
+    Ok(ValidLogging {
+        endpoint: l.endpoint.clone(),
+        ca_secret: l.ca_secret.clone(),
+        credentials_secret: l.credentials_secret.clone(),
+        query_url,
+        retention,
     })
 }
 
@@ -780,7 +870,7 @@ fn is_older(a: &IoTSystem, b: &IoTSystem) -> bool {
     key(a) < key(b)
 }
 
-fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -789,7 +879,7 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-fn is_dns_subdomain(s: &str) -> bool {
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 

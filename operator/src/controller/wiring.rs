@@ -43,6 +43,9 @@ pub struct Options {
     pub record: Option<RecordOptions>,
     /// Prometheus and Alertmanager to ask about the alert rules (VIII-1, VIII-2).
     pub alerting: Option<super::alerting::AlertingOptions>,
+    /// The log collector to run for systems with spec.logging (III-1);
+    /// None: no logs are shipped.
+    pub shipping: Option<super::shipping::ShippingOptions>,
 }
 
 /// Where the decision record's signing key comes from, and where its lines go.
@@ -308,6 +311,24 @@ pub async fn run(
                 alert_tx,
             ))
         });
+    let (ship_tx, ship_rx) = tokio::sync::mpsc::unbounded_channel();
+    let shipping_results = options
+        .shipping
+        .as_ref()
+        .map(|_| Arc::new(super::shipping::ShippingResults::default()));
+    let shipping_task = options
+        .shipping
+        .clone()
+        .zip(shipping_results.clone())
+        .map(|(o, r)| {
+            tokio::spawn(super::shipping::shipping_loop(
+                client.clone(),
+                caches.clone(),
+                o,
+                r,
+                ship_tx,
+            ))
+        });
     let record = match &options.record {
         Some(r) => open_record(&client, r).await,
         None => None,
@@ -336,6 +357,7 @@ pub async fn run(
         heartbeats,
         record,
         alerting: alert_results,
+        shipping: shipping_results,
         access_review,
         operator_peers: options.operator_peers.clone(),
         backoff: Backoff::default(),
@@ -347,7 +369,10 @@ pub async fn run(
         tokio_stream_of(triggers),
         futures::stream::select(
             tokio_stream_of(probe_rx),
-            futures::stream::select(tokio_stream_of(heard_rx), tokio_stream_of(alert_rx)),
+            futures::stream::select(
+                tokio_stream_of(heard_rx),
+                futures::stream::select(tokio_stream_of(alert_rx), tokio_stream_of(ship_rx)),
+            ),
         ),
     );
     Controller::for_stream(futures::stream::pending(), caches.systems.clone())
@@ -376,6 +401,9 @@ pub async fn run(
     listen_task.abort();
     if let Some(a) = alert_task {
         a.abort();
+    }
+    if let Some(s) = shipping_task {
+        s.abort();
     }
     if lost.load(std::sync::atomic::Ordering::SeqCst) {
         anyhow::bail!("lost the leader lease");

@@ -3,6 +3,11 @@
 //! blocked attacks for Prometheus. Runs beside the gateway in the same pod
 //! (`iotposture gateway-exporter`); the alert rules in
 //! manifests/prometheus/iotposture.rules.yaml fire on these series.
+//!
+//! Each audit record is also written to the exporter's standard output, one
+//! JSON line as ModSecurity wrote it: the node's log collector ships the
+//! container's output with the system's other logs (item III-1), so the
+//! WAF's blocks reach the log store without a volume the collector reads.
 
 use std::{
     io::{Read, Seek, SeekFrom},
@@ -265,7 +270,13 @@ pub async fn run(logs: PathBuf, listener: tokio::net::TcpListener) -> std::io::R
         tokio::spawn(async move {
             loop {
                 match tail.read_lines() {
-                    Ok(lines) => lines.iter().for_each(|l| counters.record_line(l)),
+                    Ok(lines) => {
+                        let mut out = std::io::stdout().lock();
+                        for line in &lines {
+                            counters.record_line(line);
+                            echo(&mut out, line);
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "cannot read the audit log"),
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -279,6 +290,16 @@ pub async fn run(logs: PathBuf, listener: tokio::net::TcpListener) -> std::io::R
     let served = axum::serve(listener, app).await;
     follower.abort();
     served
+}
+
+/// Writes one audit record as one line (an empty line is not a record).
+fn echo(out: &mut impl std::io::Write, line: &str) {
+    let line = line.trim_end_matches('\r');
+    if line.trim().is_empty() {
+        return;
+    }
+    // Nowhere to report a closed stdout: the counters still count.
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 async fn metrics_text(State(counters): State<Arc<Counters>>) -> impl IntoResponse {
@@ -304,6 +325,19 @@ mod tests {
             r#"{{"transaction":{{"client_ip":"10.0.0.7","response":{{"http_code":{code}}},"messages":[{}]}}}}"#,
             messages.join(",")
         )
+    }
+
+    #[test]
+    fn audit_records_are_echoed_one_per_line_and_blank_lines_not_at_all() {
+        let mut out = Vec::new();
+        echo(&mut out, r#"{"transaction":{"id":"a"}}"#);
+        echo(&mut out, "");
+        echo(&mut out, "  ");
+        echo(&mut out, "{\"transaction\":{\"id\":\"b\"}}\r");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"transaction\":{\"id\":\"a\"}}\n{\"transaction\":{\"id\":\"b\"}}\n"
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, json};
 
+use crate::controller::validate::{is_dns_label, is_dns_subdomain};
+
 /// Component types as collector v0.165 names them (the older `filelog` and
 /// `otlphttp` still load, with a deprecation warning).
 pub const RECEIVER_TYPE: &str = "file_log";
@@ -414,22 +416,6 @@ fn sample(line: &str) -> Option<(&str, BTreeMap<String, String>, f64)> {
 /// `$` as the collector's configuration spells a literal dollar.
 fn literal(s: &str) -> String {
     s.replace('$', "$$")
-}
-
-fn is_dns_label(s: &str) -> bool {
-    s.len() <= 63 && is_dns_subdomain(s) && !s.contains('.')
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|part| {
-            !part.is_empty()
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                && !part.starts_with('-')
-                && !part.ends_with('-')
-        })
 }
 
 fn is_env_name(s: &str) -> bool {
