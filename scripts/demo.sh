@@ -29,6 +29,7 @@ start() { # name, command...
 case "${1:-up}" in
 down)
   stop prometheus
+  stop victoria-logs
   stop alertmanager
   stop alert-receiver
   stop cert-manager
@@ -46,6 +47,7 @@ echo "==> building (the first run takes 15 to 20 minutes; later runs reuse it al
 bash e2e/controlplane/build.sh "$bins"
 bash e2e/node/build.sh target/node/bin
 bash e2e/tools/build.sh "$bins"
+bash e2e/logs/build.sh target/logs/bin
 bash e2e/thirdparty/fetch-crds.sh
 cargo build -q -p iotposture -p iotposture-e2e
 bash images/build.sh target/images
@@ -89,6 +91,30 @@ YAML
 start alertmanager prometheus-alertmanager --config.file="$dir/alertmanager.yml" \
   --storage.path="$dir/alertmanager" --web.listen-address="$node_ip:19093" --cluster.listen-address=
 
+echo "==> VictoriaLogs, the plant's log store: TLS 1.3 with a CA of its own, basic auth, 30 days"
+mkdir -p "$dir/logs"
+if [[ ! -f "$dir/logs/server.crt" ]]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \
+    -subj "/CN=plant-logs-ca" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -keyout "$dir/logs/ca.key" -out "$dir/logs/ca.crt" 2>/dev/null
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -subj "/CN=$node_ip" -keyout "$dir/logs/server.key" -out "$dir/logs/server.csr" 2>/dev/null
+  openssl x509 -req -in "$dir/logs/server.csr" -CA "$dir/logs/ca.crt" -CAkey "$dir/logs/ca.key" \
+    -CAcreateserial -days 365 -out "$dir/logs/server.crt" \
+    -extfile <(printf 'subjectAltName=IP:%s\nextendedKeyUsage=serverAuth\n' "$node_ip") 2>/dev/null
+  openssl rand -hex 16 >"$dir/logs/password"
+  chmod 600 "$dir/logs/password" "$dir/logs/ca.key" "$dir/logs/server.key"
+fi
+start victoria-logs target/logs/bin/victoria-logs -httpListenAddr="$node_ip:19428" \
+  -storageDataPath="$dir/logs/data" -retentionPeriod=30d -tls -tlsMinVersion=TLS13 \
+  -tlsCertFile="$dir/logs/server.crt" -tlsKeyFile="$dir/logs/server.key" \
+  -httpAuth.username=plant-logs -httpAuth.password="file://$PWD/$dir/logs/password"
+logsql() { # query → the store's answer, one JSON record per line
+  curl -s --cacert "$dir/logs/ca.crt" -u "plant-logs:$(cat "$dir/logs/password")" \
+    "https://$node_ip:19428/select/logsql/query" --data-urlencode "query=$1"
+}
+
 echo "==> the operator, installed with its Helm chart (charts/iotposture), images built here"
 # Pods reach the API server at the node's address, on the plane's port.
 api_port="$($kubectl get endpointslice kubernetes -n default -o jsonpath='{.ports[0].port}')"
@@ -100,6 +126,9 @@ $helm upgrade --install iotposture charts/iotposture --namespace iotposture-syst
   --set "networkPolicy.apiServerCIDRs={10.250.0.1/32}" --set "networkPolicy.apiServerPorts={$api_port}" \
   --set alerting.prometheusUrl="http://$node_ip:19090" --set alerting.alertmanagerUrl="http://$node_ip:19093" \
   --set alerting.intervalSeconds=10 \
+  --set logShipping.enabled=true --set logShipping.image="iotposture.local/log-collector:$version" \
+  --set logShipping.podLogDir="$PWD/$dir/node/pod-logs" --set logShipping.intervalSeconds=10 \
+  --set "logShipping.storePorts={19428}" \
   --set-string "podAnnotations.iotposture\.dev/image-tar-sha256=$image_sum" \
   --wait --timeout 180s >/dev/null
 $kubectl -n iotposture-system rollout status deployment/iotposture --timeout=120s >/dev/null
@@ -119,9 +148,15 @@ for account in dashboard analytics; do
       --from-literal=password="$(openssl rand -hex 16)" >/dev/null
   fi
 done
-# The probe may log in with these test accounts (III-4).
-for account in dashboard analytics; do
-  $kubectl -n smart-factory label secret "$account-account" iotposture.dev/probe-credentials=true --overwrite >/dev/null
+# The log store's CA and the collector's account (III-1).
+$kubectl -n smart-factory create secret generic logs-ca --from-file=ca.crt="$dir/logs/ca.crt" \
+  --dry-run=client -o yaml | $kubectl apply -f - >/dev/null
+$kubectl -n smart-factory create secret generic logs-credentials --from-literal=username=plant-logs \
+  --from-literal=password="$(cat "$dir/logs/password")" --dry-run=client -o yaml | $kubectl apply -f - >/dev/null
+# The probe may log in with these test accounts (III-4); the operator may
+# read the log store's Secrets.
+for account in dashboard-account analytics-account logs-ca logs-credentials; do
+  $kubectl -n smart-factory label secret "$account" iotposture.dev/probe-credentials=true --overwrite >/dev/null
 done
 # The system first, so that its namespace is selected for admission before
 # the workloads' pods are created; then everything.
@@ -162,7 +197,7 @@ else
 fi
 
 echo "waiting for the probes, the sensors' heartbeats and Prometheus to decide their items…"
-probed='I-1 II-1 III-2 III-3 III-4 III-8 III-9 VI-2 VI-3 VII-1 VIII-1 VIII-2'
+probed='I-1 II-1 III-1 III-2 III-3 III-4 III-8 III-9 VI-2 VI-3 VII-1 VII-2 VIII-1 VIII-2'
 for _ in $(seq 1 90); do
   undecided=""
   for id in $probed; do
@@ -214,12 +249,33 @@ done
 echo " (401 until the lockout: 429)"
 
 echo
-echo "==> the decision record (VII-2): the leader's log lines against the signed checkpoint in status"
-$kubectl -n iotposture-system logs "$leader_pod" >"$dir/record.jsonl"
+echo "==> the example's logs in VictoriaLogs (III-1), shipped by the log collector"
+system='"iotposture.system":="smart-factory/line-1"'
+echo "records per container in the last hour:"
+for _ in $(seq 1 30); do
+  counts="$(logsql "_time:1h $system | stats by (k8s.container.name) count() records")"
+  grep -q iotposture-gateway-exporter <<<"$counts" && break
+  sleep 2
+done
+python3 -c 'import json,sys
+for l in sys.stdin:
+    r = json.loads(l); print("  %-30s %s" % (r["k8s.container.name"], r["records"]))' <<<"$counts"
+echo "the WAF's blocks (ModSecurity audit records, via the gateway exporter's output):"
+for _ in $(seq 1 15); do
+  blocks="$(logsql "_time:1h $system \"Inbound Anomaly Score Exceeded\" | fields _time, k8s.pod.name")"
+  [[ -n "$blocks" ]] && break
+  sleep 2
+done
+sed 's/^/  /' <<<"$blocks" | head -3
+
+echo
+echo "==> the decision record (VII-2): the entries shipped to the store against the signed checkpoint in status"
+logsql "$system \"k8s.container.name\":=operator" | python3 -c 'import json,sys
+rs = [json.loads(l) for l in sys.stdin if l.strip()]
+rs.sort(key=lambda r: json.loads(r["_msg"])["index"])
+print("\n".join(json.dumps(r) for r in rs))' >"$dir/record.jsonl"
 $kubectl get iotsystem line-1 -n smart-factory -o json >"$dir/line-1.json"
-if ! target/debug/iotposture verify --entries "$dir/record.jsonl" --status "$dir/line-1.json"; then
-  echo "(entries an earlier leader logged are not in this pod's log: shipping the logs off the node keeps them)"
-fi
+target/debug/iotposture verify --entries "$dir/record.jsonl" --status "$dir/line-1.json" || true
 
 cat <<MSG
 
@@ -234,6 +290,8 @@ Everything keeps running. Look around with:
   $bins/kubectl -n iotposture-system logs $leader_pod
   curl -s http://$node_ip:19090/api/v1/rules | head -c 600    # the system's alert rules in Prometheus
   cat $dir/alerts.log                                          # what Alertmanager delivered
+  curl -s --cacert $dir/logs/ca.crt -u plant-logs:\$(cat $dir/logs/password) https://$node_ip:19428/select/logsql/query \\
+    --data-urlencode 'query=_time:10m "iotposture.system":="smart-factory/line-1" | limit 5'   # the example's logs
 Silence the sensors and watch VII-1 fail and the alert arrive (within a minute or two):
   $bins/kubectl -n smart-factory scale deployment temp-sensor --replicas=0
 Try a pod the checklist forbids (the admission webhook refuses it, naming the item):

@@ -152,6 +152,34 @@ async fn container_logs_reach_the_store_with_their_system_and_pod() {
         "sensor",
         &["refused line one", "refused line two", "refused line three"],
     );
+    // The operator's pod: its decision record about two systems, and its
+    // own log lines. Only the plant's record lines go with the plant's logs.
+    let plant_decisions = [
+        r#"{"index":0,"time":"2026-11-30T07:02:44Z","system":"plant/line-1","kind":"Applied","subject":"NetworkPolicy/a","detail":"applied","prevRoot":"AA=="}"#,
+        r#"{"index":1,"time":"2026-11-30T07:02:45Z","system":"plant/line-1","kind":"Verdict","subject":"III-1","detail":"Pass","prevRoot":"AB=="}"#,
+    ];
+    write_pod_log(
+        &pods,
+        "iotposture-system",
+        "iotposture-7d9f8c-x2k4p",
+        "0a0b0c0d-0000-4000-8000-000000000003",
+        "operator",
+        &[
+            plant_decisions[0],
+            r#"{"index":0,"time":"2026-11-30T07:02:44Z","system":"plant/line-10","kind":"Applied","subject":"Role/b","detail":"applied","prevRoot":"AA=="}"#,
+            r#"{"timestamp":"2026-11-30T07:02:44Z","level":"INFO","fields":{"message":"reconciled","system":"plant/line-1"}}"#,
+            plant_decisions[1],
+        ],
+    );
+    // Another container of a pod of that name: not the record.
+    write_pod_log(
+        &pods,
+        "iotposture-system",
+        "iotposture-log-collector-abcde",
+        "0a0b0c0d-0000-4000-8000-000000000004",
+        "collector",
+        &[plant_decisions[0]],
+    );
     std::fs::write(dir.join("ca.crt"), &store.ca_pem).unwrap();
 
     let ca_file = dir.join("ca.crt").display().to_string();
@@ -164,6 +192,7 @@ async fn container_logs_reach_the_store_with_their_system_and_pod() {
             ca_file: ca_file.clone(),
             basic_auth_env: Some("LOGS_PLANT".into()),
             extra_headers: BTreeMap::new(),
+            decisions_from: Some(("iotposture-system".into(), "iotposture".into())),
         },
         Shipping {
             namespace: "lab".into(),
@@ -173,6 +202,7 @@ async fn container_logs_reach_the_store_with_their_system_and_pod() {
             ca_file,
             basic_auth_env: Some("LOGS_LAB".into()),
             extra_headers: BTreeMap::new(),
+            decisions_from: None,
         },
     ];
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -200,7 +230,7 @@ async fn container_logs_reach_the_store_with_their_system_and_pod() {
         dir,
     };
 
-    let query = r#""iotposture.system":="plant/line-1""#;
+    let query = r#""iotposture.system":="plant/line-1" "k8s.namespace.name":=plant"#;
     store.wait_for(query).await;
     // Both lines (they may come in two batches).
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -233,7 +263,7 @@ async fn container_logs_reach_the_store_with_their_system_and_pod() {
         let counters = exporter_counters(&scrape(metrics_port).await);
         let sent = counters.get("otlp_http/plant.line-1").copied();
         let failed = counters.get("otlp_http/lab.line-1").copied();
-        if sent.is_some_and(|(s, _)| s >= 2.0) && failed.is_some_and(|(_, f)| f >= 3.0) {
+        if sent.is_some_and(|(s, _)| s >= 4.0) && failed.is_some_and(|(_, f)| f >= 3.0) {
             break counters;
         }
         assert!(
@@ -243,8 +273,20 @@ async fn container_logs_reach_the_store_with_their_system_and_pod() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    assert_eq!(counters["otlp_http/plant.line-1"], (2.0, 0.0));
+    // Two lines of the broker, two decisions.
+    assert_eq!(counters["otlp_http/plant.line-1"], (4.0, 0.0));
     assert_eq!(counters["otlp_http/lab.line-1"], (0.0, 3.0));
+
+    // The plant's decisions, in order, and nothing else of the operator's.
+    store.flush().await;
+    let decisions = store
+        .query(r#""iotposture.system":="plant/line-1" "k8s.namespace.name":="iotposture-system" | sort by (_msg)"#)
+        .await;
+    let shipped: Vec<&str> = decisions.iter().map(|e| field(e, "_msg")).collect();
+    assert_eq!(shipped, plant_decisions, "{decisions:#?}");
+    for entry in &decisions {
+        assert_eq!(field(entry, "k8s.container.name"), "operator", "{entry}");
+    }
 
     store.flush().await;
     assert!(store.query(r#"_msg:"refused line""#).await.is_empty());

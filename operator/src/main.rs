@@ -167,6 +167,11 @@ struct RecordArgs {
     /// The nodes' pod log folder, mounted read-only into the collector.
     #[arg(long, env = "IOTPOSTURE_POD_LOG_DIR", default_value = "/var/log/pods")]
     pod_log_dir: String,
+    /// The name its pods begin with (its Deployment's name), in its own
+    /// namespace: the collector ships the decision record from those pods'
+    /// output with each system's logs. Unset: the record is not shipped.
+    #[arg(long, env = "IOTPOSTURE_OPERATOR_POD_PREFIX")]
+    operator_pod_prefix: Option<String>,
     /// Seconds between looks at the collector and the store.
     #[arg(
         long,
@@ -568,6 +573,7 @@ async fn main() -> anyhow::Result<()> {
                 log_collector_image,
                 log_collector_name,
                 pod_log_dir,
+                operator_pod_prefix,
                 shipping_interval_seconds,
             } = *records;
             let shipping = match log_collector_image {
@@ -594,6 +600,9 @@ async fn main() -> anyhow::Result<()> {
                             name: log_collector_name,
                             image,
                             pod_log_dir,
+                            operator_pods: operator_pod_prefix
+                                .zip(webhook.own_namespace.clone())
+                                .map(|(prefix, ns)| (ns, prefix)),
                         },
                         interval: std::time::Duration::from_secs(shipping_interval_seconds.max(1)),
                     })

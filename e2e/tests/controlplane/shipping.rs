@@ -43,9 +43,11 @@ async fn item(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     let mut last = String::new();
     loop {
-        let item = systems.get(name).await.ok().and_then(|system| {
-            system.status?.items.into_iter().find(|i| i.id == id)
-        });
+        let item = systems
+            .get(name)
+            .await
+            .ok()
+            .and_then(|system| system.status?.items.into_iter().find(|i| i.id == id));
         if let Some(item) = item {
             if item.verdict == verdict && item.evidence.contains(says) {
                 return item.evidence;
@@ -161,6 +163,8 @@ async fn component_logs_reach_the_store_and_iii1_passes_on_delivery_observed() {
                 .unwrap()
                 .display()
                 .to_string(),
+            // The operator runs as this process, not in a pod.
+            operator_pods: None,
         },
         interval: Duration::from_secs(2),
     });

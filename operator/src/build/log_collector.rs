@@ -55,6 +55,10 @@ pub struct Settings {
     pub image: String,
     /// The node's pod log folder (the kubelet's `--pod-logs-dir`, usually /var/log/pods).
     pub pod_log_dir: String,
+    /// The operator's pods (`<namespace>/<name prefix>`), whose decision
+    /// record lines are shipped with each system's logs; None where the
+    /// operator does not run in a pod.
+    pub operator_pods: Option<(String, String)>,
 }
 
 /// One system's shipping, with the values read from its Secrets.
@@ -176,6 +180,7 @@ pub fn build_collector(
             ca_file: format!("{CA_DIR}/{ca_key}"),
             basic_auth_env,
             extra_headers: BTreeMap::new(),
+            decisions_from: settings.operator_pods.clone(),
         });
     }
     let config = collector_config(&plans, LOG_ROOT, METRICS_PORT)?;
@@ -389,6 +394,7 @@ mod tests {
             name: "iotposture-log-collector".into(),
             image: "iotposture.local/log-collector:0.1.0".into(),
             pod_log_dir: "/var/log/pods".into(),
+            operator_pods: Some(("iotposture-system".into(), "iotposture".into())),
         }
     }
 

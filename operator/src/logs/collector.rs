@@ -91,7 +91,15 @@ pub struct Shipping {
     pub basic_auth_env: Option<String>,
     /// More request headers (e.g. a store's tenant or stream-field headers).
     pub extra_headers: BTreeMap<String, String>,
+    /// The operator's own pods, whose output holds the decision record
+    /// (item VII-2): `<namespace>/<pod name prefix>`. Their container
+    /// `operator` is read too, and only the record's lines about this
+    /// system are kept, so each system's store holds its own decisions.
+    pub decisions_from: Option<(String, String)>,
 }
+
+/// The container of the operator's pods whose output holds the record.
+pub const OPERATOR_CONTAINER: &str = "operator";
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -143,6 +151,13 @@ impl Shipping {
         }
         if let Some(pod) = self.pods.iter().find(|p| !is_dns_subdomain(p)) {
             return Err(invalid(format!("pod {pod:?} is not a Kubernetes name")));
+        }
+        if let Some((namespace, prefix)) = &self.decisions_from
+            && !(is_dns_label(namespace) && is_dns_subdomain(prefix))
+        {
+            return Err(invalid(format!(
+                "the operator's pods {namespace}/{prefix} are not Kubernetes names"
+            )));
         }
         let Some(rest) = self.endpoint.strip_prefix("https://") else {
             return Err(invalid(format!(
@@ -278,10 +293,35 @@ pub fn collector_config(
                 "headers": headers,
             }),
         );
+        let mut pipeline_receivers = vec![format!("{RECEIVER_TYPE}/{name}")];
+        if let Some((namespace, prefix)) = &plan.decisions_from {
+            let decisions = format!("{RECEIVER_TYPE}/{name}.decisions");
+            // The record's lines begin `{"index":N,"time":"…","system":"<ns>/<name>"`;
+            // the names are Kubernetes names, so they need no escaping.
+            let ours = format!(
+                "body startsWith '{{\"index\":' and body contains '\"system\":\"{}/{}\",'",
+                plan.namespace, plan.system
+            );
+            receivers.insert(
+                decisions.clone(),
+                json!({
+                    "include": [format!("{root}/{namespace}_{prefix}-*_*/{OPERATOR_CONTAINER}/*.log")],
+                    "include_file_path": true,
+                    "include_file_name": false,
+                    "start_at": "beginning",
+                    "resource": { SYSTEM_ATTRIBUTE: format!("{}/{}", plan.namespace, plan.system) },
+                    "operators": [
+                        { "type": "container" },
+                        { "type": "filter", "expr": format!("not ({ours})") },
+                    ],
+                }),
+            );
+            pipeline_receivers.push(decisions);
+        }
         pipelines.insert(
             format!("logs/{name}"),
             json!({
-                "receivers": [format!("{RECEIVER_TYPE}/{name}")],
+                "receivers": pipeline_receivers,
                 "processors": ["batch"],
                 "exporters": [format!("{EXPORTER_TYPE}/{name}")],
             }),
@@ -446,6 +486,7 @@ mod tests {
             ca_file: "/etc/iotposture-logs/ca.crt".into(),
             basic_auth_env: Some("LOGS_PLANT_LINE_1".into()),
             extra_headers: BTreeMap::new(),
+            decisions_from: None,
         }
     }
 

@@ -44,7 +44,11 @@ fn read(path: &Path) -> Result<String, String> {
 
 /// The entry lines of `system` among `text`'s lines, in order: raw lines as
 /// the operator wrote them, or log store records carrying them in `_msg`.
+/// Shipping is at least once (a restarted collector reads a file again), so
+/// a line identical to one before it is the same entry, kept once; an entry
+/// that differs in anything is kept, and verification judges it.
 pub fn entry_lines(text: &str, system: &str) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
     text.lines()
         .filter_map(|line| {
             let value: Value = serde_json::from_str(line).ok()?;
@@ -58,6 +62,7 @@ pub fn entry_lines(text: &str, system: &str) -> Vec<String> {
                 && entry.get("index").is_some();
             ours.then_some(raw)
         })
+        .filter(|raw| seen.insert(raw.clone()))
         .collect()
 }
 
@@ -126,6 +131,13 @@ mod tests {
         let other = r#"{"index":0,"time":"t","system":"ns/b","kind":"Applied","subject":"s","detail":"d","prevRoot":"x"}"#;
         let stored = serde_json::json!({"_msg": entry, "_time": "t"}).to_string();
         let text = format!("{entry}\nnot json\n{other}\n{{\"level\":\"INFO\"}}\n{stored}\n");
-        assert_eq!(entry_lines(&text, "ns/a"), [entry, entry]);
+        // The stored copy is the same entry shipped twice: kept once.
+        assert_eq!(entry_lines(&text, "ns/a"), [entry]);
+        // A second entry 0 that differs is kept, for verification to refuse.
+        let forged = entry.replace("\"detail\":\"d\"", "\"detail\":\"e\"");
+        assert_eq!(
+            entry_lines(&format!("{entry}\n{forged}\n{entry}\n"), "ns/a"),
+            [entry, forged.as_str()]
+        );
     }
 }
