@@ -5,11 +5,7 @@
 //! from reconciles, like the probes: the answers land in a shared map, and
 //! a system whose findings changed is reconciled again.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::Request;
@@ -58,34 +54,7 @@ pub struct AlertFindings {
     pub routes: Option<Result<Vec<Route>, String>>,
 }
 
-#[derive(Default)]
-pub struct AlertResults(RwLock<HashMap<(String, String), AlertFindings>>);
-
-impl AlertResults {
-    pub fn get(&self, namespace: &str, name: &str) -> Option<AlertFindings> {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
-    }
-
-    fn put(&self, key: (String, String), findings: AlertFindings) -> bool {
-        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
-        if map.get(&key) == Some(&findings) {
-            return false;
-        }
-        map.insert(key, findings);
-        true
-    }
-
-    fn retain(&self, keep: impl Fn(&(String, String)) -> bool) {
-        self.0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, _| keep(k));
-    }
-}
+pub type AlertResults = super::findings::PerSystem<AlertFindings>;
 
 /// One GET over plain HTTP; the body when the status is 200.
 pub(super) async fn get(base: &str, path: &str) -> Result<String, String> {

@@ -15,6 +15,7 @@ pub mod alerting;
 pub mod apply;
 pub mod backoff;
 pub mod cache;
+pub mod findings;
 pub mod leader;
 pub mod listening;
 pub mod probing;

@@ -16,7 +16,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
-    sync::{Arc, RwLock},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -80,34 +80,7 @@ pub struct ShippingFindings {
     pub store_retention: Option<Result<Duration, String>>,
 }
 
-#[derive(Default)]
-pub struct ShippingResults(RwLock<HashMap<(String, String), ShippingFindings>>);
-
-impl ShippingResults {
-    pub fn get(&self, namespace: &str, name: &str) -> Option<ShippingFindings> {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
-    }
-
-    fn put(&self, key: (String, String), findings: ShippingFindings) -> bool {
-        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
-        if map.get(&key) == Some(&findings) {
-            return false;
-        }
-        map.insert(key, findings);
-        true
-    }
-
-    fn retain(&self, keep: impl Fn(&(String, String)) -> bool) {
-        self.0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, _| keep(k));
-    }
-}
+pub type ShippingResults = super::findings::PerSystem<ShippingFindings>;
 
 /// A system's Secrets as last read: their resourceVersions, and what they gave.
 #[derive(Clone)]
