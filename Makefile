@@ -47,9 +47,8 @@ testplane-down:
 # Through a temporary file, so a failed build never leaves an empty CRD behind.
 # The chart carries copies of the CRD and of the alert rules (tests check them).
 crds:
-	$(CARGO) run -q -p iotposture -- crd > crds/.iotsystem.yaml.new
-	mv crds/.iotsystem.yaml.new crds/iotsystem.yaml
-	cp crds/iotsystem.yaml charts/iotposture/crds/iotsystem.yaml
+	$(CARGO) run -q -p iotposture -- crd --out-dir crds
+	cp crds/iotsystem.yaml crds/nodeposture.yaml charts/iotposture/crds/
 	cp manifests/prometheus/iotposture.rules.yaml charts/iotposture/files/iotposture.rules.yaml
 
 # manifests/install.yaml: the chart rendered with its defaults (a test checks it is current).

@@ -3,11 +3,15 @@
 #   prometheus (metrics, promtool), prometheus-alertmanager (alert delivery;
 #   amtool is the oracle of our routing), openssl (TLS peers), nginx with
 #   ModSecurity v3 and the OWASP CRS (the WAF gateway); the node's containerd, runc, CNI plugins,
-#   iptables, ipset, nftables, conntrack; mmdebstrap for the images.
+#   iptables, ipset, nftables, conntrack; mmdebstrap for the images;
+#   wpasupplicant, hostapd, network-manager (nmcli), openssh-server and kmod:
+#   the oracles the node agent's parsers are tested against.
 packages=(prometheus prometheus-alertmanager openssl nginx libnginx-mod-http-modsecurity modsecurity-crs
-  containerd runc containernetworking-plugins iptables ipset nftables conntrack iproute2 mmdebstrap)
+  containerd runc containernetworking-plugins iptables ipset nftables conntrack iproute2 mmdebstrap
+  wpasupplicant hostapd network-manager openssh-server kmod)
 missing=no
-for tool in prometheus promtool prometheus-alertmanager amtool openssl nginx containerd runc ipset nft iptables conntrack mmdebstrap; do
+for tool in prometheus promtool prometheus-alertmanager amtool openssl nginx containerd runc ipset nft iptables conntrack mmdebstrap \
+  wpa_supplicant wpa_cli hostapd hostapd_cli nmcli sshd ssh-keygen modprobe; do
   command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin" command -v "$tool" >/dev/null 2>&1 || missing=yes
 done
 if [[ $missing == yes || ! -e /usr/lib/nginx/modules/ngx_http_modsecurity_module.so \

@@ -6,6 +6,7 @@ pub mod build;
 pub mod check;
 pub mod checklist;
 pub mod controller;
+pub mod edge;
 pub mod gateway;
 pub mod health;
 pub mod heartbeat;

@@ -92,7 +92,18 @@ enum Command {
         shutdown_delay_seconds: u64,
     },
     /// Print the CustomResourceDefinitions as YAML.
-    Crd,
+    Crd {
+        /// Write one file per CRD into this folder instead (through a
+        /// temporary file, so a failed run leaves no half-written CRD).
+        #[arg(long)]
+        out_dir: Option<std::path::PathBuf>,
+    },
+    /// On an edge node: read the host's Wi-Fi, remote-access ports, USB,
+    /// consoles and disk encryption, and keep the node's NodePosture equal to
+    /// them. With --once: judge one host root offline (IV-1…IV-4, VI-1) and
+    /// exit 0 when nothing fails, 1 when an item fails, 2 when the host root
+    /// cannot be read.
+    NodeAgent(Box<NodeAgentArgs>),
     /// Print the checklist catalog: the 39 items and what the operator does for each.
     Checklist {
         #[arg(short, long, value_enum, default_value_t = CatalogFormat::Table)]
@@ -123,6 +134,101 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:9145")]
         listen: SocketAddr,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct NodeAgentArgs {
+    /// The host's `/`, mounted read-only (or an edge device image's root).
+    #[arg(long, env = "IOTPOSTURE_HOST_ROOT", default_value = "/host")]
+    host_root: std::path::PathBuf,
+    /// Print this host root's facts and verdicts once, and exit.
+    #[arg(long)]
+    once: bool,
+    #[arg(short, long, value_enum, default_value_t = NodeFormat::Table)]
+    output: NodeFormat,
+    /// Remote-access default ports the node may listen on (--once), e.g. a bastion's 22.
+    #[arg(long = "allow-remote-access-port")]
+    allow_remote_access_ports: Vec<u16>,
+    /// The node may serve Wi-Fi access points (--once).
+    #[arg(long)]
+    access_point: bool,
+    /// This node's name (the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node: Option<String>,
+    /// Namespace of the NodePosture objects (the agent's own).
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pod_name: String,
+    #[arg(long, env = "POD_UID", default_value = "")]
+    pod_uid: String,
+    #[arg(long, env = "IOTPOSTURE_NODE_INTERVAL_SECONDS", default_value_t = 60)]
+    interval_seconds: u64,
+    /// Address of /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    http_addr: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum NodeFormat {
+    Table,
+    Json,
+}
+
+async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<i32> {
+    use iotposture::edge;
+    if args.once {
+        let root = &args.host_root;
+        if !root.is_dir() {
+            eprintln!(
+                "error: host root {} is not a readable folder",
+                root.display()
+            );
+            return Ok(EXIT_INPUT);
+        }
+        let host = edge::Host::new(root);
+        let facts = edge::scan(&host);
+        let expect = edge::judge::Expectations {
+            allowed_remote_access_ports: args.allow_remote_access_ports,
+            access_point: args.access_point,
+        };
+        let report = edge::report::Report::new(&root.display().to_string(), facts, &expect);
+        match args.output {
+            NodeFormat::Table => print_out(&report.table()),
+            NodeFormat::Json => print_out(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
+        }
+        for u in &report.facts.unreadable {
+            eprintln!("error: {}: {}", u.path, u.error);
+        }
+        return Ok(if report.facts.unreadable.is_empty() {
+            report.exit_code()
+        } else {
+            EXIT_INPUT
+        });
+    }
+    iotposture::telemetry::init(true);
+    let (Some(node), Some(namespace)) = (args.node, args.namespace) else {
+        anyhow::bail!(
+            "the node agent needs --node (NODE_NAME) and --namespace (POD_NAMESPACE), or --once"
+        );
+    };
+    let client = kube::Client::try_default().await?;
+    edge::agent::run(
+        client,
+        edge::agent::AgentOptions {
+            host_root: args.host_root,
+            node,
+            namespace,
+            reporter: iotposture::api::nodeposture::Reporter {
+                pod: args.pod_name,
+                uid: args.pod_uid,
+            },
+            interval: std::time::Duration::from_secs(args.interval_seconds.max(1)),
+            http_addr: args.http_addr,
+        },
+    )
+    .await?;
+    Ok(0)
 }
 
 /// The decision record (VII-2) and the alerting checks (VIII-1, VIII-2).
@@ -489,7 +595,15 @@ fn check(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Crd => print!("{}", iotposture::api::crd_yaml()?),
+        Command::Crd { out_dir: None } => print!("{}", iotposture::api::crd_yaml()?),
+        Command::Crd { out_dir: Some(dir) } => {
+            for (file, yaml) in iotposture::api::crd_files()? {
+                let tmp = dir.join(format!(".{file}.new"));
+                std::fs::write(&tmp, yaml)?;
+                std::fs::rename(&tmp, dir.join(file))?;
+            }
+        }
+        Command::NodeAgent(args) => std::process::exit(node_agent(*args).await?),
         Command::Checklist { output } => {
             use iotposture::check::output as out;
             let text = match output {
