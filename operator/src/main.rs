@@ -63,6 +63,8 @@ enum Command {
         probe_resolve: Vec<String>,
         #[command(flatten)]
         records: Box<RecordArgs>,
+        #[command(flatten)]
+        edge: Box<EdgeArgs>,
         /// Without the admission webhooks nothing reviews who may grant the
         /// access an IoTSystem's spec.access names, so its subjects are not
         /// bound; set this only where nobody but cluster administrators may
@@ -229,6 +231,23 @@ async fn node_agent(args: NodeAgentArgs) -> anyhow::Result<i32> {
     )
     .await?;
     Ok(0)
+}
+
+/// Edge nodes (IV-1…IV-4, VI-1): where the node agents publish.
+#[derive(clap::Args, Debug)]
+struct EdgeArgs {
+    /// The namespace where the node agents run and publish their
+    /// NodePostures; without it no node is judged.
+    #[arg(long, env = "IOTPOSTURE_EDGE_NAMESPACE")]
+    edge_namespace: Option<String>,
+    /// Labels of the node agent pods there, as k=v[,k=v]: a report counts
+    /// only while the pod that wrote it runs, ready, on its node.
+    #[arg(
+        long,
+        env = "IOTPOSTURE_NODE_AGENT_SELECTOR",
+        default_value = "app.kubernetes.io/component=node-agent"
+    )]
+    node_agent_selector: String,
 }
 
 /// The decision record (VII-2) and the alerting checks (VIII-1, VIII-2).
@@ -653,6 +672,7 @@ async fn main() -> anyhow::Result<()> {
             probe_resolve,
             trust_unreviewed_access,
             records,
+            edge,
             probe_namespace,
             probe_pod_labels,
             scrape_namespace,
@@ -744,7 +764,17 @@ async fn main() -> anyhow::Result<()> {
                     interval: std::time::Duration::from_secs(alerting_interval_seconds.max(1)),
                 }
             });
+            let EdgeArgs {
+                edge_namespace,
+                node_agent_selector,
+            } = *edge;
+            parse_labels(&node_agent_selector)
+                .map_err(|e| anyhow::anyhow!("--node-agent-selector: {e}"))?;
             let options = iotposture::controller::Options {
+                edge: edge_namespace.map(|namespace| iotposture::controller::cache::EdgeOptions {
+                    namespace,
+                    agent_selector: node_agent_selector,
+                }),
                 alerting,
                 shipping,
                 record,

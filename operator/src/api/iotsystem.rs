@@ -122,6 +122,31 @@ pub struct IoTSystemSpec {
     /// on every node. Without it nothing is shipped and III-1 fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logging: Option<Logging>,
+
+    /// The edge nodes the system runs on (items IV-1…IV-4 and VI-1), judged
+    /// from what the node agent (`nodeAgent.enabled` in the chart) reports
+    /// of each. Without it, IV-3 and IV-4 stay Unknown and IV-1, IV-2 look
+    /// at the component pods only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_nodes: Option<EdgeNodes>,
+}
+
+/// Which nodes belong to the system, and what may differ on them.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeNodes {
+    /// The nodes, by label. Without it: the nodes the component pods run on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// Remote-access default ports the nodes may listen on beyond loopback
+    /// (e.g. 22 on a declared bastion); every other one fails IV-2.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub allowed_remote_access_ports: Vec<u16>,
+    /// The nodes may serve Wi-Fi access points (still WPA2-CCMP or WPA3 and
+    /// without WPS). Without it, an access point on a node fails IV-3.
+    #[serde(default)]
+    pub access_point: bool,
 }
 
 /// A log store that takes OTLP/HTTP over TLS (e.g. VictoriaLogs). Both

@@ -228,3 +228,18 @@ pub fn check_certificate_renewal(s: &Scope<'_>) -> Check {
             .unwrap_or("?")
     ))
 }
+
+/// VI-1: data at rest. The edge nodes' data mounts are judged from their
+/// agents; the cluster's own store (etcd) cannot be seen through the API,
+/// so a pass on the nodes still needs that attested.
+pub fn check_data_at_rest(s: &Scope<'_>) -> Check {
+    const ETCD: &str =
+        "encryption at rest of the cluster's etcd is not visible through the API: attest it";
+    match super::edge_nodes::node_side(s, "VI-1") {
+        None => Check::unknown(format!(
+            "the system declares no spec.edgeNodes, so no node's disks are judged; {ETCD}"
+        )),
+        Some(c) if c.verdict == crate::api::Verdict::Fail => c,
+        Some(c) => Check::unknown(format!("edge nodes: {}; {ETCD}", c.evidence)),
+    }
+}

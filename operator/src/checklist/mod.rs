@@ -17,6 +17,7 @@ macro_rules! pods_or_unknown {
 
 pub mod alerts;
 pub mod catalog;
+pub mod edge_nodes;
 pub mod evidence;
 pub mod snapshot;
 
@@ -234,11 +235,11 @@ fn run_check(id: &str, s: &Scope<'_>) -> Check {
         "III-9" => web_sessions::check_tls_certificate(s),
         "IV-1" => physical_access::check_physical_access(s),
         "IV-2" => physical_access::check_remote_access_ports(s),
-        "IV-3" => not_yet("the edge node agent's Wi-Fi report; attest the encryption in use"),
-        "IV-4" => not_yet("the edge node agent's WPS report; attest that WPS is off"),
+        "IV-3" => physical_access::check_wireless_encryption(s),
+        "IV-4" => physical_access::check_wps(s),
         "V-1" => network_ports::check_declared_ports(s),
         "V-2" => network_ports::check_upnp(s),
-        "VI-1" => not_yet("storage-class encryption; attest etcd encryption at rest"),
+        "VI-1" => encryption::check_data_at_rest(s),
         "VI-2" => encryption::check_flow_encryption(s),
         "VI-3" => encryption::check_encryption_in_use(s),
         "VI-4" => encryption::check_certificate_renewal(s),

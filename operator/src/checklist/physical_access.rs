@@ -1,16 +1,26 @@
-//! Chapter IV, physical and wireless access: IV-1, IV-2.
+//! Chapter IV, physical and wireless access: IV-1…IV-4, on the component
+//! pods and, where the system declares edge nodes, on the nodes themselves.
 
 use k8s_openapi::api::core::v1::PodSpec;
 
-use super::{Scope, evidence::Check, evidence::Offences, pod_name, user_management::containers};
+use super::{
+    Scope, edge_nodes::node_side, edge_nodes::with_pods, evidence::Check, evidence::Offences,
+    pod_name, user_management::containers,
+};
 use crate::checklist::network_ports::services_of;
 use crate::controller::validate::ValidComponent;
 
 /// Default ports of SSH, Telnet (and its IoT alternate), VNC over HTTP, RDP, VNC, TeamViewer.
 pub const REMOTE_ACCESS_PORTS: [i32; 7] = [22, 23, 2323, 3389, 5800, 5900, 5938];
 
-/// IV-1: no privileged mode, host namespaces, host root or devices, undeclared device resources.
+/// IV-1: no privileged mode, host namespaces, host root or devices,
+/// undeclared device resources; on edge nodes no usable USB storage and no
+/// serial login.
 pub fn check_physical_access(s: &Scope<'_>) -> Check {
+    with_pods(physical_access_of_pods(s), node_side(s, "IV-1"))
+}
+
+fn physical_access_of_pods(s: &Scope<'_>) -> Check {
     let pods = pods_or_unknown!(s);
     let mut offences = Offences::default();
     for (component, pod, spec) in &pods {
@@ -85,8 +95,13 @@ pub fn remote_port_offences(name: &str, spec: &PodSpec, offences: &mut Offences)
     }
 }
 
-/// IV-2: no container or Service port on a remote-access default port.
+/// IV-2: no container or Service port on a remote-access default port, and
+/// none listening on the edge nodes beyond what the system allows.
 pub fn check_remote_access_ports(s: &Scope<'_>) -> Check {
+    with_pods(remote_access_of_pods(s), node_side(s, "IV-2"))
+}
+
+fn remote_access_of_pods(s: &Scope<'_>) -> Check {
     let pods = pods_or_unknown!(s);
     let mut offences = Offences::default();
     for (_, pod, spec) in &pods {
@@ -124,4 +139,25 @@ pub fn check_remote_access_ports(s: &Scope<'_>) -> Check {
         "no container or Service of the components uses a remote-access default port ({})",
         REMOTE_ACCESS_PORTS.map(|p| p.to_string()).join(", ")
     ))
+}
+
+const NO_EDGE_NODES: &str =
+    "the system declares no spec.edgeNodes, so no node agent's report is read";
+
+/// IV-3: every Wi-Fi network of the edge nodes WPA2-CCMP or WPA3.
+pub fn check_wireless_encryption(s: &Scope<'_>) -> Check {
+    node_side(s, "IV-3").unwrap_or_else(|| {
+        Check::unknown(format!(
+            "{NO_EDGE_NODES}; declare them, or attest the encryption in use"
+        ))
+    })
+}
+
+/// IV-4: no access point on the edge nodes offers WPS.
+pub fn check_wps(s: &Scope<'_>) -> Check {
+    node_side(s, "IV-4").unwrap_or_else(|| {
+        Check::unknown(format!(
+            "{NO_EDGE_NODES}; declare them, or attest that WPS is off"
+        ))
+    })
 }

@@ -45,6 +45,9 @@ pub struct Snapshot {
     /// What the log collector and the store show of the system's shipping,
     /// or why nothing is shipped by this operator; None offline.
     pub shipping: Option<Result<crate::controller::shipping::ShippingFindings, String>>,
+    /// The system's edge nodes with their agents' facts, or why none are
+    /// read; None offline.
+    pub edge_nodes: Option<Result<Vec<super::edge_nodes::EdgeNode>, String>>,
 }
 
 impl Snapshot {

@@ -354,3 +354,173 @@ fn a_tls_port_needs_a_service_of_the_declared_name() {
         i.evidence
     );
 }
+
+/// The example with spec.edgeNodes, judged with the given nodes' reports.
+fn with_edge_nodes(
+    edge_nodes: &str,
+    nodes: Option<Result<Vec<super::edge_nodes::EdgeNode>, String>>,
+) -> Vec<ItemStatus> {
+    let mut m = crate::check::Manifests::default();
+    let yaml = GOOD.replacen("spec:\n", &format!("spec:\n  edgeNodes: {edge_nodes}\n"), 1);
+    load_text(&mut m, Path::new("fixture.yaml"), &yaml, "default").unwrap();
+    let (_, system) = &m.systems[0];
+    let alone = crate::controller::validate::Neighbourhood {
+        pods: &[],
+        systems: &[],
+    };
+    let valid = crate::controller::validate::validate(system, &alone).unwrap();
+    assert!(valid.edge_nodes.is_some(), "{yaml}");
+    let mut snapshot = m.namespaces["smart-factory"].clone();
+    snapshot.edge_nodes = nodes;
+    let snapshot = snapshot.with_desired(&valid.name, &crate::build::build_all(&valid));
+    super::evaluate(&valid, &snapshot, date(2026, 11, 26))
+}
+
+#[test]
+fn edge_node_reports_decide_iv_3_iv_4_and_join_the_pods_for_iv_1_iv_2() {
+    use super::edge_nodes::EdgeNode;
+    use crate::api::nodeposture::{DataMount, ListeningSocket, NodeFacts, UsbFacts};
+    let good = NodeFacts {
+        listening: Some(vec![ListeningSocket {
+            address: "0.0.0.0".into(),
+            port: 8883,
+        }]),
+        usb: UsbFacts {
+            bus: Some(false),
+            ..UsbFacts::default()
+        },
+        mounts: vec![DataMount {
+            mount_point: "/".into(),
+            device: "/dev/mapper/root".into(),
+            encrypted: true,
+        }],
+        ..NodeFacts::default()
+    };
+    let mut telnet = good.clone();
+    telnet.listening = Some(vec![ListeningSocket {
+        address: "0.0.0.0".into(),
+        port: 23,
+    }]);
+    let verdicts = |items: &[ItemStatus]| -> Vec<(String, Verdict)> {
+        ["IV-1", "IV-2", "IV-3", "IV-4", "VI-1"]
+            .iter()
+            .map(|id| {
+                (
+                    id.to_string(),
+                    items.iter().find(|i| i.id == *id).unwrap().verdict,
+                )
+            })
+            .collect()
+    };
+    let node = |name: &str, facts: Result<NodeFacts, String>| EdgeNode {
+        name: name.into(),
+        facts,
+    };
+
+    let items = with_edge_nodes("{}", Some(Ok(vec![node("edge-1", Ok(good.clone()))])));
+    assert_eq!(
+        verdicts(&items),
+        [
+            ("IV-1", Verdict::Pass),
+            ("IV-2", Verdict::Pass),
+            ("IV-3", Verdict::Pass),
+            ("IV-4", Verdict::Pass),
+            ("VI-1", Verdict::Unknown)
+        ]
+        .map(|(i, v)| (i.to_string(), v))
+    );
+    let vi1 = items.iter().find(|i| i.id == "VI-1").unwrap();
+    assert!(vi1.evidence.contains("etcd"), "{}", vi1.evidence);
+
+    let items = with_edge_nodes(
+        "{}",
+        Some(Ok(vec![
+            node("edge-1", Ok(good.clone())),
+            node("edge-2", Ok(telnet)),
+        ])),
+    );
+    let iv2 = items.iter().find(|i| i.id == "IV-2").unwrap();
+    assert_eq!(iv2.verdict, Verdict::Fail);
+    assert!(
+        iv2.evidence.contains("node edge-2") && iv2.evidence.contains(":23"),
+        "{}",
+        iv2.evidence
+    );
+    assert!(!iv2.evidence.contains("edge-1"), "{}", iv2.evidence);
+    // A bastion's port, allowed by the system.
+    let items = with_edge_nodes(
+        "{allowedRemoteAccessPorts: [23]}",
+        Some(Ok(vec![node(
+            "edge-2",
+            Ok({
+                let mut t = good.clone();
+                t.listening = Some(vec![ListeningSocket {
+                    address: "0.0.0.0".into(),
+                    port: 23,
+                }]);
+                t
+            }),
+        )])),
+    );
+    assert_eq!(
+        items.iter().find(|i| i.id == "IV-2").unwrap().verdict,
+        Verdict::Pass
+    );
+
+    // A stale or missing agent leaves the item unknown with that reason.
+    let items = with_edge_nodes(
+        "{}",
+        Some(Ok(vec![node(
+            "edge-3",
+            Err("no node agent runs there".into()),
+        )])),
+    );
+    let iv3 = items.iter().find(|i| i.id == "IV-3").unwrap();
+    assert_eq!(iv3.verdict, Verdict::Unknown);
+    assert!(
+        iv3.evidence
+            .contains("node edge-3: no node agent runs there"),
+        "{}",
+        iv3.evidence
+    );
+    // ...but a failing pod still fails IV-1 whatever the node says: the
+    // example's pods pass, so IV-1 is unknown here.
+    assert_eq!(
+        items.iter().find(|i| i.id == "IV-1").unwrap().verdict,
+        Verdict::Unknown
+    );
+
+    let items = with_edge_nodes("{}", Some(Ok(Vec::new())));
+    assert!(
+        items
+            .iter()
+            .find(|i| i.id == "IV-4")
+            .unwrap()
+            .evidence
+            .contains("no component pod runs on a node")
+    );
+    let items = with_edge_nodes("{}", None);
+    assert!(
+        items
+            .iter()
+            .find(|i| i.id == "IV-3")
+            .unwrap()
+            .evidence
+            .contains("node-agent --once")
+    );
+}
+
+#[test]
+fn without_edge_nodes_the_node_items_say_how_to_get_them() {
+    let r = judge(GOOD);
+    for id in ["IV-3", "IV-4", "VI-1"] {
+        let i = item(&r, id);
+        assert_eq!(i.verdict, Verdict::Unknown, "{id}");
+        assert!(
+            i.evidence.contains("spec.edgeNodes"),
+            "{id}: {}",
+            i.evidence
+        );
+    }
+    assert_eq!(item(&r, "IV-1").verdict, Verdict::Pass);
+}

@@ -13,7 +13,7 @@ use std::{fmt::Debug, hash::Hash, sync::Arc};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount},
+    core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service, ServiceAccount},
     networking::v1::NetworkPolicy,
     rbac::v1::{ClusterRole, Role, RoleBinding},
 };
@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    api::{IoTSystem, certmanager::certificate::Certificate},
+    api::{IoTSystem, certmanager::certificate::Certificate, nodeposture::NodePosture},
     build::meta::managed_selector,
     checklist::Snapshot,
     health::Health,
@@ -61,6 +61,26 @@ pub struct Caches {
     pub policy_reports: Option<Store<DynamicObject>>,
     /// cert-manager Certificates; None when cert-manager is not installed.
     pub certificates: Option<Store<Certificate>>,
+    /// The node agents' reports; None when the operator reads none.
+    pub edge: Option<EdgeCaches>,
+}
+
+/// Where the node agents run and publish (`--edge-namespace`).
+#[derive(Clone, Debug)]
+pub struct EdgeOptions {
+    pub namespace: String,
+    /// Labels of the agent pods, as a label selector (`k=v,k2=v2`).
+    pub agent_selector: String,
+}
+
+#[derive(Clone)]
+pub struct EdgeCaches {
+    pub namespace: String,
+    pub postures: Store<NodePosture>,
+    /// The agent pods: a report counts only while its writer runs, ready.
+    pub agents: Store<Pod>,
+    /// Metadata only: node labels, for spec.edgeNodes.nodeSelector.
+    pub nodes: Store<PartialObjectMeta<Node>>,
 }
 
 /// Systems to reconcile, from every cache's changes.
@@ -186,6 +206,7 @@ impl Caches {
         health: Arc<Health>,
         metrics: Arc<Metrics>,
         on_system_gone: OnSystemGone,
+        edge: Option<EdgeOptions>,
     ) -> (Caches, Triggers) {
         let (tx, rx) = mpsc::unbounded_channel();
         let systems_writer = reflector::store::Writer::<IoTSystem>::default();
@@ -288,7 +309,56 @@ impl Caches {
             );
             None
         };
+        // Node agents' reports, their pods and node labels re-judge the
+        // systems that declare edge nodes, and only those.
+        let edge = edge.map(|opts| {
+            let with_edge = |store: Store<IoTSystem>| {
+                move || -> Vec<ObjectRef<IoTSystem>> {
+                    store
+                        .state()
+                        .into_iter()
+                        .filter(|s| s.spec.edge_nodes.is_some())
+                        .map(|s| ObjectRef::from_obj(s.as_ref()))
+                        .collect()
+                }
+            };
+            let affected = with_edge(drivers.systems.clone());
+            let postures = drivers.spawn(
+                "NodePosture",
+                watcher(
+                    Api::<NodePosture>::namespaced(client.clone(), &opts.namespace),
+                    every.clone(),
+                ),
+                move |_: &NodePosture, _| affected(),
+            );
+            let affected = with_edge(drivers.systems.clone());
+            let agents = drivers.spawn(
+                "NodeAgentPod",
+                watcher(
+                    Api::<Pod>::namespaced(client.clone(), &opts.namespace),
+                    every.clone().labels(&opts.agent_selector),
+                )
+                .modify(|p| p.managed_fields_mut().clear()),
+                move |_: &Pod, _| affected(),
+            );
+            let affected = with_edge(drivers.systems.clone());
+            let nodes = drivers.spawn(
+                "Node",
+                watcher(
+                    Api::<PartialObjectMeta<Node>>::all(client.clone()),
+                    every.clone(),
+                ),
+                move |_: &PartialObjectMeta<Node>, _| affected(),
+            );
+            EdgeCaches {
+                namespace: opts.namespace,
+                postures,
+                agents,
+                nodes,
+            }
+        });
         let caches = Caches {
+            edge,
             systems,
             systems_changed,
             pods: drivers.namespaced("Pod", every.clone()),
@@ -331,6 +401,7 @@ impl Caches {
             decision_record: None,
             alerting: None,
             shipping: None,
+            edge_nodes: None,
         }
     }
 

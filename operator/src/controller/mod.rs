@@ -15,6 +15,7 @@ pub mod alerting;
 pub mod apply;
 pub mod backoff;
 pub mod cache;
+pub mod edge_nodes;
 pub mod findings;
 pub mod leader;
 pub mod listening;
@@ -198,6 +199,7 @@ async fn judge(
             .get(&valid.namespace, &valid.name)
             .ok_or_else(|| "the log collector has not been looked at yet".to_string()),
     });
+    snapshot.edge_nodes = edge_nodes::resolve(valid, &snapshot, ctx.caches.edge.as_ref());
     let current_log = system.status.as_ref().and_then(|s| s.decision_log.as_ref());
     snapshot.decision_record = Some(match (&ctx.record, current_log) {
         (None, _) => Err(

@@ -113,6 +113,8 @@ pub enum ValidationError {
     InvalidHeartbeat { component: String, why: String },
     #[error("logging.{field}: {why}")]
     InvalidLogging { field: &'static str, why: String },
+    #[error("edgeNodes.nodeSelector: {0}")]
+    InvalidEdgeNodeSelector(String),
     #[error("pod {pod:?} is selected by both component {first:?} and component {second:?}")]
     ComponentOverlap {
         pod: String,
@@ -161,6 +163,16 @@ pub struct ValidatedSystem {
     pub attestations: Vec<Attestation>,
     /// Where the system's logs are shipped (item III-1).
     pub logging: Option<ValidLogging>,
+    /// The edge nodes judged for IV-1…IV-4 and VI-1; None: not declared.
+    pub edge_nodes: Option<ValidEdgeNodes>,
+}
+
+/// `spec.edgeNodes`, checked: a selector that parses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidEdgeNodes {
+    /// None: the nodes the component pods run on.
+    pub selector: Option<Selector>,
+    pub expect: crate::edge::judge::Expectations,
 }
 
 /// `spec.logging`, checked: URLs that are plain https, a retention the
@@ -480,6 +492,12 @@ pub fn validate(
         .as_ref()
         .map(validate_logging)
         .transpose()?;
+    let edge_nodes = system
+        .spec
+        .edge_nodes
+        .as_ref()
+        .map(validate_edge_nodes)
+        .transpose()?;
     check_pod_ownership(system, &components, around)?;
 
     Ok(ValidatedSystem {
@@ -497,6 +515,26 @@ pub fn validate(
         pod_defaults: system.spec.pod_defaults.clone(),
         attestations: system.spec.attestations.clone(),
         logging,
+        edge_nodes,
+    })
+}
+
+fn validate_edge_nodes(e: &crate::api::EdgeNodes) -> Result<ValidEdgeNodes, ValidationError> {
+    let selector = e
+        .node_selector
+        .clone()
+        .map(Selector::try_from)
+        .transpose()
+        .map_err(|err| ValidationError::InvalidEdgeNodeSelector(err.to_string()))?;
+    let mut allowed = e.allowed_remote_access_ports.clone();
+    allowed.sort();
+    allowed.dedup();
+    Ok(ValidEdgeNodes {
+        selector,
+        expect: crate::edge::judge::Expectations {
+            allowed_remote_access_ports: allowed,
+            access_point: e.access_point,
+        },
     })
 }
 

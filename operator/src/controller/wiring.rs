@@ -46,6 +46,9 @@ pub struct Options {
     /// The log collector to run for systems with spec.logging (III-1);
     /// None: no logs are shipped.
     pub shipping: Option<super::shipping::ShippingOptions>,
+    /// Where the node agents publish their NodePostures; None: edge nodes
+    /// are not judged (IV-1…IV-4 and VI-1 say so).
+    pub edge: Option<super::cache::EdgeOptions>,
 }
 
 /// Where the decision record's signing key comes from, and where its lines go.
@@ -172,6 +175,7 @@ pub async fn run(
         health.clone(),
         metrics.clone(),
         on_gone,
+        options.edge.clone(),
     )
     .await;
 
