@@ -112,6 +112,7 @@ fn crd_files() -> Vec<PathBuf> {
         third_party.display()
     );
     files.insert(0, workspace_root().join("crds/iotsystem.yaml"));
+    files.insert(1, workspace_root().join("crds/nodeposture.yaml"));
     files
 }
 
@@ -394,6 +395,7 @@ impl RunningOperator {
             leader_election: None,
             alerting: None,
             shipping: None,
+            edge: None,
             // Every test's operator keeps its decision record, in a file of
             // the namespace's own (a key of the process's own).
             record: Some(iotposture::controller::RecordOptions {
@@ -765,9 +767,12 @@ async fn operator_token() -> String {
                 "--namespace",
                 OPERATOR_NAMESPACE,
                 // Every permission the tests' operators use, the log
-                // collector's included (the shipping test runs it).
+                // collector's and the node agents' included (the shipping
+                // and edge tests run them).
                 "--set",
                 "logShipping.enabled=true",
+                "--set",
+                "nodeAgent.enabled=true",
                 "--show-only",
                 "templates/serviceaccount.yaml",
                 "--show-only",
@@ -803,28 +808,7 @@ async fn operator_token() -> String {
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": extra},
                 "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE}],
             }));
-            // The namespace first, so the namespaced objects have somewhere to go.
-            objects.sort_by_key(|o| o["kind"] != "Namespace");
-            let pp = PatchParams::apply("iotposture-e2e").force();
-            for object in objects {
-                let gvk = kube::core::GroupVersionKind::try_from(
-                    &serde_json::from_value::<kube::core::TypeMeta>(object.clone()).unwrap(),
-                )
-                .unwrap();
-                let (resource, caps) = kube::discovery::pinned_kind(&admin, &gvk)
-                    .await
-                    .expect("the kind is served");
-                let name = object["metadata"]["name"].as_str().unwrap().to_string();
-                let api: Api<kube::core::DynamicObject> =
-                    if caps.scope == kube::discovery::Scope::Namespaced {
-                        Api::namespaced_with(admin.clone(), OPERATOR_NAMESPACE, &resource)
-                    } else {
-                        Api::all_with(admin.clone(), &resource)
-                    };
-                api.patch(&name, &pp, &Patch::Apply(object))
-                    .await
-                    .unwrap_or_else(|e| panic!("applying {name}: {e}"));
-            }
+            apply_objects(&admin, objects, OPERATOR_NAMESPACE).await;
             let accounts: Api<ServiceAccount> = Api::namespaced(admin, OPERATOR_NAMESPACE);
             let request = k8s_openapi::api::authentication::v1::TokenRequest {
                 spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
@@ -846,20 +830,51 @@ async fn operator_token() -> String {
         .clone()
 }
 
-/// A client that acts as the operator's ServiceAccount, with the chart's
-/// permissions only.
-pub async fn operator_client() -> Client {
-    let token = operator_token().await;
+/// Server-side applies rendered objects as `admin` (namespaced ones into
+/// `namespace`), Namespaces first.
+pub async fn apply_objects(admin: &Client, mut objects: Vec<Value>, namespace: &str) {
+    objects.retain(|o| !o.is_null());
+    objects.sort_by_key(|o| o["kind"] != "Namespace");
+    let pp = PatchParams::apply("iotposture-e2e").force();
+    for object in objects {
+        let gvk = kube::core::GroupVersionKind::try_from(
+            &serde_json::from_value::<kube::core::TypeMeta>(object.clone()).unwrap(),
+        )
+        .unwrap();
+        let (resource, caps) = kube::discovery::pinned_kind(admin, &gvk)
+            .await
+            .expect("the kind is served");
+        let name = object["metadata"]["name"].as_str().unwrap().to_string();
+        let api: Api<kube::core::DynamicObject> =
+            if caps.scope == kube::discovery::Scope::Namespaced {
+                Api::namespaced_with(admin.clone(), namespace, &resource)
+            } else {
+                Api::all_with(admin.clone(), &resource)
+            };
+        api.patch(&name, &pp, &Patch::Apply(object))
+            .await
+            .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+    }
+}
+
+/// A client of the local plane that authenticates with `token` only.
+pub async fn client_with_token(token: &str) -> Client {
     let path = plane_dir().join("kubeconfig");
     let kubeconfig = Kubeconfig::read_from(&path).expect("a local control plane");
     let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .expect("kubeconfig is usable");
     config.auth_info = kube::config::AuthInfo {
-        token: Some(token.into()),
+        token: Some(token.to_string().into()),
         ..Default::default()
     };
     Client::try_from(config).expect("client builds")
+}
+
+/// A client that acts as the operator's ServiceAccount, with the chart's
+/// permissions only.
+pub async fn operator_client() -> Client {
+    client_with_token(&operator_token().await).await
 }
 
 /// A kubeconfig file for the operator's ServiceAccount, for tests that run

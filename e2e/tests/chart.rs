@@ -921,6 +921,8 @@ async fn the_operator_roles_grant_only_what_the_operator_uses() {
         // As the tests' operator account was bound (operator_client).
         "--set",
         "logShipping.enabled=true",
+        "--set",
+        "nodeAgent.enabled=true",
         "--show-only",
         "templates/rbac.yaml",
     ]);

@@ -37,3 +37,19 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "iotposture.webhookSecret" -}}
 {{ include "iotposture.fullname" . }}-webhook-tls
 {{- end -}}
+
+{{/* The node agent's pods: labels of their own, so that the operator's
+Deployment, Service and PodDisruptionBudget never select them. */}}
+{{- define "iotposture.nodeAgentSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}-node-agent
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "iotposture.nodeAgentLabels" -}}
+{{ include "iotposture.nodeAgentSelectorLabels" . }}
+app.kubernetes.io/component: node-agent
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: iotposture
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}

@@ -7,6 +7,7 @@ mod bad_input;
 mod checklist;
 mod crd_validation;
 mod drift;
+mod edge;
 mod gateway;
 mod heartbeats;
 mod lifecycle;

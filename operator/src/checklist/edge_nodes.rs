@@ -63,6 +63,13 @@ pub fn node_side(s: &Scope<'_>, item: &str) -> Option<Check> {
     })
 }
 
+/// `node_side` where the running operator judges nodes; None offline, so
+/// `iotposture check` keeps judging the pods of IV-1 and IV-2 alone.
+pub fn node_side_live(s: &Scope<'_>, item: &str) -> Option<Check> {
+    s.snapshot.edge_nodes.as_ref()?;
+    node_side(s, item)
+}
+
 /// The pods' verdict and the nodes' together: a failure on either side
 /// fails, an unknown side leaves it unknown, and both passing passes.
 pub fn with_pods(pods: Check, nodes: Option<Check>) -> Check {

@@ -508,6 +508,14 @@ fn edge_node_reports_decide_iv_3_iv_4_and_join_the_pods_for_iv_1_iv_2() {
             .evidence
             .contains("node-agent --once")
     );
+    // Offline, IV-1 and IV-2 stay the pods' verdicts.
+    for id in ["IV-1", "IV-2"] {
+        assert_eq!(
+            items.iter().find(|i| i.id == id).unwrap().verdict,
+            Verdict::Pass,
+            "{id}"
+        );
+    }
 }
 
 #[test]
