@@ -129,6 +129,7 @@ $helm upgrade --install iotposture charts/iotposture --namespace iotposture-syst
   --set logShipping.enabled=true --set logShipping.image="iotposture.local/log-collector:$version" \
   --set logShipping.podLogDir="$PWD/$dir/node/pod-logs" --set logShipping.intervalSeconds=10 \
   --set "logShipping.storePorts={19428}" \
+  --set nodeAgent.enabled=true --set nodeAgent.intervalSeconds=10 \
   --set-string "podAnnotations.iotposture\.dev/image-tar-sha256=$image_sum" \
   --wait --timeout 180s >/dev/null
 $kubectl -n iotposture-system rollout status deployment/iotposture --timeout=120s >/dev/null
@@ -197,7 +198,7 @@ else
 fi
 
 echo "waiting for the probes, the sensors' heartbeats and Prometheus to decide their items…"
-probed='I-1 II-1 III-1 III-2 III-3 III-4 III-8 III-9 VI-2 VI-3 VII-1 VII-2 VIII-1 VIII-2'
+probed='I-1 II-1 III-1 III-2 III-3 III-4 III-8 III-9 IV-3 IV-4 VI-2 VI-3 VII-1 VII-2 VIII-1 VIII-2'
 for _ in $(seq 1 90); do
   undecided=""
   for id in $probed; do
@@ -269,6 +270,20 @@ done
 sed 's/^/  /' <<<"$blocks" | head -3
 
 echo
+echo "==> the edge node (IV-1…IV-4, VI-1): what its node agent published (NodePosture, facts only)"
+$kubectl -n iotposture-system get nodepostures
+$kubectl -n iotposture-system get nodepostures -o json | python3 -c 'import json,sys
+for p in json.load(sys.stdin)["items"]:
+    f = p["spec"]["facts"]
+    print(p["metadata"]["name"] + ":")
+    print("  wifi networks:", len(f.get("wifi", [])), " serial logins:", [c["device"] for c in f.get("consoles", [])])
+    print("  listening:", " ".join(sorted({str(s["port"]) for s in f.get("listening") or []}, key=int)))
+    print("  usb:", f.get("usb"))
+    print("  data mounts:", ", ".join(m["mountPoint"] + " on " + m["device"] + (" (dm-crypt)" if m["encrypted"] else " (plaintext)") for m in f.get("mounts", [])))'
+echo "an edge device image, judged offline (a fixture host):"
+target/debug/iotposture node-agent --once --host-root operator/tests/fixtures/hosts/bare-psk-client | sed -n '/^ITEM/,$p' || true
+
+echo
 echo "==> the decision record (VII-2): the entries shipped to the store against the signed checkpoint in status"
 logsql "$system \"k8s.container.name\":=operator" | python3 -c 'import json,sys
 rs = [json.loads(l) for l in sys.stdin if l.strip()]
@@ -292,6 +307,8 @@ Everything keeps running. Look around with:
   cat $dir/alerts.log                                          # what Alertmanager delivered
   curl -s --cacert $dir/logs/ca.crt -u plant-logs:\$(cat $dir/logs/password) https://$node_ip:19428/select/logsql/query \\
     --data-urlencode 'query=_time:10m "iotposture.system":="smart-factory/line-1" | limit 5'   # the example's logs
+Audit an edge device's root filesystem before it ships (exit 1 when an item fails):
+  target/debug/iotposture node-agent --once --host-root /path/to/image-root
 Silence the sensors and watch VII-1 fail and the alert arrive (within a minute or two):
   $bins/kubectl -n smart-factory scale deployment temp-sensor --replicas=0
 Try a pod the checklist forbids (the admission webhook refuses it, naming the item):

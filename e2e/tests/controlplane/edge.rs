@@ -21,9 +21,12 @@ use iotposture_e2e::{
     client_with_token, helm, local_image, operator_client, plane_dir, workspace_root,
 };
 use k8s_openapi::api::{
+    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
     apps::v1::DaemonSet,
     authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
     core::v1::{Node, Pod, ServiceAccount},
+    discovery::v1::EndpointSlice,
+    networking::v1::NetworkPolicy,
 };
 use kube::{
     Api, ResourceExt,
@@ -52,8 +55,10 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// The chart's node-agent objects for the tests' release, reading `host_root`.
-fn agent_objects(host_root: &Path) -> Vec<Value> {
+/// The chart's node-agent objects for the tests' release, reading
+/// `host_root`; its NetworkPolicy lets it reach the API server at `api_port`
+/// on the node's address.
+fn agent_objects(host_root: &Path, api_port: i32) -> Vec<Value> {
     let chart = workspace_root().join("charts/iotposture");
     let image = local_image("operator");
     let (repository, tag) = image.rsplit_once(':').unwrap();
@@ -75,6 +80,10 @@ fn agent_objects(host_root: &Path) -> Vec<Value> {
         &format!("image.tag={tag}"),
         "--set",
         "image.pullPolicy=Never",
+        "--set",
+        "networkPolicy.apiServerCIDRs={10.250.0.1/32}",
+        "--set",
+        &format!("networkPolicy.apiServerPorts={{{api_port}}}"),
         "--show-only",
         "templates/node-agent.yaml",
     ]);
@@ -88,6 +97,16 @@ fn agent_objects(host_root: &Path) -> Vec<Value> {
 
 async fn remove_agent(admin: &kube::Client) {
     let dp = DeleteParams::background();
+    let _ = Api::<NetworkPolicy>::namespaced(admin.clone(), OPERATOR_NAMESPACE)
+        .delete(AGENT, &dp)
+        .await;
+    let policy = format!("{AGENT}-own-node");
+    let _ = Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone())
+        .delete(&policy, &dp)
+        .await;
+    let _ = Api::<ValidatingAdmissionPolicy>::all(admin.clone())
+        .delete(&policy, &dp)
+        .await;
     let _ = Api::<DaemonSet>::namespaced(admin.clone(), OPERATOR_NAMESPACE)
         .delete(AGENT, &dp)
         .await;
@@ -268,7 +287,18 @@ async fn node_agents_report_and_the_operator_judges_the_edge_nodes() {
         &host.join("etc"),
     );
     let host = std::fs::canonicalize(&host).unwrap();
-    apply_objects(&admin, agent_objects(&host), OPERATOR_NAMESPACE).await;
+    // Pods reach the API server at the node's address, on the plane's port.
+    let slice = Api::<EndpointSlice>::namespaced(admin.clone(), "default")
+        .get("kubernetes")
+        .await
+        .unwrap();
+    let api_port = slice.ports.unwrap()[0].port.unwrap();
+    let objects = agent_objects(&host, api_port);
+    assert!(
+        objects.iter().any(|o| o["kind"] == "NetworkPolicy"),
+        "the agent comes with its NetworkPolicy"
+    );
+    apply_objects(&admin, objects, OPERATOR_NAMESPACE).await;
     let pod = agent_pod(&admin, &node).await;
 
     // Its report: named after the node, by that pod, with the fixture's Wi-Fi.

@@ -410,7 +410,7 @@ pub static CATALOG: [Item; 39] = [
         SERVERS,
         [E, V],
         Critical,
-        "Remove privileged mode, host namespaces, hostPath volumes to / or /dev and undeclared device resources from component pods."
+        "Remove privileged mode, host namespaces, hostPath volumes to / or /dev and undeclared device resources from component pods; on edge nodes, block usb-storage (`install usb_storage /bin/false` in modprobe.d) and remove serial-console logins."
     ),
     item!(
         "IV-2",
@@ -420,7 +420,7 @@ pub static CATALOG: [Item; 39] = [
         SERVERS,
         [E, V],
         High,
-        "Do not expose SSH, Telnet, RDP or VNC default ports (22, 23, 2323, 3389, 5900, 5938) on containers or Services; reach pods with kubectl exec under RBAC instead."
+        "Do not expose SSH, Telnet, RDP or VNC default ports (22, 23, 2323, 3389, 5800, 5900, 5938) on containers, Services or edge nodes; reach pods with kubectl exec under RBAC, and declare a bastion's port in spec.edgeNodes.allowedRemoteAccessPorts."
     ),
     item!(
         "IV-3",
@@ -430,7 +430,7 @@ pub static CATALOG: [Item; 39] = [
         WITH_CC,
         [V, A],
         High,
-        "Use WPA2-CCMP or WPA3-SAE on edge nodes' wireless links, and attest it while no node agent reports it."
+        "Use WPA2 with CCMP only (proto=RSN, pairwise=CCMP) or WPA3-SAE on edge nodes' Wi-Fi, serve access points only where spec.edgeNodes.accessPoint allows, and attest it where no node agent reports."
     ),
     item!(
         "IV-4",
@@ -470,7 +470,7 @@ pub static CATALOG: [Item; 39] = [
         WITH_CC,
         [V, A],
         High,
-        "Put volumes on storage classes declared as encrypted, and attest encryption at rest of the cluster's etcd."
+        "Put the edge nodes' data mounts on dm-crypt (LUKS), and attest encryption at rest of the cluster's etcd."
     ),
     item!(
         "VI-2",
