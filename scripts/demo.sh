@@ -110,9 +110,10 @@ start victoria-logs target/logs/bin/victoria-logs -httpListenAddr="$node_ip:1942
   -storageDataPath="$dir/logs/data" -retentionPeriod=30d -tls -tlsMinVersion=TLS13 \
   -tlsCertFile="$dir/logs/server.crt" -tlsKeyFile="$dir/logs/server.key" \
   -httpAuth.username=plant-logs -httpAuth.password="file://$PWD/$dir/logs/password"
-logsql() { # query → the store's answer, one JSON record per line
+logsql() { # query [start] → the store's answer, one JSON record per line
   curl -s --cacert "$dir/logs/ca.crt" -u "plant-logs:$(cat "$dir/logs/password")" \
-    "https://$node_ip:19428/select/logsql/query" --data-urlencode "query=$1"
+    "https://$node_ip:19428/select/logsql/query" --data-urlencode "query=$1" \
+    ${2:+--data-urlencode "start=$2"}
 }
 
 echo "==> the operator, installed with its Helm chart (charts/iotposture), images built here"
@@ -285,11 +286,13 @@ target/debug/iotposture node-agent --once --host-root operator/tests/fixtures/ho
 
 echo
 echo "==> the decision record (VII-2): the entries shipped to the store against the signed checkpoint in status"
-logsql "$system \"k8s.container.name\":=operator" | python3 -c 'import json,sys
+$kubectl get iotsystem line-1 -n smart-factory -o json >"$dir/line-1.json"
+# The store keeps earlier demo runs' records too: only this system's, since it was created.
+created="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metadata"]["creationTimestamp"])' "$dir/line-1.json")"
+logsql "$system \"k8s.container.name\":=operator" "$created" | python3 -c 'import json,sys
 rs = [json.loads(l) for l in sys.stdin if l.strip()]
 rs.sort(key=lambda r: json.loads(r["_msg"])["index"])
 print("\n".join(json.dumps(r) for r in rs))' >"$dir/record.jsonl"
-$kubectl get iotsystem line-1 -n smart-factory -o json >"$dir/line-1.json"
 target/debug/iotposture verify --entries "$dir/record.jsonl" --status "$dir/line-1.json" || true
 
 cat <<MSG
