@@ -830,6 +830,38 @@ async fn operator_token() -> String {
         .clone()
 }
 
+/// Waits (up to 3 minutes: longer than `wait_until`, for images that start
+/// and stores that flush) until item `id` of system `name` has `verdict`
+/// with evidence containing `says`; returns the evidence.
+pub async fn wait_for_item(
+    systems: &Api<iotposture::api::IoTSystem>,
+    name: &str,
+    id: &str,
+    verdict: iotposture::api::Verdict,
+    says: &str,
+) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let mut last = String::new();
+    loop {
+        let item = systems
+            .get(name)
+            .await
+            .ok()
+            .and_then(|s| s.status?.items.into_iter().find(|i| i.id == id));
+        if let Some(item) = item {
+            if item.verdict == verdict && item.evidence.contains(says) {
+                return item.evidence;
+            }
+            last = format!("{:?}: {}", item.verdict, item.evidence);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} {id} never became {verdict:?} saying {says:?}; last: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Server-side applies rendered objects as `admin` (namespaced ones into
 /// `namespace`), Namespaces first.
 pub async fn apply_objects(admin: &Client, mut objects: Vec<Value>, namespace: &str) {

@@ -18,7 +18,8 @@ use iotposture::{
 };
 use iotposture_e2e::{
     OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, RunningOperator, TestNamespace, apply_objects,
-    client_with_token, helm, local_image, operator_client, plane_dir, workspace_root,
+    client_with_token, helm, local_image, operator_client, plane_dir, wait_for_item,
+    workspace_root,
 };
 use k8s_openapi::api::{
     admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
@@ -113,37 +114,6 @@ async fn remove_agent(admin: &kube::Client) {
     let _ = Api::<NodePosture>::namespaced(admin.clone(), OPERATOR_NAMESPACE)
         .delete_collection(&dp, &ListParams::default())
         .await;
-}
-
-/// Waits (up to 3 minutes: the agent's image starts) until `id` of `name`
-/// has `verdict` with evidence containing `says`.
-async fn item(
-    systems: &Api<IoTSystem>,
-    name: &str,
-    id: &str,
-    verdict: Verdict,
-    says: &str,
-) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    let mut last = String::new();
-    loop {
-        let item = systems
-            .get(name)
-            .await
-            .ok()
-            .and_then(|s| s.status?.items.into_iter().find(|i| i.id == id));
-        if let Some(item) = item {
-            if item.verdict == verdict && item.evidence.contains(says) {
-                return item.evidence;
-            }
-            last = format!("{:?}: {}", item.verdict, item.evidence);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} {id} never became {verdict:?} saying {says:?}; last: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// The running, ready agent pod on `node`.
@@ -350,8 +320,8 @@ async fn node_agents_report_and_the_operator_judges_the_edge_nodes() {
     systems.create(&pp, &system()).await.unwrap();
 
     let on_node = format!("node {node}");
-    item(&systems, "plant", "IV-3", Verdict::Pass, "plant-sensors").await;
-    item(&systems, "plant", "IV-4", Verdict::Pass, &on_node).await;
+    wait_for_item(&systems, "plant", "IV-3", Verdict::Pass, "plant-sensors").await;
+    wait_for_item(&systems, "plant", "IV-4", Verdict::Pass, &on_node).await;
     // This machine's own disks and listeners decide VI-1 and IV-2: the
     // operator's verdicts must be what the published facts say.
     let facts = postures.get(&node).await.unwrap().spec.facts;
@@ -362,7 +332,7 @@ async fn node_agents_report_and_the_operator_judges_the_edge_nodes() {
     } else {
         Verdict::Unknown
     };
-    item(&systems, "plant", "VI-1", vi1_verdict, &on_node).await;
+    wait_for_item(&systems, "plant", "VI-1", vi1_verdict, &on_node).await;
 
     // A serial login, a legacy Wi-Fi network and a WPS access point appear
     // on the host: each item turns to Fail naming what decided it.
@@ -371,26 +341,26 @@ async fn node_agents_report_and_the_operator_judges_the_edge_nodes() {
         "T0:23:respawn:/sbin/getty -L ttyS0 115200 vt100\n",
     )
     .unwrap();
-    item(&systems, "plant", "IV-1", Verdict::Fail, "ttyS0").await;
+    wait_for_item(&systems, "plant", "IV-1", Verdict::Fail, "ttyS0").await;
     std::fs::write(
         host.join("etc/wpa_supplicant/wpa_supplicant.conf"),
         "network={\n\tssid=\"plant-legacy\"\n\tpsk=\"fixture-passphrase-9\"\n}\n",
     )
     .unwrap();
-    item(&systems, "plant", "IV-3", Verdict::Fail, "plant-legacy").await;
+    wait_for_item(&systems, "plant", "IV-3", Verdict::Fail, "plant-legacy").await;
     std::fs::create_dir_all(host.join("etc/hostapd")).unwrap();
     std::fs::write(
         host.join("etc/hostapd/hostapd.conf"),
         "interface=wlan0\nssid=plant-ap\nwpa=2\nwpa_key_mgmt=WPA-PSK\nrsn_pairwise=CCMP\nwpa_passphrase=fixture-passphrase-10\nwps_state=2\n",
     )
     .unwrap();
-    item(&systems, "plant", "IV-4", Verdict::Fail, "offers WPS").await;
+    wait_for_item(&systems, "plant", "IV-4", Verdict::Fail, "offers WPS").await;
 
     // A telnet-like listener on the host's network: IV-2 fails naming it,
     // and passes again once it is gone (when nothing else of this machine listens there).
     let listener =
         std::net::TcpListener::bind("0.0.0.0:2323").expect("port 2323 free on this machine");
-    item(&systems, "plant", "IV-2", Verdict::Fail, "0.0.0.0:2323").await;
+    wait_for_item(&systems, "plant", "IV-2", Verdict::Fail, "0.0.0.0:2323").await;
     drop(listener);
     let facts_without = {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -408,7 +378,7 @@ async fn node_agents_report_and_the_operator_judges_the_edge_nodes() {
     };
     let iv2 = &judge(&facts_without, &Expectations::default())[1].1;
     if iv2.verdict == Verdict::Pass {
-        item(&systems, "plant", "IV-2", Verdict::Pass, &on_node).await;
+        wait_for_item(&systems, "plant", "IV-2", Verdict::Pass, &on_node).await;
     }
 
     // Under its own token, bound to its pod: its node's object only.
@@ -445,7 +415,7 @@ async fn node_agents_report_and_the_operator_judges_the_edge_nodes() {
         .delete(AGENT, &DeleteParams::foreground())
         .await
         .unwrap();
-    item(
+    wait_for_item(
         &systems,
         "plant",
         "IV-3",

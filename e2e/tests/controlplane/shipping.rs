@@ -15,7 +15,7 @@ use iotposture::{
 use iotposture_e2e::{
     OPERATOR_NAMESPACE, RunningOperator, TestNamespace, local_image,
     logstore::{self, LogStore},
-    operator_client, plane_dir, wait_until,
+    operator_client, plane_dir, wait_for_item, wait_until,
 };
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
@@ -30,37 +30,6 @@ use serde_json::json;
 /// The collector's name in the operator's namespace, as the chart names it
 /// for the release the tests' operator account belongs to.
 const COLLECTOR: &str = "iotposture-e2e-log-collector";
-
-async fn item(
-    systems: &Api<IoTSystem>,
-    name: &str,
-    id: &str,
-    verdict: Verdict,
-    says: &str,
-) -> String {
-    // Longer than wait_until's minute: the collector's image starts, and
-    // the store may take a flush to answer.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    let mut last = String::new();
-    loop {
-        let item = systems
-            .get(name)
-            .await
-            .ok()
-            .and_then(|system| system.status?.items.into_iter().find(|i| i.id == id));
-        if let Some(item) = item {
-            if item.verdict == verdict && item.evidence.contains(says) {
-                return item.evidence;
-            }
-            last = format!("{:?}: {}", item.verdict, item.evidence);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} {id} never became {verdict:?} saying {says:?}; last: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
 
 /// A component pod that says `<nonce> line <n>` every second.
 fn chatter(nonce: &str) -> Pod {
@@ -180,12 +149,12 @@ async fn component_logs_reach_the_store_and_iii1_passes_on_delivery_observed() {
         .await
         .unwrap();
 
-    let evidence = item(&systems, "plant", "III-1", Verdict::Pass, "read back").await;
+    let evidence = wait_for_item(&systems, "plant", "III-1", Verdict::Pass, "read back").await;
     assert!(
         evidence.contains("the store keeps them for 7d (at least 7d)"),
         "{evidence}"
     );
-    let lab = item(&systems, "lab", "III-1", Verdict::Fail, "missing-ca").await;
+    let lab = wait_for_item(&systems, "lab", "III-1", Verdict::Fail, "missing-ca").await;
     assert!(lab.contains("no such Secret"), "{lab}");
 
     // The pod's lines are in the store, with the Kubernetes attributes the
@@ -218,7 +187,7 @@ async fn component_logs_reach_the_store_and_iii1_passes_on_delivery_observed() {
         )
         .await
         .unwrap();
-    item(
+    wait_for_item(
         &systems,
         "plant",
         "III-1",
@@ -234,7 +203,7 @@ async fn component_logs_reach_the_store_and_iii1_passes_on_delivery_observed() {
         )
         .await
         .unwrap();
-    item(&systems, "plant", "III-1", Verdict::Pass, "read back").await;
+    wait_for_item(&systems, "plant", "III-1", Verdict::Pass, "read back").await;
 
     // Without spec.logging anywhere, the collector and its objects go.
     for name in ["plant", "lab"] {
@@ -247,7 +216,7 @@ async fn component_logs_reach_the_store_and_iii1_passes_on_delivery_observed() {
             .await
             .unwrap();
     }
-    item(&systems, "plant", "III-1", Verdict::Fail, "no spec.logging").await;
+    wait_for_item(&systems, "plant", "III-1", Verdict::Fail, "no spec.logging").await;
     wait_until("the collector removed", || async {
         daemon_sets
             .get_opt(COLLECTOR)

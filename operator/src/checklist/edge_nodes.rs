@@ -63,16 +63,31 @@ pub fn node_side(s: &Scope<'_>, item: &str) -> Option<Check> {
     })
 }
 
-/// `node_side` where the running operator judges nodes; None offline, so
-/// `iotposture check` keeps judging the pods of IV-1 and IV-2 alone.
-pub fn node_side_live(s: &Scope<'_>, item: &str) -> Option<Check> {
-    s.snapshot.edge_nodes.as_ref()?;
-    node_side(s, item)
+/// IV-1 and IV-2: the pods' verdict, and the nodes' where they are judged.
+/// Where no agent report is read (offline, or an operator without
+/// --edge-namespace) the pods' verdict stands and the evidence says so, so
+/// the offline check and such an operator agree.
+pub fn with_edge_nodes(pods: Check, s: &Scope<'_>, item: &str) -> Check {
+    if s.system.edge_nodes.is_none() {
+        return pods;
+    }
+    let not_judged = |why: &str| Check {
+        evidence: super::evidence::bounded(format!(
+            "{}; edge nodes not judged: {why}",
+            pods.evidence
+        )),
+        ..pods.clone()
+    };
+    match &s.snapshot.edge_nodes {
+        None => not_judged("only the running operator reads the node agents"),
+        Some(Err(why)) => not_judged(why),
+        Some(Ok(_)) => with_pods(pods.clone(), node_side(s, item)),
+    }
 }
 
 /// The pods' verdict and the nodes' together: a failure on either side
 /// fails, an unknown side leaves it unknown, and both passing passes.
-pub fn with_pods(pods: Check, nodes: Option<Check>) -> Check {
+fn with_pods(pods: Check, nodes: Option<Check>) -> Check {
     let Some(nodes) = nodes else { return pods };
     let evidence = format!("pods: {}; edge nodes: {}", pods.evidence, nodes.evidence);
     match (pods.verdict, nodes.verdict) {

@@ -4,8 +4,8 @@
 use k8s_openapi::api::core::v1::PodSpec;
 
 use super::{
-    Scope, edge_nodes::node_side, edge_nodes::node_side_live, edge_nodes::with_pods,
-    evidence::Check, evidence::Offences, pod_name, user_management::containers,
+    Scope, edge_nodes::node_side, edge_nodes::with_edge_nodes, evidence::Check, evidence::Offences,
+    pod_name, user_management::containers,
 };
 use crate::checklist::network_ports::services_of;
 use crate::controller::validate::ValidComponent;
@@ -17,7 +17,7 @@ pub const REMOTE_ACCESS_PORTS: [i32; 7] = [22, 23, 2323, 3389, 5800, 5900, 5938]
 /// undeclared device resources; on edge nodes no usable USB storage and no
 /// serial login.
 pub fn check_physical_access(s: &Scope<'_>) -> Check {
-    with_pods(physical_access_of_pods(s), node_side_live(s, "IV-1"))
+    with_edge_nodes(physical_access_of_pods(s), s, "IV-1")
 }
 
 fn physical_access_of_pods(s: &Scope<'_>) -> Check {
@@ -98,7 +98,7 @@ pub fn remote_port_offences(name: &str, spec: &PodSpec, offences: &mut Offences)
 /// IV-2: no container or Service port on a remote-access default port, and
 /// none listening on the edge nodes beyond what the system allows.
 pub fn check_remote_access_ports(s: &Scope<'_>) -> Check {
-    with_pods(remote_access_of_pods(s), node_side_live(s, "IV-2"))
+    with_edge_nodes(remote_access_of_pods(s), s, "IV-2")
 }
 
 fn remote_access_of_pods(s: &Scope<'_>) -> Check {

@@ -509,7 +509,24 @@ fn edge_node_reports_decide_iv_3_iv_4_and_join_the_pods_for_iv_1_iv_2() {
             .evidence
             .contains("node-agent --once")
     );
-    // Offline, IV-1 and IV-2 stay the pods' verdicts.
+    // Offline, or where the operator reads no agents, IV-1 and IV-2 stay
+    // the pods' verdicts and say the nodes were not judged.
+    let without_agents = with_edge_nodes("{}", Some(Err("no --edge-namespace".into())));
+    for id in ["IV-1", "IV-2"] {
+        let i = without_agents.iter().find(|i| i.id == id).unwrap();
+        assert_eq!(i.verdict, Verdict::Pass, "{id}");
+        assert!(
+            i.evidence
+                .contains("edge nodes not judged: no --edge-namespace"),
+            "{}",
+            i.evidence
+        );
+    }
+    let iv3 = without_agents.iter().find(|i| i.id == "IV-3").unwrap();
+    assert_eq!(
+        (iv3.verdict, iv3.evidence.as_str()),
+        (Verdict::Unknown, "no --edge-namespace")
+    );
     for id in ["IV-1", "IV-2"] {
         assert_eq!(
             items.iter().find(|i| i.id == id).unwrap().verdict,

@@ -77,6 +77,19 @@ impl Host {
         }
     }
 
+    /// The `*.conf` files of a folder with their text, sorted by name (how
+    /// wpa_supplicant's and hostapd's per-interface units find them).
+    pub fn conf_files(&self, host_dir: &str) -> Vec<(String, String)> {
+        self.list(host_dir)
+            .into_iter()
+            .filter(|name| name.ends_with(".conf"))
+            .filter_map(|name| {
+                let path = format!("{}/{name}", host_dir.trim_end_matches('/'));
+                self.read(&path).map(|text| (path, text))
+            })
+            .collect()
+    }
+
     /// Records that a file exists but says nothing we can use.
     pub fn note(&self, host_path: &str, error: String) {
         self.unreadable.borrow_mut().push(Unreadable {

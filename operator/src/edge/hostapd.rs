@@ -11,17 +11,10 @@ use crate::api::nodeposture::{Pmf, WifiMode, WifiNetwork, Wps};
 pub const DIR: &str = "/etc/hostapd";
 
 pub fn read(host: &Host) -> Vec<WifiNetwork> {
-    let mut out = Vec::new();
-    for name in host.list(DIR) {
-        if !name.ends_with(".conf") {
-            continue;
-        }
-        let path = format!("{DIR}/{name}");
-        if let Some(text) = host.read(&path) {
-            out.extend(parse(&path, &text));
-        }
-    }
-    out
+    host.conf_files(DIR)
+        .into_iter()
+        .flat_map(|(path, text)| parse(&path, &text))
+        .collect()
 }
 
 /// One BSS's settings as written, in order (the last assignment wins).

@@ -18,16 +18,10 @@ pub const DEFAULT_GROUP: &str = "CCMP TKIP";
 
 pub fn read(host: &Host) -> Vec<WifiNetwork> {
     let mut out = Vec::new();
-    for name in host.list(DIR) {
-        if !name.ends_with(".conf") {
-            continue;
-        }
-        let path = format!("{DIR}/{name}");
-        if let Some(text) = host.read(&path) {
-            match parse(&path, &text) {
-                Ok(networks) => out.extend(networks),
-                Err(e) => host.note(&path, e),
-            }
+    for (path, text) in host.conf_files(DIR) {
+        match parse(&path, &text) {
+            Ok(networks) => out.extend(networks),
+            Err(e) => host.note(&path, e),
         }
     }
     out
