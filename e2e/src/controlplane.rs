@@ -277,7 +277,8 @@ impl Plane {
                 ),
                 format!("--audit-log-path={}", self.audit_log().display()),
                 "--audit-log-format=json".into(),
-                "--audit-log-maxsize=200".into(),
+                // Rotated files are read too (AuditLog::entries_since); large, so rarely.
+                "--audit-log-maxsize=1000".into(),
                 "--profiling=false".into(),
             ],
             _ => vec![

@@ -613,13 +613,48 @@ impl AuditLog {
     }
 
     /// Every entry logged after `mark` (reads only of the operator's accounts).
+    /// From 0, the files the API server rotated out (`audit-<time>.log`,
+    /// oldest first) come before the current one, so a whole suite's
+    /// requests are read however large the log grew.
     pub fn entries_since(&self, mark: u64) -> Vec<Value> {
-        let text = std::fs::read(&self.path).expect("audit log readable");
-        let start = usize::try_from(mark).unwrap().min(text.len());
-        String::from_utf8_lossy(&text[start..])
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .collect()
+        let mut files = Vec::new();
+        if mark == 0
+            && let (Some(dir), Some(stem)) = (
+                self.path.parent(),
+                self.path.file_stem().and_then(|s| s.to_str()),
+            )
+        {
+            let mut rotated: Vec<PathBuf> = std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("{stem}-")) && n.ends_with(".log"))
+                })
+                .collect();
+            // Their names carry the rotation time, so they sort in order.
+            rotated.sort();
+            files.extend(rotated);
+        }
+        let current = std::fs::read(&self.path).expect("audit log readable");
+        let start = usize::try_from(mark).unwrap().min(current.len());
+        let mut entries = Vec::new();
+        for file in files {
+            let text = std::fs::read(&file).expect("rotated audit log readable");
+            entries.extend(
+                String::from_utf8_lossy(&text)
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok()),
+            );
+        }
+        entries.extend(
+            String::from_utf8_lossy(&current[start..])
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok()),
+        );
+        entries
     }
 }
 
