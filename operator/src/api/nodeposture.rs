@@ -48,30 +48,43 @@ pub struct Reporter {
     pub uid: String,
 }
 
+/// Bounds of the report's lists, so that one odd host cannot push its
+/// object past what etcd stores; the agent truncates to them (`edge::bound`).
+pub const MAX_WIFI: usize = 64;
+pub const MAX_LISTENING: usize = 512;
+pub const MAX_ITEMS: usize = 32;
+pub const MAX_WORDS: usize = 16;
+
 /// Everything read from one host root.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeFacts {
     /// Wi-Fi networks the node joins or serves, with their effective
     /// security (defaults applied as each daemon applies them).
+    #[schemars(length(max = MAX_WIFI))]
     #[serde(default)]
     pub wifi: Vec<WifiNetwork>,
     /// Listening TCP sockets of the host network namespace; None where no
     /// live /proc was readable (an image audited offline).
+    #[schemars(length(max = MAX_LISTENING))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listening: Option<Vec<ListeningSocket>>,
     /// The ports sshd is configured to listen on; None without an sshd_config.
+    #[schemars(length(max = MAX_WORDS))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sshd_ports: Option<Vec<u16>>,
     pub usb: UsbFacts,
     /// Consoles that offer a login.
+    #[schemars(length(max = MAX_ITEMS))]
     #[serde(default)]
     pub consoles: Vec<Console>,
     /// Block-device mounts that hold data, and whether dm-crypt protects them.
+    #[schemars(length(max = MAX_ITEMS))]
     #[serde(default)]
     pub mounts: Vec<DataMount>,
     /// Sources that exist but could not be read or parsed; a fact they
     /// would decide is then not known.
+    #[schemars(length(max = MAX_ITEMS))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreadable: Vec<Unreadable>,
 }
@@ -116,13 +129,17 @@ pub struct WifiNetwork {
     pub mode: WifiMode,
     /// Effective key management, in the daemons' own names (WPA-PSK, SAE,
     /// WPA-EAP, NONE…).
+    #[schemars(length(max = MAX_WORDS))]
     pub key_mgmt: Vec<String>,
     /// Effective protocols: WPA (WPA1), RSN (WPA2/WPA3).
+    #[schemars(length(max = MAX_WORDS))]
     pub protocols: Vec<String>,
     /// Effective pairwise ciphers, per protocol where the daemon keeps them
     /// apart (hostapd): `CCMP`, `TKIP`…
+    #[schemars(length(max = MAX_WORDS))]
     pub pairwise: Vec<String>,
     /// Effective group ciphers.
+    #[schemars(length(max = MAX_WORDS))]
     pub group: Vec<String>,
     /// Static WEP keys are configured.
     #[serde(default)]
@@ -151,6 +168,7 @@ pub struct UsbFacts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bus: Option<bool>,
     /// USB interfaces of the mass-storage class now attached (sysfs names).
+    #[schemars(length(max = MAX_ITEMS))]
     #[serde(default)]
     pub mass_storage_interfaces: Vec<String>,
     /// The usb-storage driver is loaded (or built in).

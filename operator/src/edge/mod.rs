@@ -19,7 +19,7 @@ pub mod sshd;
 pub mod usb;
 pub mod wpa_supplicant;
 
-use crate::api::nodeposture::NodeFacts;
+use crate::api::nodeposture::{MAX_ITEMS, MAX_LISTENING, MAX_WIFI, MAX_WORDS, NodeFacts};
 pub use host::Host;
 
 /// Everything the agent reports about one host root.
@@ -28,7 +28,7 @@ pub fn scan(host: &Host) -> NodeFacts {
     wifi.extend(networkmanager::read(host));
     wifi.extend(hostapd::read(host));
     wifi.sort();
-    NodeFacts {
+    bound(NodeFacts {
         wifi,
         listening: sockets::read(host),
         sshd_ports: sshd::read(host),
@@ -36,5 +36,62 @@ pub fn scan(host: &Host) -> NodeFacts {
         consoles: consoles::read(host),
         mounts: disks::read(host),
         unreadable: host.take_unreadable(),
+    })
+}
+
+/// The report within the CRD's bounds. Remote-access ports are kept first,
+/// so a cut never hides what IV-2 judges.
+pub fn bound(mut facts: NodeFacts) -> NodeFacts {
+    use crate::checklist::physical_access::REMOTE_ACCESS_PORTS;
+    if let Some(sockets) = facts.listening.as_mut() {
+        sockets.sort_by_key(|s| !REMOTE_ACCESS_PORTS.contains(&i32::from(s.port)));
+        sockets.truncate(MAX_LISTENING);
+        sockets.sort();
+    }
+    facts.wifi.truncate(MAX_WIFI);
+    for n in &mut facts.wifi {
+        for words in [
+            &mut n.key_mgmt,
+            &mut n.protocols,
+            &mut n.pairwise,
+            &mut n.group,
+        ] {
+            words.truncate(MAX_WORDS);
+        }
+    }
+    if let Some(ports) = facts.sshd_ports.as_mut() {
+        ports.truncate(MAX_WORDS);
+    }
+    facts.usb.mass_storage_interfaces.truncate(MAX_ITEMS);
+    facts.consoles.truncate(MAX_ITEMS);
+    facts.mounts.truncate(MAX_ITEMS);
+    facts.unreadable.truncate(MAX_ITEMS);
+    facts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::nodeposture::ListeningSocket;
+
+    #[test]
+    fn a_cut_keeps_the_remote_access_ports() {
+        let mut sockets: Vec<ListeningSocket> = (1000..2000)
+            .map(|port| ListeningSocket {
+                address: "0.0.0.0".into(),
+                port,
+            })
+            .collect();
+        sockets.push(ListeningSocket {
+            address: "0.0.0.0".into(),
+            port: 5900,
+        });
+        let facts = bound(NodeFacts {
+            listening: Some(sockets),
+            ..NodeFacts::default()
+        });
+        let kept = facts.listening.unwrap();
+        assert_eq!(kept.len(), MAX_LISTENING);
+        assert!(kept.iter().any(|s| s.port == 5900));
     }
 }
