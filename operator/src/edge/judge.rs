@@ -525,6 +525,33 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_source_leaves_only_the_items_it_decides_unknown() {
+        use crate::api::nodeposture::Unreadable;
+        let facts = NodeFacts {
+            unreadable: vec![Unreadable {
+                path: "/etc/hostapd/hostapd.conf".into(),
+                error: "Is a directory".into(),
+            }],
+            usb: UsbFacts {
+                bus: Some(false),
+                ..UsbFacts::default()
+            },
+            ..NodeFacts::default()
+        };
+        let judged = judge(&facts, &Expectations::default());
+        let verdict = |id: &str| judged.iter().find(|(i, _)| *i == id).unwrap().1.clone();
+        for id in ["IV-3", "IV-4"] {
+            assert_eq!(verdict(id).verdict, Verdict::Unknown, "{id}");
+            assert!(
+                verdict(id)
+                    .evidence
+                    .contains("/etc/hostapd/hostapd.conf: Is a directory")
+            );
+        }
+        assert_eq!(verdict("IV-1").verdict, Verdict::Pass);
+    }
+
+    #[test]
     fn data_mounts_must_be_on_dm_crypt() {
         let m = |p: &str, e| DataMount {
             mount_point: p.into(),
