@@ -319,6 +319,21 @@ impl Plane {
             etcd_peer: ports[1],
             api: ports[2],
         };
+        // A killed process's leader can show as a zombie while its other
+        // threads still hold the listening sockets: wait until its ports
+        // can be bound again (std binds with SO_REUSEADDR, as Go does).
+        let own_ports: &[u16] = match bin {
+            "etcd" => &[ports.etcd_client, ports.etcd_peer],
+            "kube-apiserver" => &[ports.api],
+            _ => &[],
+        };
+        while own_ports
+            .iter()
+            .any(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_err())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let (_, child) = self.spawn(PROCESSES[index], &self.args(bin, &ports))?;
         pids[index] = child.id().to_string();
         fs::write(self.pid_file(), pids.join(" "))?;
