@@ -65,6 +65,30 @@ pub struct Caches {
     pub edge: Option<EdgeCaches>,
 }
 
+/// The labels last seen per node, to tell a label change from the status
+/// updates that make up most Node events.
+#[derive(Default)]
+struct NodeLabels(std::collections::HashMap<String, std::collections::BTreeMap<String, String>>);
+
+impl NodeLabels {
+    /// Whether this event changes what label selectors see.
+    fn changed(
+        &mut self,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+        deleted: bool,
+    ) -> bool {
+        if deleted {
+            return self.0.remove(name).is_some();
+        }
+        if self.0.get(name) == Some(labels) {
+            return false;
+        }
+        self.0.insert(name.to_string(), labels.clone());
+        true
+    }
+}
+
 /// Where the node agents run and publish (`--edge-namespace`).
 #[derive(Clone, Debug)]
 pub struct EdgeOptions {
@@ -119,7 +143,7 @@ impl Drivers {
         &self,
         kind: &'static str,
         events: S,
-        affected: impl Fn(&K, bool) -> Vec<ObjectRef<IoTSystem>> + Send + 'static,
+        affected: impl FnMut(&K, bool) -> Vec<ObjectRef<IoTSystem>> + Send + 'static,
     ) -> Store<K>
     where
         K: Resource + Clone + Debug + Send + Sync + 'static,
@@ -135,7 +159,7 @@ impl Drivers {
         kind: &'static str,
         writer: reflector::store::Writer<K>,
         events: S,
-        affected: impl Fn(&K, bool) -> Vec<ObjectRef<IoTSystem>> + Send + 'static,
+        affected: impl FnMut(&K, bool) -> Vec<ObjectRef<IoTSystem>> + Send + 'static,
     ) -> Store<K>
     where
         K: Resource + Clone + Debug + Send + Sync + 'static,
@@ -148,6 +172,7 @@ impl Drivers {
         let metrics = self.metrics.clone();
         let triggers = self.triggers.clone();
         let events = reflector(writer, events.default_backoff());
+        let mut affected = affected;
         tokio::spawn(async move {
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
@@ -341,14 +366,32 @@ impl Caches {
                 .modify(|p| p.managed_fields_mut().clear()),
                 move |_: &Pod, _| affected(),
             );
-            let affected = with_edge(drivers.systems.clone());
+            // Nodes change often (status), but only their labels matter, and
+            // only to systems that select nodes by label.
+            let selecting = drivers.systems.clone();
+            let mut seen = NodeLabels::default();
             let nodes = drivers.spawn(
                 "Node",
                 watcher(
                     Api::<PartialObjectMeta<Node>>::all(client.clone()),
                     every.clone(),
                 ),
-                move |_: &PartialObjectMeta<Node>, _| affected(),
+                move |n: &PartialObjectMeta<Node>, deleted| {
+                    if !seen.changed(&n.name_any(), n.labels(), deleted) {
+                        return Vec::new();
+                    }
+                    selecting
+                        .state()
+                        .into_iter()
+                        .filter(|s| {
+                            s.spec
+                                .edge_nodes
+                                .as_ref()
+                                .is_some_and(|e| e.node_selector.is_some())
+                        })
+                        .map(|s| ObjectRef::from_obj(s.as_ref()))
+                        .collect()
+                },
             );
             EdgeCaches {
                 namespace: opts.namespace,
@@ -462,4 +505,26 @@ fn siblings_of(systems: &Store<IoTSystem>, changed: &IoTSystem) -> Vec<ObjectRef
         .filter(|s| s.namespace() == ns && s.metadata.uid != changed.metadata.uid)
         .map(|s| ObjectRef::from_obj(s.as_ref()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NodeLabels;
+
+    #[test]
+    fn only_label_changes_of_nodes_count() {
+        let mut seen = NodeLabels::default();
+        let edge = [("role".to_string(), "edge".to_string())].into();
+        assert!(seen.changed("n1", &edge, false), "a new node");
+        assert!(!seen.changed("n1", &edge, false), "a status update");
+        assert!(
+            seen.changed("n1", &Default::default(), false),
+            "a label removed"
+        );
+        assert!(seen.changed("n1", &Default::default(), true), "deleted");
+        assert!(
+            !seen.changed("n1", &Default::default(), true),
+            "deleted twice"
+        );
+    }
 }
