@@ -844,22 +844,8 @@ async fn operator_token() -> String {
                 "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE}],
             }));
             apply_objects(&admin, objects, OPERATOR_NAMESPACE).await;
-            let accounts: Api<ServiceAccount> = Api::namespaced(admin, OPERATOR_NAMESPACE);
-            let request = k8s_openapi::api::authentication::v1::TokenRequest {
-                spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
-                    expiration_seconds: Some(4 * 3600),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            accounts
-                .create_token_request(OPERATOR_ACCOUNT, &PostParams::default(), &request)
+            service_account_token(&admin, OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, None, 4 * 3600)
                 .await
-                .expect("a token for the operator's ServiceAccount")
-                .status
-                .expect("the token request is answered")
-                .token
-                .expect("a token")
         })
         .await
         .clone()
@@ -922,6 +908,40 @@ pub async fn apply_objects(admin: &Client, mut objects: Vec<Value>, namespace: &
             .await
             .unwrap_or_else(|e| panic!("applying {name}: {e}"));
     }
+}
+
+/// A token of ServiceAccount `namespace/account` from a TokenRequest, bound
+/// to `pod` when given (as the kubelet mounts it: it then carries the pod's node).
+pub async fn service_account_token(
+    admin: &Client,
+    namespace: &str,
+    account: &str,
+    pod: Option<&k8s_openapi::api::core::v1::Pod>,
+    seconds: i64,
+) -> String {
+    use k8s_openapi::api::authentication::v1::{
+        BoundObjectReference, TokenRequest, TokenRequestSpec,
+    };
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(seconds),
+            bound_object_ref: pod.map(|p| BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: p.metadata.name.clone(),
+                uid: p.metadata.uid.clone(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(admin.clone(), namespace)
+        .create_token_request(account, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("a token for {namespace}/{account}: {e}"))
+        .status
+        .and_then(|s| s.token)
+        .expect("a token")
 }
 
 /// A client of the local plane that authenticates with `token` only.

@@ -18,14 +18,13 @@ use iotposture::{
 };
 use iotposture_e2e::{
     OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, RunningOperator, TestNamespace, apply_objects,
-    client_with_token, helm, local_image, operator_client, plane_dir, wait_for_item,
-    workspace_root,
+    client_with_token, helm, local_image, operator_client, plane_dir, service_account_token,
+    wait_for_item, workspace_root,
 };
 use k8s_openapi::api::{
     admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
     apps::v1::DaemonSet,
-    authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
-    core::v1::{Node, Pod, ServiceAccount},
+    core::v1::{Node, Pod},
     discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
@@ -177,32 +176,6 @@ fn gateway_pod() -> Pod {
         }
     }))
     .unwrap()
-}
-
-/// A token of the agent's ServiceAccount, bound to `pod` when given (as the
-/// kubelet mounts it), or to nothing.
-async fn agent_token(admin: &kube::Client, pod: Option<&Pod>) -> String {
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), OPERATOR_NAMESPACE);
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            expiration_seconds: Some(600),
-            bound_object_ref: pod.map(|p| BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(p.name_any()),
-                uid: p.uid(),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    accounts
-        .create_token_request(AGENT, &PostParams::default(), &request)
-        .await
-        .expect("a token for the agent")
-        .status
-        .and_then(|s| s.token)
-        .expect("a token")
 }
 
 async fn write_as(client: &kube::Client, name: &str, node: &str) -> Result<(), kube::Error> {
@@ -383,7 +356,10 @@ async fn node_agents_report_and_the_operator_judges_the_edge_nodes() {
 
     // Under its own token, bound to its pod: its node's object only.
     let pod = agent_pod(&admin, &node).await;
-    let as_agent = client_with_token(&agent_token(&admin, Some(&pod)).await).await;
+    let as_agent = client_with_token(
+        &service_account_token(&admin, OPERATOR_NAMESPACE, AGENT, Some(&pod), 600).await,
+    )
+    .await;
     write_as(&as_agent, &node, &node)
         .await
         .expect("an agent writes its own node's NodePosture");
@@ -396,7 +372,10 @@ async fn node_agents_report_and_the_operator_judges_the_edge_nodes() {
         "spec.node must be the NodePosture's own name",
     );
     // A token of the same account bound to no pod carries no node: refused.
-    let unbound = client_with_token(&agent_token(&admin, None).await).await;
+    let unbound = client_with_token(
+        &service_account_token(&admin, OPERATOR_NAMESPACE, AGENT, None, 600).await,
+    )
+    .await;
     forbidden(
         write_as(&unbound, &node, &node).await,
         "only the NodePosture of the node its pod runs on",

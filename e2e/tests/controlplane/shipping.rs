@@ -225,8 +225,16 @@ async fn component_logs_reach_the_store_and_iii1_passes_on_delivery_observed() {
             .and_then(|d| d.is_none().then_some(()))
     })
     .await;
+    // Deleted one after the other: the ConfigMap may go a moment after the DaemonSet.
     let config_maps: Api<ConfigMap> = Api::namespaced(ns.client.clone(), OPERATOR_NAMESPACE);
-    assert!(config_maps.get_opt(COLLECTOR).await.unwrap().is_none());
+    wait_until("the collector's ConfigMap removed", || async {
+        config_maps
+            .get_opt(COLLECTOR)
+            .await
+            .ok()
+            .and_then(|c| c.is_none().then_some(()))
+    })
+    .await;
 
     operator.stop().await;
     remove_collector(&ns.client).await;

@@ -40,10 +40,7 @@ pub fn node_side(s: &Scope<'_>, item: &str) -> Option<Check> {
         match &node.facts {
             Err(why) => unknown.push(format!("node {}: {why}", node.name)),
             Ok(facts) => {
-                let check = crate::edge::judge::judge(facts, &declared.expect)
-                    .into_iter()
-                    .find(|(id, _)| *id == item)
-                    .map(|(_, c)| c)
+                let check = crate::edge::judge::judge_item(item, facts, &declared.expect)
                     .unwrap_or_else(|| Check::unknown(format!("{item} is not judged on nodes")));
                 let line = format!("node {}: {}", node.name, check.evidence);
                 match check.verdict {

@@ -41,15 +41,22 @@ pub fn resolve(
             .filter_map(|p| p.spec.as_ref()?.node_name.clone())
             .collect(),
     };
-    let agents = edge.agents.state();
+    // The agent pods by node, once, rather than a scan of all per node.
+    let mut agents: BTreeMap<String, Vec<std::sync::Arc<Pod>>> = BTreeMap::new();
+    for pod in edge.agents.state() {
+        if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            agents.entry(node).or_default().push(pod);
+        }
+    }
     Some(Ok(names
         .into_iter()
         .map(|name| {
             let posture = edge
                 .postures
                 .get(&ObjectRef::new(&name).within(&edge.namespace));
+            let on_node = agents.get(&name).map(Vec::as_slice).unwrap_or_default();
             EdgeNode {
-                facts: trusted(&name, posture.as_deref(), &agents),
+                facts: trusted(&name, posture.as_deref(), on_node),
                 name,
             }
         })
