@@ -5,7 +5,7 @@ CARGO ?= cargo
 PLANE_BIN := target/testplane/bin
 TESTPLANE := $(CARGO) run -q -p iotposture-e2e --bin testplane --
 
-.PHONY: all build test lint certmanager-types unit e2e crds crds-check install-yaml testplane-bins images testplane-up testplane-down demo demo-down e2e-kind clean-planes help
+.PHONY: all build test lint kopium-types unit e2e crds crds-check install-yaml testplane-bins images testplane-up testplane-down demo demo-down e2e-kind clean-planes help
 
 all: build
 
@@ -57,9 +57,9 @@ install-yaml:
 	bash scripts/render-install.sh > manifests/.install.yaml.new
 	mv manifests/.install.yaml.new manifests/install.yaml
 
-# Rust types for cert-manager, by kopium from its CRDs (make test checks they are current).
-certmanager-types:
-	bash scripts/gen-certmanager-types.sh
+# Rust types for cert-manager and PrometheusRule, by kopium from their CRDs (make test checks they are current).
+kopium-types:
+	bash scripts/gen-kopium-types.sh
 
 lint:
 	$(CARGO) fmt --all --check

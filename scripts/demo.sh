@@ -172,13 +172,15 @@ if ! $kubectl -n smart-factory wait deployment --all --for=condition=Available -
   exit 1
 fi
 
-echo "==> Prometheus (Debian's) with the system's alert rules (ConfigMap line-1-alert-rules) and the operator's metrics"
+echo "==> Prometheus (Debian's) with the system's alert rules (PrometheusRule line-1-alert-rules) and the operator's metrics"
+# The demo's plane serves the PrometheusRule CRD but runs no Prometheus
+# Operator: the rule's spec is a rules file, handed to Prometheus as one.
 mkdir -p "$dir/rules"
 for _ in $(seq 1 60); do
-  $kubectl -n smart-factory get configmap line-1-alert-rules >/dev/null 2>&1 && break
+  $kubectl -n smart-factory get prometheusrule line-1-alert-rules >/dev/null 2>&1 && break
   sleep 1
 done
-$kubectl -n smart-factory get configmap line-1-alert-rules -o jsonpath='{.data.smart-factory_line-1\.rules\.yaml}' \
+$kubectl -n smart-factory get prometheusrule line-1-alert-rules -o jsonpath='{.spec}' \
   >"$dir/rules/smart-factory_line-1.rules.yaml"
 # Debian's Prometheus has no Kubernetes discovery: the operator's pods by address.
 targets="$($kubectl -n iotposture-system get pods -l app.kubernetes.io/name=iotposture \

@@ -22,7 +22,7 @@ bash e2e/logs/build.sh target/logs/bin
 bash e2e/thirdparty/fetch-crds.sh
 
 echo "==> generated cert-manager types are current (kopium, built once into ~/.cache)"
-bash scripts/gen-certmanager-types.sh --check
+bash scripts/gen-kopium-types.sh --check
 
 echo "==> lint"
 cargo fmt --all --check

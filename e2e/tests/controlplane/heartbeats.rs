@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use iotposture::{
-    api::{IoTSystem, Verdict},
+    api::{IoTSystem, Verdict, monitoring::prometheusrule::PrometheusRule},
     build::meta::child_name,
 };
 use iotposture_e2e::{
@@ -17,7 +17,7 @@ use iotposture_e2e::{
     alerting::{Alertmanager, WebhookSink},
     free_addr, local_image, operator_client, wait_until,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -183,17 +183,20 @@ spec:
         .await
         .unwrap();
 
-    // The rules file the operator keeps, loaded as a rules file would be.
-    let rules: Api<ConfigMap> = ns.api();
-    let rules = wait_until("the alert rules ConfigMap", || async {
+    // The plane serves the Prometheus Operator's CRD, so the rules are a
+    // PrometheusRule; its spec is a rules file, loaded here as one.
+    let rules: Api<PrometheusRule> = ns.api();
+    let rules = wait_until("the alert rules PrometheusRule", || async {
         rules.get_opt("plant-alert-rules").await.ok()?
     })
     .await;
     let dir = std::env::temp_dir().join(format!("iotposture-e2e-rules-{}", ns.name));
     std::fs::create_dir_all(&dir).unwrap();
-    for (name, text) in rules.data.unwrap() {
-        std::fs::write(dir.join(name), text).unwrap();
-    }
+    std::fs::write(
+        dir.join("plant.rules.yaml"),
+        serde_json::to_string(&rules.spec).unwrap(),
+    )
+    .unwrap();
     let _prometheus = Prometheus::start_with(
         prometheus_addr,
         "iotposture",

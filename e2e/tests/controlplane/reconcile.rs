@@ -99,7 +99,14 @@ async fn creates_restores_and_prunes_children() {
     let configs: Api<k8s_openapi::api::core::v1::ConfigMap> = ns.api();
     assert_eq!(
         names(&configs, "factory").await,
-        set(&["factory-alert-rules", "factory-dashboard-gateway"])
+        set(&["factory-dashboard-gateway"])
+    );
+    // The plane serves the Prometheus Operator's CRD: the alert rules are a
+    // PrometheusRule, not a rules-file ConfigMap.
+    let rules: Api<iotposture::api::monitoring::prometheusrule::PrometheusRule> = ns.api();
+    assert_eq!(
+        names(&rules, "factory").await,
+        set(&["factory-alert-rules"])
     );
 
     // Every child is owned by the system, so the garbage collector removes it with it.

@@ -2,6 +2,7 @@
 pub mod certmanager;
 pub mod duration;
 pub mod iotsystem;
+pub mod monitoring;
 pub mod nodeposture;
 #[cfg(test)]
 pub(crate) mod strategies;

@@ -14,7 +14,9 @@ pub mod service_account;
 #[cfg(test)]
 pub(crate) mod fixtures;
 
-use crate::api::certmanager::certificate::Certificate;
+use crate::api::{
+    certmanager::certificate::Certificate, monitoring::prometheusrule::PrometheusRule,
+};
 use k8s_openapi::api::{
     core::v1::{ConfigMap, ServiceAccount},
     networking::v1::NetworkPolicy,
@@ -33,11 +35,19 @@ pub struct DesiredObjects {
     pub role_bindings: Vec<RoleBinding>,
     pub network_policies: Vec<NetworkPolicy>,
     pub certificates: Vec<Certificate>,
-    /// The WAF gateways' configuration, and the alert rules file.
+    /// The WAF gateways' configuration, and the alert rules file where
+    /// PrometheusRules are not served.
     pub config_maps: Vec<ConfigMap>,
+    /// The alert rules, where PrometheusRules are served.
+    pub prometheus_rules: Vec<PrometheusRule>,
 }
 
-pub fn build_all(system: &ValidatedSystem) -> DesiredObjects {
+pub use alert_rules::RulesAs;
+
+/// The desired objects; `rules_as` is the one thing that depends on the
+/// cluster (whether the Prometheus Operator's CRD is served).
+pub fn build_all(system: &ValidatedSystem, rules_as: RulesAs) -> DesiredObjects {
+    let (rules_files, prometheus_rules) = alert_rules::build_alert_rules(system, rules_as);
     DesiredObjects {
         service_accounts: service_account::build_service_accounts(system),
         roles: rbac::build_roles(system),
@@ -46,7 +56,8 @@ pub fn build_all(system: &ValidatedSystem) -> DesiredObjects {
         certificates: certificate::build_certificates(system),
         config_maps: gateway::build_gateway_configs(system)
             .into_iter()
-            .chain(alert_rules::build_alert_rules(system))
+            .chain(rules_files)
             .collect(),
+        prometheus_rules,
     }
 }

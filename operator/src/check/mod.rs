@@ -455,7 +455,8 @@ pub fn evaluate(
             ),
         })?;
         let desired = match valid.mode {
-            Mode::Enforce => build_all(&valid),
+            // Offline there is no cluster to ask: the rules file form.
+            Mode::Enforce => build_all(&valid, crate::build::RulesAs::ConfigMap),
             Mode::Audit => Default::default(),
         };
         let mut snapshot = snapshot.with_desired(&valid.name, &desired);

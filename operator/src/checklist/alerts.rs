@@ -39,7 +39,7 @@ pub fn reach(s: &Scope<'_>, item: &str) -> Result<String, Check> {
         .collect();
     if !missing.is_empty() {
         return Err(Check::fail(format!(
-            "Prometheus has not loaded the rules {} of {}/{} (ConfigMap {}-alert-rules holds them: load it into rule_files)",
+            "Prometheus has not loaded the rules {} of {}/{} ({}-alert-rules holds them: a PrometheusRule to select, or a ConfigMap to load into rule_files)",
             missing.join(", "),
             s.system.namespace,
             s.system.name,

@@ -63,6 +63,8 @@ impl Snapshot {
             certificates,
             // Not judged by any item: the gateway probes judge what it does.
             config_maps: _,
+            // VIII-1/VIII-2 ask Prometheus whether the rules are loaded.
+            prometheus_rules: _,
         } = desired;
         let ours = |meta: &ObjectMeta| {
             meta.labels.as_ref().is_some_and(|l| {

@@ -293,7 +293,10 @@ fn without_cert_manager_certificate_items_are_unknown_and_the_rest_goes_on() {
     let valid = crate::controller::validate::validate(system, &alone).unwrap();
     let mut snapshot = m.namespaces["smart-factory"].clone();
     snapshot.certificates = None; // no Certificate CRD in the cluster
-    let snapshot = snapshot.with_desired(&valid.name, &crate::build::build_all(&valid));
+    let snapshot = snapshot.with_desired(
+        &valid.name,
+        &crate::build::build_all(&valid, Default::default()),
+    );
     let items = super::evaluate(&valid, &snapshot, date(2026, 11, 26));
     for id in ["III-9", "VI-4"] {
         let i = items.iter().find(|i| i.id == id).unwrap();
@@ -373,7 +376,10 @@ fn with_edge_nodes(
     assert!(valid.edge_nodes.is_some(), "{yaml}");
     let mut snapshot = m.namespaces["smart-factory"].clone();
     snapshot.edge_nodes = nodes;
-    let snapshot = snapshot.with_desired(&valid.name, &crate::build::build_all(&valid));
+    let snapshot = snapshot.with_desired(
+        &valid.name,
+        &crate::build::build_all(&valid, Default::default()),
+    );
     super::evaluate(&valid, &snapshot, date(2026, 11, 26))
 }
 

@@ -140,6 +140,7 @@ pub async fn apply_all(
         network_policies,
         certificates,
         config_maps,
+        prometheus_rules,
     } = desired;
     let caches = &ctx.caches;
     let mut report = ApplyReport::default();
@@ -178,6 +179,11 @@ pub async fn apply_all(
         Some(store) => sync_kind(ctx, system, store, certificates, &mut report).await,
         None => Vec::new(),
     };
+    // Only where the CRD is served; the rules are then not in `config_maps`.
+    let prometheus_rules = match &caches.prometheus_rules {
+        Some(store) => sync_kind(ctx, system, store, prometheus_rules, &mut report).await,
+        None => Vec::new(),
+    };
     report.current = DesiredObjects {
         service_accounts,
         roles,
@@ -185,6 +191,7 @@ pub async fn apply_all(
         network_policies,
         certificates,
         config_maps,
+        prometheus_rules,
     };
     report
 }
@@ -474,6 +481,7 @@ pub fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
         "NetworkPolicy" => "NetworkPolicy",
         "Certificate" => "Certificate",
         "ConfigMap" => "ConfigMap",
+        "PrometheusRule" => "PrometheusRule",
         _ => "Other",
     }
 }

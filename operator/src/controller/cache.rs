@@ -31,7 +31,10 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    api::{IoTSystem, certmanager::certificate::Certificate, nodeposture::NodePosture},
+    api::{
+        IoTSystem, certmanager::certificate::Certificate,
+        monitoring::prometheusrule::PrometheusRule, nodeposture::NodePosture,
+    },
     build::meta::managed_selector,
     checklist::Snapshot,
     health::Health,
@@ -61,6 +64,9 @@ pub struct Caches {
     pub policy_reports: Option<Store<DynamicObject>>,
     /// cert-manager Certificates; None when cert-manager is not installed.
     pub certificates: Option<Store<Certificate>>,
+    /// Our PrometheusRules; None when the Prometheus Operator's CRD is not
+    /// served, and the alert rules go into ConfigMaps instead.
+    pub prometheus_rules: Option<Store<PrometheusRule>>,
     /// The node agents' reports; None when the operator reads none.
     pub edge: Option<EdgeCaches>,
 }
@@ -334,6 +340,17 @@ impl Caches {
             );
             None
         };
+        // Alert rules as PrometheusRules where their CRD is served.
+        let prometheus_rules = if serves(&client, "monitoring.coreos.com/v1", "prometheusrules")
+            .await
+        {
+            Some(drivers.namespaced::<PrometheusRule>("PrometheusRule", managed.clone()))
+        } else {
+            info!(
+                "the Prometheus Operator's PrometheusRule CRD is not served: alert rules go into ConfigMaps <system>-alert-rules"
+            );
+            None
+        };
         // Node agents' reports, their pods and node labels re-judge the
         // systems that declare edge nodes, and only those.
         let edge = edge.map(|opts| {
@@ -416,9 +433,18 @@ impl Caches {
             namespaces,
             policy_reports,
             certificates,
+            prometheus_rules,
         };
         info!("watches started");
         (caches, rx)
+    }
+
+    /// The form of the alert rules this cluster takes.
+    pub fn rules_as(&self) -> crate::build::RulesAs {
+        match self.prometheus_rules {
+            Some(_) => crate::build::RulesAs::PrometheusRule,
+            None => crate::build::RulesAs::ConfigMap,
+        }
     }
 
     pub fn snapshot(&self, namespace: &str) -> Snapshot {

@@ -137,7 +137,10 @@ fn plan(system: &IoTSystem, ctx: &Context, namespace: &str) -> Plan {
         v.operator_peers = ctx.operator_peers.clone();
         v
     });
-    let planned = validated.as_ref().map(build_all).unwrap_or_default();
+    let planned = validated
+        .as_ref()
+        .map(|v| build_all(v, ctx.caches.rules_as()))
+        .unwrap_or_default();
     Plan { validated, planned }
 }
 

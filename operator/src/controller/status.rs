@@ -188,6 +188,7 @@ fn planned_keys(planned: &DesiredObjects) -> Vec<ObjectKey> {
         network_policies,
         certificates,
         config_maps,
+        prometheus_rules,
     } = planned;
     let keys = |kind: &'static str, names: Vec<String>| {
         names.into_iter().map(move |name| ObjectKey { kind, name })
@@ -212,6 +213,10 @@ fn planned_keys(planned: &DesiredObjects) -> Vec<ObjectKey> {
     .chain(keys(
         "ConfigMap",
         config_maps.iter().map(|o| o.name_any()).collect(),
+    ))
+    .chain(keys(
+        "PrometheusRule",
+        prometheus_rules.iter().map(|o| o.name_any()).collect(),
     ))
     .collect()
 }

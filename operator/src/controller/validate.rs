@@ -1192,12 +1192,13 @@ spec:
                                 prop_assert!(i < v.components.len());
                             }
                         }
-                        let built = build_all(&v);
+                        let built = build_all(&v, crate::build::RulesAs::PrometheusRule);
                         let names = built.service_accounts.iter().map(|o| o.name_any())
                             .chain(built.roles.iter().map(|o| o.name_any()))
                             .chain(built.role_bindings.iter().map(|o| o.name_any()))
                             .chain(built.network_policies.iter().map(|o| o.name_any()))
-                            .chain(built.config_maps.iter().map(|o| o.name_any()));
+                            .chain(built.config_maps.iter().map(|o| o.name_any()))
+                            .chain(built.prometheus_rules.iter().map(|o| o.name_any()));
                         for n in names {
                             prop_assert!(n.len() <= 63 && is_dns_subdomain(&n), "{}", n);
                         }
