@@ -83,6 +83,12 @@ pub struct AdmissionLabels {
     pub outcome: &'static str,
 }
 
+/// What became of a refusal handed to the decision record.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandoverLabels {
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
@@ -114,6 +120,10 @@ pub struct Metrics {
     pub tls_handshake_ok: Family<EndpointLabels, Gauge>,
     /// Admission requests by webhook and outcome.
     pub admission: Family<AdmissionLabels, Counter>,
+    /// Admission refusals and warnings handed to the decision record:
+    /// queued, repeated (within 10 minutes, not again), dropped (queue
+    /// full), failed (the Event was not created).
+    pub admission_handovers: Family<HandoverLabels, Counter>,
     /// Failed watch attempts, by kind.
     pub watch_errors: Family<KindLabels, Counter>,
     /// Devices of each listened sensor component, by state (silent, heard).
@@ -195,6 +205,12 @@ impl Default for Metrics {
             "Admission requests by webhook (mutate, validate) and outcome",
             admission.clone(),
         );
+        let admission_handovers = Family::<HandoverLabels, Counter>::default();
+        registry.register(
+            "admission_handovers",
+            "Admission refusals and warnings handed to the decision record, by outcome",
+            admission_handovers.clone(),
+        );
         let watch_errors = Family::<KindLabels, Counter>::default();
         registry.register(
             "watch_errors",
@@ -229,6 +245,7 @@ impl Default for Metrics {
             certificate_expiry,
             tls_handshake_ok,
             admission,
+            admission_handovers,
             item_verdict,
             compliance_ratio,
             systems_without_series,
@@ -263,6 +280,12 @@ impl Metrics {
             .get_or_create(&WriteLabels { kind, verb })
             .inc();
         self.writes_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn handover(&self, outcome: &'static str) {
+        self.admission_handovers
+            .get_or_create(&HandoverLabels { outcome })
+            .inc();
     }
 
     /// Write requests so far, all kinds together.

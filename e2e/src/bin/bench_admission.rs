@@ -120,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         ready: tokio::sync::watch::channel(true).1,
         // Only the IoTSystem webhook talks to the API server; this measures pods.
         client: kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse()?))?,
+        handovers: None,
     };
     tokio::spawn(webhook::serve(listener, slot, state));
 

@@ -187,6 +187,75 @@ async fn bare_pods_are_hardened_to_restricted_and_forbidden_ones_refused() {
     assert!(!ok);
     assert!(err.contains("[II-3 Patched software versions] pod deployment/gw: image registry.example.com/broker:latest uses the tag latest"), "{err}");
 
+    // A server-side dry run is refused too, but has no side effect.
+    let (ok, _, err) = ns
+        .kubectl(
+            &["create", "--dry-run=server", "-f", "-"],
+            &serde_json::to_string(&bare_pod("dry-ssh", "mqtt-gateway", 22)).unwrap(),
+        )
+        .await;
+    assert!(!ok && err.contains("refuses dry-ssh"), "{err}");
+
+    // Both refusals reach the system's decision record (handed to the
+    // leader as labelled Events), each once, and the dry run does not.
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    let handed = wait_until("two refusals handed over", || async {
+        let list = events
+            .list(&kube::api::ListParams::default().labels("iotposture.dev/decision"))
+            .await
+            .ok()?;
+        (list.items.len() >= 2).then_some(list.items)
+    })
+    .await;
+    let mut related: Vec<String> = handed
+        .iter()
+        .map(|e| e.related.as_ref().unwrap().name.clone().unwrap())
+        .collect();
+    related.sort();
+    assert_eq!(related, ["gateway-ssh", "gw"]);
+    let record = RunningOperator::record_file(&ns);
+    let lines = wait_until("the refusals in the decision record", || async {
+        let text = std::fs::read_to_string(&record).ok()?;
+        let refused: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains(r#""kind":"AdmissionRefused""#))
+            .map(str::to_string)
+            .collect();
+        (refused.len() >= 2).then_some(refused)
+    })
+    .await;
+    assert!(
+        lines[0].contains(r#""subject":"Pod/gateway-ssh""#)
+            && lines[0].contains("IV-2 No default remote-access ports"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains(r#""subject":"Deployment/gw""#),
+        "{lines:?}"
+    );
+    let systems: Api<iotposture::api::IoTSystem> = ns.api();
+    let log = systems
+        .get("plant")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .decision_log
+        .unwrap();
+    assert!(
+        log.admissions_through
+            .as_deref()
+            .is_some_and(|t| t.ends_with(
+                handed
+                    .iter()
+                    .map(|e| e.metadata.name.clone().unwrap())
+                    .max()
+                    .unwrap()
+                    .as_str()
+            )),
+        "{log:?}"
+    );
+
     // A malformed review gets a clear 400, and the server keeps serving.
     let addr = operator.webhook_addr.unwrap();
     let out = tokio::process::Command::new("curl")

@@ -997,6 +997,10 @@ pub struct DecisionLogStatus {
     /// appending after a restart.
     #[serde(default)]
     pub frontier: Vec<String>,
+    /// The last admission Event recorded (`<eventTime> <name>`): refusals
+    /// after it are appended next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admissions_through: Option<String>,
 }
 
 /// The heartbeats of a system's external sensors.

@@ -64,6 +64,9 @@ pub struct Caches {
     pub policy_reports: Option<Store<DynamicObject>>,
     /// cert-manager Certificates; None when cert-manager is not installed.
     pub certificates: Option<Store<Certificate>>,
+    /// Admission refusals and warnings the webhook replicas handed over for
+    /// the decision record (labelled Events only).
+    pub handovers: Store<k8s_openapi::api::events::v1::Event>,
     /// Our PrometheusRules; None when the Prometheus Operator's CRD is not
     /// served, and the alert rules go into ConfigMaps instead.
     pub prometheus_rules: Option<Store<PrometheusRule>>,
@@ -340,6 +343,24 @@ impl Caches {
             );
             None
         };
+        // Refusals handed over by the webhooks: only the system named.
+        let handovers = drivers.spawn(
+            "AdmissionEvent",
+            watcher(
+                drivers.api::<k8s_openapi::api::events::v1::Event>(),
+                every
+                    .clone()
+                    .labels(crate::webhook::refusals::DECISION_LABEL),
+            )
+            .modify(|e| e.managed_fields_mut().clear()),
+            |e: &k8s_openapi::api::events::v1::Event, _| match (
+                e.namespace(),
+                e.labels().get(crate::build::meta::SYSTEM_LABEL),
+            ) {
+                (Some(ns), Some(name)) => vec![ObjectRef::new(name).within(&ns)],
+                _ => Vec::new(),
+            },
+        );
         // Alert rules as PrometheusRules where their CRD is served.
         let prometheus_rules = if serves(&client, "monitoring.coreos.com/v1", "prometheusrules")
             .await
@@ -433,10 +454,30 @@ impl Caches {
             namespaces,
             policy_reports,
             certificates,
+            handovers,
             prometheus_rules,
         };
         info!("watches started");
         (caches, rx)
+    }
+
+    /// The admission Events handed over in `namespace` for the system `name`.
+    pub fn handovers_of(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Vec<Arc<k8s_openapi::api::events::v1::Event>> {
+        self.handovers
+            .state()
+            .into_iter()
+            .filter(|e| {
+                e.namespace().as_deref() == Some(namespace)
+                    && e.labels()
+                        .get(crate::build::meta::SYSTEM_LABEL)
+                        .map(String::as_str)
+                        == Some(name)
+            })
+            .collect()
     }
 
     /// The form of the alert rules this cluster takes.

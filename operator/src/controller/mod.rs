@@ -283,6 +283,7 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
     // The record's lines are emitted once the status counting them is
     // stored; computed from the status the write is based on, so a lagging
     // cache cannot fork the log.
+    let handovers = ctx.caches.handovers_of(&namespace, &name);
     let to_emit = std::sync::Mutex::new(Vec::new());
     let head = std::sync::Mutex::new(None);
     let status_changed = status::write_if_changed(&api, &system, |basis| {
@@ -297,8 +298,17 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
         // Verdict changes against the status this write is based on: after
         // a lagging cache, the server may hold them already.
         let current = basis.status.as_ref().and_then(|s| s.decision_log.as_ref());
+        // Refusals the webhooks handed over since the last write come first:
+        // they happened before this reconcile's decisions.
+        let (handed, through) = record::handed_over(
+            &format!("{namespace}/{name}"),
+            basis.metadata.uid.as_deref().unwrap_or_default(),
+            &handovers,
+            current.and_then(|c| c.admissions_through.as_deref()),
+        );
         let decided = items.as_deref().map(|items| {
-            record::decisions(
+            let mut decided = handed.clone();
+            decided.extend(record::decisions(
                 &format!("{namespace}/{name}"),
                 &now.0.to_string(),
                 &report.applied,
@@ -309,13 +319,18 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
                     .map(|s| s.items.as_slice())
                     .unwrap_or_default(),
                 items,
-            )
+            ));
+            decided
         });
         let appended = ctx.record.as_ref().zip(decided).and_then(|(r, decided)| {
             r.append(basis, current, decided)
                 .map_err(|e| warn!(error = %e, "could not append to the decision record"))
                 .ok()
                 .flatten()
+                .map(|mut a| {
+                    a.status.admissions_through = through.clone();
+                    a
+                })
         });
         let mut emit = to_emit.lock().unwrap_or_else(|e| e.into_inner());
         match appended {

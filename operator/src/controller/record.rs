@@ -14,7 +14,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use k8s_openapi::{ByteString, api::core::v1::Secret};
+use k8s_openapi::{
+    ByteString,
+    api::{core::v1::Secret, events::v1::Event},
+};
 use kube::{Api, Client, ResourceExt, api::PostParams};
 use tracing::{info, warn};
 
@@ -82,6 +85,75 @@ pub fn decisions(
         ));
     }
     out
+}
+
+/// Where an admission Event sorts: its time (fixed width, so strings
+/// compare as times do) and its name.
+fn handover_key(event: &Event) -> Option<String> {
+    let time = event.event_time.as_ref()?.0;
+    Some(format!(
+        "{} {}",
+        time.strftime("%Y-%m-%dT%H:%M:%S%.6fZ"),
+        event.metadata.name.as_deref()?
+    ))
+}
+
+/// The admission refusals and warnings the webhooks handed over for the
+/// system with `uid` (`crate::webhook::refusals`) after `through`, oldest
+/// first, and the new `through`. Pure: the same inputs give the same
+/// decisions, so a recomputed status write appends each once.
+pub fn handed_over(
+    system: &str,
+    uid: &str,
+    events: &[Arc<Event>],
+    through: Option<&str>,
+) -> (Vec<Decision>, Option<String>) {
+    use crate::webhook::refusals::{DECISION_LABEL, REFUSED, WARNED};
+    let mut new: Vec<(String, &Event, Kind)> = events
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid))
+        .filter_map(|e| {
+            let kind = match e.metadata.labels.as_ref()?.get(DECISION_LABEL)?.as_str() {
+                REFUSED => Kind::AdmissionRefused,
+                WARNED => Kind::AdmissionWarned,
+                _ => return None,
+            };
+            Some((handover_key(e)?, e.as_ref(), kind))
+        })
+        .filter(|(key, _, _)| through.is_none_or(|t| key.as_str() > t))
+        .collect();
+    new.sort_by(|a, b| a.0.cmp(&b.0));
+    let last = new
+        .last()
+        .map(|(key, _, _)| key.clone())
+        .or_else(|| through.map(str::to_string));
+    let decisions = new
+        .into_iter()
+        .map(|(key, e, kind)| {
+            let subject = e
+                .related
+                .as_ref()
+                .map(|r| {
+                    format!(
+                        "{}/{}",
+                        r.kind.as_deref().unwrap_or("?"),
+                        r.name.as_deref().unwrap_or("?")
+                    )
+                })
+                .unwrap_or_else(|| "?".into());
+            Decision {
+                time: key
+                    .split_once(' ')
+                    .map_or(key.as_str(), |(t, _)| t)
+                    .to_string(),
+                system: system.to_string(),
+                kind,
+                subject,
+                detail: e.note.clone().unwrap_or_default(),
+            }
+        })
+        .collect();
+    (decisions, last)
 }
 
 /// The signer shared by every system's log, and where lines go.
@@ -155,6 +227,7 @@ impl DecisionRecord {
                 checkpoint: log.checkpoint()?,
                 key: log.vkey(),
                 frontier: log.frontier().nodes().iter().map(encode_hash).collect(),
+                admissions_through: current.and_then(|c| c.admissions_through.clone()),
             },
             lines,
         }))
@@ -357,5 +430,118 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(fresh.status.size, 1);
+    }
+
+    fn handover(name: &str, at: &str, uid: &str, label: &str) -> Arc<Event> {
+        let h = crate::webhook::refusals::Handover {
+            namespace: "plant".into(),
+            system: "factory".into(),
+            system_uid: uid.into(),
+            subject: format!("Pod/{name}"),
+            message: format!("refused {name}"),
+            warned: label == crate::webhook::refusals::WARNED,
+        };
+        let mut e = crate::webhook::refusals::event(&h, "replica-1", at.parse().unwrap(), 1);
+        e.metadata.name = Some(format!("factory.{name}"));
+        e.metadata.labels.as_mut().unwrap().insert(
+            crate::webhook::refusals::DECISION_LABEL.into(),
+            label.into(),
+        );
+        Arc::new(e)
+    }
+
+    #[test]
+    fn handed_over_refusals_are_recorded_once_in_time_order() {
+        use crate::webhook::refusals::{REFUSED, WARNED};
+        let events = vec![
+            handover("b", "2026-11-30T10:00:02Z", "u-1", REFUSED),
+            handover("a", "2026-11-30T10:00:01.5Z", "u-1", WARNED),
+            // An earlier system of the same name, and a foreign label value.
+            handover("old", "2026-11-30T10:00:03Z", "u-0", REFUSED),
+            handover("odd", "2026-11-30T10:00:03Z", "u-1", "something-else"),
+        ];
+        let (decided, through) = handed_over("plant/factory", "u-1", &events, None);
+        let shown: Vec<(Kind, &str, &str, &str)> = decided
+            .iter()
+            .map(|d| {
+                (
+                    d.kind,
+                    d.time.as_str(),
+                    d.subject.as_str(),
+                    d.detail.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (
+                    Kind::AdmissionWarned,
+                    "2026-11-30T10:00:01.500000Z",
+                    "Pod/a",
+                    "Pod/a: refused a"
+                ),
+                (
+                    Kind::AdmissionRefused,
+                    "2026-11-30T10:00:02.000000Z",
+                    "Pod/b",
+                    "Pod/b: refused b"
+                ),
+            ]
+        );
+        assert_eq!(
+            through.as_deref(),
+            Some("2026-11-30T10:00:02.000000Z factory.b")
+        );
+        // Nothing new after the mark; a later one is.
+        let (again, same) = handed_over("plant/factory", "u-1", &events, through.as_deref());
+        assert!(again.is_empty());
+        assert_eq!(same, through);
+        let mut more = events.clone();
+        more.push(handover("c", "2026-11-30T10:00:02Z", "u-1", REFUSED));
+        let (later, last) = handed_over("plant/factory", "u-1", &more, through.as_deref());
+        assert_eq!(later.len(), 1, "same time, later name: {later:?}");
+        assert_eq!(later[0].subject, "Pod/c");
+        assert_eq!(
+            last.as_deref(),
+            Some("2026-11-30T10:00:02.000000Z factory.c")
+        );
+    }
+
+    #[test]
+    fn the_mark_is_carried_in_the_status_the_append_returns() {
+        let (record, _) = record();
+        let s = system();
+        let mut current = record
+            .append(
+                &s,
+                None,
+                vec![Decision {
+                    time: "t".into(),
+                    system: "plant/factory".into(),
+                    kind: Kind::AdmissionRefused,
+                    subject: "Pod/a".into(),
+                    detail: "x".into(),
+                }],
+            )
+            .unwrap()
+            .unwrap()
+            .status;
+        current.admissions_through = Some("mark".into());
+        let next = record
+            .append(
+                &s,
+                Some(&current),
+                vec![Decision {
+                    time: "t2".into(),
+                    system: "plant/factory".into(),
+                    kind: Kind::VerdictChanged,
+                    subject: "I-1".into(),
+                    detail: "x".into(),
+                }],
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.status.admissions_through.as_deref(), Some("mark"));
     }
 }

@@ -219,6 +219,14 @@ pub async fn run(
             images: admission.images.clone(),
             ready: health.listed_receiver(),
             client: client.clone(),
+            // Refusals reach the leader's record through Events.
+            handovers: options.record.as_ref().map(|_| {
+                Arc::new(crate::webhook::refusals::Handovers::start(
+                    client.clone(),
+                    std::env::var("POD_NAME").unwrap_or_else(|_| FIELD_MANAGER.into()),
+                    metrics.clone(),
+                ))
+            }),
         };
         let health = health.clone();
         let systems_changed = caches.systems_changed.clone();

@@ -12,6 +12,7 @@ pub mod access;
 pub mod certs;
 pub mod gateway;
 pub mod harden;
+pub mod refusals;
 pub mod registration;
 pub mod review;
 pub mod shared;
@@ -102,6 +103,25 @@ pub struct WebhookState {
     pub ready: tokio::sync::watch::Receiver<bool>,
     /// For the SubjectAccessReviews of the IoTSystem webhook.
     pub client: Client,
+    /// Where refusals go for the decision record; None when none is kept.
+    pub handovers: Option<Arc<refusals::Handovers>>,
+}
+
+impl WebhookState {
+    /// Hands a refusal or warning to the decision record (never on dry runs,
+    /// which must have no side effects).
+    fn hand_over(
+        &self,
+        request: &AdmissionRequest<DynamicObject>,
+        h: impl FnOnce() -> refusals::Handover,
+    ) {
+        if request.dry_run {
+            return;
+        }
+        if let Some(handovers) = &self.handovers {
+            handovers.hand_over(h());
+        }
+    }
 }
 
 /// TLS settings that renewal swaps under running connections.
@@ -582,6 +602,18 @@ async fn validate(State(state): State<WebhookState>, body: Bytes) -> Response {
         count(&state, "validate", "ignored");
         return respond(response);
     };
+    let handover = |message: String, warned: bool| refusals::Handover {
+        namespace: namespace.to_string(),
+        system: system.name.clone(),
+        system_uid: system.owner.uid.clone(),
+        subject: format!(
+            "{}/{}",
+            request.kind.kind,
+            pod.name.rsplit('/').next().unwrap_or_default()
+        ),
+        message,
+        warned,
+    };
     match review::decide(&system, &system.components[index], &pod) {
         Decision::Allow => {
             count(&state, "validate", "allowed");
@@ -589,12 +621,14 @@ async fn validate(State(state): State<WebhookState>, body: Bytes) -> Response {
         }
         Decision::AllowWithWarnings(warnings) => {
             count(&state, "validate", "warned");
+            state.hand_over(&request, || handover(warnings.join(" | "), true));
             let mut response = response;
             response.warnings = Some(warnings);
             respond(response)
         }
         Decision::Deny(message) => {
             count(&state, "validate", "denied");
+            state.hand_over(&request, || handover(message.clone(), false));
             respond(response.deny(message))
         }
     }
@@ -650,9 +684,28 @@ async fn validate_system(State(state): State<WebhookState>, body: Bytes) -> Resp
         pods: &[],
         systems: &[],
     };
+    // A refused update goes into the existing system's record; a refused
+    // create has no system, and so no record, yet.
+    let handover = |message: &str| {
+        let old = old.as_ref()?;
+        Some(refusals::Handover {
+            namespace: namespace.clone(),
+            system: old.metadata.name.clone()?,
+            system_uid: old.metadata.uid.clone()?,
+            subject: format!("IoTSystem/{}", old.metadata.name.as_deref()?),
+            message: message.to_string(),
+            warned: false,
+        })
+    };
+    let refuse = |message: String| {
+        if let Some(h) = handover(&message) {
+            state.hand_over(&request, || h);
+        }
+        respond(response.clone().deny(message))
+    };
     if let Err(invalid) = crate::controller::validate::validate(&candidate, &alone) {
         count(&state, WEBHOOK, "denied");
-        return respond(response.deny(format!("IoTSystem spec is invalid: {invalid}")));
+        return refuse(format!("IoTSystem spec is invalid: {invalid}"));
     }
     let requester = access::Requester::of(&request);
     let name = system
@@ -676,7 +729,7 @@ async fn validate_system(State(state): State<WebhookState>, body: Bytes) -> Resp
         }
         Err(refusal) => {
             count(&state, WEBHOOK, "denied");
-            respond(response.deny(refusal.message(&requester, &namespace)))
+            refuse(refusal.message(&requester, &namespace))
         }
     }
 }
@@ -824,6 +877,7 @@ mod properties {
             // Nothing listens there: SubjectAccessReviews fail, and say so.
             client: Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap()))
                 .unwrap(),
+            handovers: None,
         }
     }
 

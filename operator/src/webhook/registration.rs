@@ -238,7 +238,9 @@ impl Registration {
                 namespace_selector: Some(self.namespace_selector()),
                 match_conditions: component_condition(filter, labels),
                 failure_policy: Some(self.failure_policy.clone()),
-                side_effects: "None".into(),
+                // A refusal becomes an Event for the decision record, except
+                // on dry runs.
+                side_effects: "NoneOnDryRun".into(),
                 admission_review_versions: vec!["v1".into()],
                 timeout_seconds: Some(self.timeout_seconds),
                 ..ValidatingWebhook::default()
@@ -283,7 +285,7 @@ impl Registration {
                         match_expressions: None,
                     }),
                     failure_policy: Some("Fail".into()),
-                    side_effects: "None".into(),
+                    side_effects: "NoneOnDryRun".into(),
                     admission_review_versions: vec!["v1".into()],
                     timeout_seconds: Some(self.timeout_seconds),
                     ..ValidatingWebhook::default()
