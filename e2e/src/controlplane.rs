@@ -28,6 +28,10 @@ pub struct Plane {
     /// Whether the plane has a node (`e2e/node/node.sh`): pods run, Services
     /// answer, NetworkPolicies are enforced. Needs root; one per machine.
     pub node: bool,
+    /// Where kwok and its stages are (`bench/scale/build.sh`): the plane then
+    /// also runs kube-scheduler and kwok, whose simulated nodes run pods
+    /// without containers (benchmarks). None for tests.
+    pub simulated_nodes: Option<PathBuf>,
 }
 
 /// The node's address, on loopback: pods reach the API server here.
@@ -37,6 +41,10 @@ const SERVICE_CIDR: &str = "10.96.0.0/16";
 
 /// The plane's processes, in the order they start.
 const PROCESSES: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
+/// Also started, after those, on a plane with simulated nodes.
+const SIMULATION: [&str; 2] = ["kube-scheduler", "kwok"];
+/// The annotation (and taint) by which kwok knows the nodes it simulates.
+pub const SIMULATED_NODE: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
 
 /// Where one plane listens, kept so that a process restarts as it was.
 struct Ports {
@@ -56,6 +64,8 @@ omitStages: ["RequestReceived"]
 rules:
   - level: Metadata
     userGroups: ["system:serviceaccounts:iotposture-e2e", "system:serviceaccounts:chart-ha", "system:serviceaccounts:chart-life"]
+  - level: Metadata
+    users: ["iotposture-bench"]
   - level: None
     resources:
       - group: coordination.k8s.io
@@ -71,6 +81,34 @@ impl Plane {
             dir: dir.into(),
             bin_dir: bin_dir.into(),
             node: false,
+            simulated_nodes: None,
+        }
+    }
+
+    /// The same plane, with kube-scheduler and kwok (from `kwok_dir`).
+    pub fn with_simulated_nodes(mut self, kwok_dir: impl Into<PathBuf>) -> Self {
+        self.simulated_nodes = Some(kwok_dir.into());
+        self
+    }
+
+    /// A kubeconfig for the user `iotposture-bench` (group system:masters),
+    /// whose every request the audit log keeps.
+    pub fn bench_kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig-bench")
+    }
+
+    fn processes(&self) -> Vec<&'static str> {
+        let mut all = PROCESSES.to_vec();
+        if self.simulated_nodes.is_some() {
+            all.extend(SIMULATION);
+        }
+        all
+    }
+
+    fn bin_path(&self, bin: &str) -> PathBuf {
+        match &self.simulated_nodes {
+            Some(dir) if bin == "kwok" => dir.join(bin),
+            _ => self.bin_dir.join(bin),
         }
     }
 
@@ -154,11 +192,11 @@ impl Plane {
     }
 
     fn start(&self) -> Result<()> {
-        for bin in PROCESSES.iter().chain(&["kubectl"]) {
-            if !self.bin_dir.join(bin).exists() {
+        for bin in self.processes().iter().chain(&["kubectl"]) {
+            if !self.bin_path(bin).exists() {
                 bail!(
-                    "{} is missing: run e2e/controlplane/build.sh (make testplane-bins) first",
-                    self.bin_dir.join(bin).display()
+                    "{} is missing: run e2e/controlplane/build.sh (make testplane-bins) and, for simulated nodes, bench/scale/build.sh first",
+                    self.bin_path(bin).display()
                 );
             }
         }
@@ -166,6 +204,17 @@ impl Plane {
         fs::create_dir_all(self.pki())?;
         self.write_pki()?;
         fs::write(self.dir.join("audit-policy.yaml"), AUDIT_POLICY)?;
+        fs::write(
+            self.dir.join("scheduler.yaml"),
+            format!(
+                "apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection: {{kubeconfig: {}, qps: 500, burst: 1000}}
+leaderElection: {{leaderElect: false}}
+",
+                self.kubeconfig().display()
+            ),
+        )?;
         let ports = Ports {
             etcd_client: free_port()?,
             etcd_peer: free_port()?,
@@ -182,7 +231,7 @@ impl Plane {
         self.write_kubeconfig(&format!("https://{}:{}", self.api_host(), ports.api))?;
 
         let mut children: Vec<(&str, Child)> = Vec::new();
-        for bin in PROCESSES {
+        for bin in self.processes() {
             children.push(self.spawn(bin, &self.args(bin, &ports))?);
             // Record what runs so far, so a failed start can still be cleaned up.
             fs::write(self.pid_file(), join_pids(&children))?;
@@ -205,7 +254,8 @@ impl Plane {
                             .success())
                     },
                 )?,
-                _ => {}
+                // Nothing to wait for; an early exit shows in the next wait.
+                _ => std::thread::sleep(Duration::from_millis(500)),
             }
         }
         if self.node {
@@ -281,8 +331,44 @@ impl Plane {
                 "--audit-log-maxsize=1000".into(),
                 "--profiling=false".into(),
             ],
+            "kube-scheduler" => vec![
+                format!(
+                    "--config={}",
+                    self.dir.join("scheduler.yaml").display()
+                ),
+                "--secure-port=0".into(),
+            ],
+            "kwok" => vec![
+                format!("--kubeconfig={}", self.kubeconfig().display()),
+                format!(
+                    "--config={}",
+                    self.simulated_nodes
+                        .as_ref()
+                        .map(|d| d.join("kwok-stages.yaml"))
+                        .unwrap_or_default()
+                        .display()
+                ),
+                "--manage-all-nodes=false".into(),
+                format!(
+                    "--manage-nodes-with-annotation-selector={}={}",
+                    SIMULATED_NODE.0, SIMULATED_NODE.1
+                ),
+                // Without leases (the default 0) the nodes turn NotReady.
+                "--node-lease-duration-seconds=40".into(),
+                "--cidr=10.0.0.0/16".into(),
+            ],
             _ => vec![
                 format!("--kubeconfig={}", self.kubeconfig().display()),
+                // Thousands of pods: the defaults (20/s, burst 30) would
+                // measure the controller manager, not what runs beside it.
+                format!(
+                    "--kube-api-qps={}",
+                    if self.simulated_nodes.is_some() { 500 } else { 20 }
+                ),
+                format!(
+                    "--kube-api-burst={}",
+                    if self.simulated_nodes.is_some() { 1000 } else { 30 }
+                ),
                 format!("--service-account-private-key-file={}", p("sa.key")),
                 format!("--root-ca-file={}", p("ca.crt")),
                 "--leader-elect=false".into(),
@@ -390,7 +476,7 @@ impl Plane {
             .create(true)
             .append(true)
             .open(self.dir.join("logs").join(format!("{bin}.log")))?;
-        let child = Command::new(self.bin_dir.join(bin))
+        let child = Command::new(self.bin_path(bin))
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -503,6 +589,8 @@ impl Plane {
         };
         // The admin identity of tests and the demo: group system:masters.
         issue("admin", "iotposture-admin", Some("system:masters"), vec![])?;
+        // The operator under benchmark: audited request by request.
+        issue("bench", "iotposture-bench", Some("system:masters"), vec![])?;
         // How the API server proves itself to the kubelet (logs, exec).
         issue(
             "apiserver-kubelet-client",
@@ -561,7 +649,13 @@ current-context: iotposture-testplane
             cert = b64("admin.crt")?,
             key = b64("admin.key")?,
         );
-        fs::write(self.kubeconfig(), kubeconfig)?;
+        fs::write(self.kubeconfig(), &kubeconfig)?;
+        fs::write(
+            self.bench_kubeconfig(),
+            kubeconfig
+                .replace(&b64("admin.crt")?, &b64("bench.crt")?)
+                .replace(&b64("admin.key")?, &b64("bench.key")?),
+        )?;
         Ok(())
     }
 }

@@ -1,0 +1,857 @@
+//! Scale benchmark (not a test; `make bench`): the operator, as its own
+//! process, against a real control plane whose nodes kwok simulates, so
+//! Deployments give Running pods without containers. Per scenario (N systems
+//! of 5 components, 2 pods each, one namespace per system; and 100 systems in
+//! one namespace) it measures, in one run on one plane:
+//! - `converge_s`: from applying the IoTSystems to every one Ready and judged;
+//! - `baseline_s`: a minimal client server-side applying the same child
+//!   objects at the operator's concurrency: the API server's own limit here;
+//! - the operator's RSS (peak and steady), API requests per reconcile by verb
+//!   (from the audit log), writes per no-op reconcile, convergence after a
+//!   restart;
+//! - admission p50/p99 of pod creates through the API server at 100
+//!   concurrent requests, with the operator's webhooks and with none.
+//!
+//! Writes `bench/results/scale.json` and `docs/scale.svg`.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use futures::{StreamExt, TryStreamExt, stream};
+use iotposture::{
+    api::IoTSystem,
+    build::{RulesAs, build_all},
+    controller::validate::{Neighbourhood, validate},
+};
+use iotposture_e2e::controlplane::{Plane, SIMULATED_NODE};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::{
+    Api, Client, Config, ResourceExt,
+    api::{ListParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// The operator's reconcile concurrency (controller/wiring.rs), used by the
+/// baseline too.
+const CONCURRENCY: usize = 16;
+const PODS_PER_COMPONENT: i32 = 2;
+const COMPONENTS: usize = 5;
+const SIMULATED_NODES: usize = 4;
+const ADMISSION_CONCURRENCY: usize = 100;
+const ADMISSION_PODS: usize = 1000;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// One scenario: `systems` systems in `namespaces` namespaces.
+struct Scenario {
+    name: String,
+    systems: usize,
+    namespaces: usize,
+}
+
+impl Scenario {
+    fn namespace_of(&self, i: usize) -> String {
+        format!("{}-{}", self.name, i % self.namespaces)
+    }
+}
+
+fn system_yaml(namespace: &str, name: &str) -> String {
+    format!(
+        r#"apiVersion: iotposture.dev/v1alpha1
+kind: IoTSystem
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  mode: Enforce
+  components:
+    - {{name: sensor, role: Sensor, selector: {{matchLabels: {{app: {name}-sensor}}}}}}
+    - name: broker
+      role: Aggregator
+      selector: {{matchLabels: {{app: {name}-broker}}}}
+      ports: [{{name: mqtts, port: 8883, tls: true}}]
+    - name: store
+      role: Aggregator
+      selector: {{matchLabels: {{app: {name}-store}}}}
+      ports: [{{name: db, port: 5432}}]
+    - {{name: rules, role: DecisionTrigger, selector: {{matchLabels: {{app: {name}-rules}}}}}}
+    - {{name: dashboard, role: EUtility, selector: {{matchLabels: {{app: {name}-dashboard}}}}}}
+  flows:
+    - {{from: {{component: sensor}}, to: broker, port: mqtts}}
+    - {{from: {{component: rules}}, to: broker, port: mqtts}}
+    - {{from: {{component: rules}}, to: store, port: db}}
+    - {{from: {{component: dashboard}}, to: store, port: db}}
+"#
+    )
+}
+
+const COMPONENT_NAMES: [&str; COMPONENTS] = ["sensor", "broker", "store", "rules", "dashboard"];
+
+/// A pod (template) that kwok's nodes take: tolerates their taint, selects them.
+fn pod_spec() -> Value {
+    json!({
+        "containers": [{"name": "app", "image": "registry.example.com/iot/app:1.0"}],
+        "nodeSelector": {"type": "kwok"},
+        "tolerations": [{"key": SIMULATED_NODE.0, "operator": "Exists", "effect": "NoSchedule"}],
+    })
+}
+
+fn deployment(namespace: &str, app: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": app, "namespace": namespace},
+        "spec": {
+            "replicas": PODS_PER_COMPONENT,
+            "selector": {"matchLabels": {"app": app}},
+            "template": {"metadata": {"labels": {"app": app}}, "spec": pod_spec()},
+        }
+    })
+}
+
+async fn client_for(kubeconfig: &Path) -> Result<Client> {
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig)?,
+        &KubeConfigOptions::default(),
+    )
+    .await?;
+    Ok(Client::try_from(config)?)
+}
+
+fn kubectl(plane: &Plane, args: &[&str]) -> Result<()> {
+    let out = Command::new(plane.bin_dir.join("kubectl"))
+        .arg(format!("--kubeconfig={}", plane.kubeconfig().display()))
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Runs `f` over `items` at `concurrency`, failing on the first error.
+async fn each<T, F, Fut>(items: Vec<T>, concurrency: usize, f: F) -> Result<()>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    stream::iter(items.into_iter().map(f))
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+async fn apply_json(client: &Client, object: Value, manager: &str) -> Result<()> {
+    let (group, version) = match object["apiVersion"].as_str().unwrap_or("v1").split_once('/') {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (String::new(), object["apiVersion"].as_str().unwrap_or("v1").to_string()),
+    };
+    let kind = object["kind"].as_str().context("kind")?.to_string();
+    let gvk = kube::core::GroupVersionKind::gvk(&group, &version, &kind);
+    let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await?;
+    let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
+    let name = object["metadata"]["name"].as_str().context("name")?.to_string();
+    let api: Api<kube::api::DynamicObject> = match &namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    api.patch(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&object))
+        .await
+        .with_context(|| format!("{kind} {name}"))?;
+    Ok(())
+}
+
+async fn create_namespaces(client: &Client, names: Vec<String>) -> Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    each(names, 32, |name| {
+        let api = api.clone();
+        async move {
+            let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+            api.create(&PostParams::default(), &ns).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn create_nodes(client: &Client) -> Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    for i in 0..SIMULATED_NODES {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {
+                "name": format!("kwok-{i}"),
+                "annotations": {SIMULATED_NODE.0: SIMULATED_NODE.1, "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {"type": "kwok", "kubernetes.io/hostname": format!("kwok-{i}")},
+            },
+            "spec": {"taints": [{"key": SIMULATED_NODE.0, "value": SIMULATED_NODE.1, "effect": "NoSchedule"}]},
+        }))?;
+        api.create(&PostParams::default(), &node).await?;
+    }
+    Ok(())
+}
+
+/// Waits until `count` pods run (kwok marks them Running and Ready).
+async fn wait_pods_running(client: &Client, count: usize, timeout: Duration) -> Result<()> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let list = pods
+            .list_metadata(&ListParams::default().fields("status.phase=Running"))
+            .await?;
+        if list.items.len() >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {} of {count} pods Running after {timeout:?}", list.items.len());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The operator as the user runs it: its own process, with its webhooks.
+struct Operator {
+    child: Child,
+    metrics: String,
+}
+
+impl Operator {
+    fn start(plane: &Plane, dir: &Path, webhook_port: u16, http_port: u16) -> Result<Self> {
+        let bin = root().join("target/release/iotposture");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("operator.log"))?;
+        let child = Command::new(&bin)
+            .arg("run")
+            .args([
+                format!("--http-addr=127.0.0.1:{http_port}"),
+                "--probe-interval-seconds=0".into(),
+                format!("--webhook-addr=127.0.0.1:{webhook_port}"),
+                format!("--webhook-url=https://127.0.0.1:{webhook_port}"),
+                "--webhook-instance=iotposture-bench".into(),
+            ])
+            .env("KUBECONFIG", plane.bench_kubeconfig())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            // Decision record lines and logs: kept for a look afterwards.
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Self {
+            child,
+            metrics: format!("http://127.0.0.1:{http_port}/metrics"),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// (VmHWM, VmRSS) in MiB.
+    fn memory(&self) -> (f64, f64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1024.0
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+
+    /// The sum of each counter family named, from /metrics.
+    fn counters(&self) -> BTreeMap<String, f64> {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "10", &self.metrics])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        let mut sums = BTreeMap::new();
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let family = series.split('{').next().unwrap_or(series);
+            if let Ok(v) = value.parse::<f64>() {
+                *sums.entry(family.to_string()).or_insert(0.0) += v;
+            }
+        }
+        sums
+    }
+
+    fn reconciliations(&self) -> f64 {
+        self.counters()
+            .get("iotposture_reconciliations_total")
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    fn writes(&self) -> f64 {
+        self.counters()
+            .get("iotposture_api_writes_total")
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    fn ready(&self) -> bool {
+        Command::new("curl")
+            .args(["-sf", "--max-time", "2", &self.metrics.replace("/metrics", "/readyz")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// Samples the operator's RSS until told to stop; returns the highest.
+fn sample_rss(pid: u32, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<f64> {
+    std::thread::spawn(move || {
+        let mut peak = 0.0f64;
+        while !stop.load(Ordering::Relaxed) {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            {
+                peak = peak.max(kb / 1024.0);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        peak
+    })
+}
+
+fn judged(system: &IoTSystem) -> bool {
+    let Some(status) = &system.status else {
+        return false;
+    };
+    status.observed_generation == system.metadata.generation
+        && status.items.len() == 39
+        && status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// Waits (watching, not polling) until `count` systems are Ready and judged.
+async fn wait_converged(client: &Client, count: usize, timeout: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    let api: Api<IoTSystem> = Api::all(client.clone());
+    let mut done: BTreeMap<String, bool> = BTreeMap::new();
+    let events = watcher(api, watcher::Config::default()).applied_objects();
+    let mut events = std::pin::pin!(events);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let next = tokio::time::timeout_at(deadline, events.next()).await;
+        let Ok(Some(event)) = next else {
+            bail!(
+                "{} of {count} systems Ready and judged after {timeout:?}",
+                done.values().filter(|d| **d).count()
+            );
+        };
+        let system = event?;
+        let key = format!("{}/{}", system.namespace().unwrap_or_default(), system.name_any());
+        done.insert(key, judged(&system));
+        if done.values().filter(|d| **d).count() >= count {
+            return Ok(start.elapsed());
+        }
+    }
+}
+
+/// Audit entries of the operator's user since `mark`, by verb.
+fn requests_by_verb(plane: &Plane, mark: u64) -> BTreeMap<String, u64> {
+    let text = std::fs::read(plane.audit_log()).unwrap_or_default();
+    let from = (mark as usize).min(text.len());
+    let mut verbs = BTreeMap::new();
+    for line in String::from_utf8_lossy(&text[from..]).lines() {
+        if !line.contains(r#""username":"iotposture-bench""#) {
+            continue;
+        }
+        if let Ok(entry) = serde_json::from_str::<Value>(line)
+            && let Some(verb) = entry["verb"].as_str()
+        {
+            *verbs.entry(verb.to_string()).or_insert(0) += 1;
+        }
+    }
+    verbs
+}
+
+fn audit_mark(plane: &Plane) -> u64 {
+    std::fs::metadata(plane.audit_log()).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Waits until `f` stops changing for `quiet`; returns its last value.
+async fn settle(quiet: Duration, timeout: Duration, f: impl Fn() -> f64) -> f64 {
+    let deadline = Instant::now() + timeout;
+    let mut last = f();
+    let mut since = Instant::now();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = f();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            break;
+        }
+    }
+    last
+}
+
+/// The children the operator would write for each system, applied by a bare
+/// client with the same concurrency: what the API server allows here.
+async fn baseline(client: &Client, systems: &[IoTSystem]) -> Result<Duration> {
+    let mut objects = Vec::new();
+    for system in systems {
+        let mut system = system.clone();
+        system.metadata.uid = Some("baseline".into());
+        let valid = validate(&system, &Neighbourhood { pods: &[], systems: &[] })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let d = build_all(&valid, RulesAs::PrometheusRule);
+        let mut push = |v: Value| {
+            let mut v = v;
+            // No owner: the garbage collector would delete them under us.
+            v["metadata"]
+                .as_object_mut()
+                .map(|m| m.remove("ownerReferences"));
+            objects.push(v);
+        };
+        let with_kind = |mut v: Value, api_version: &str, kind: &str| {
+            v["apiVersion"] = api_version.into();
+            v["kind"] = kind.into();
+            v
+        };
+        for o in &d.service_accounts {
+            push(with_kind(serde_json::to_value(o)?, "v1", "ServiceAccount"));
+        }
+        for o in &d.roles {
+            push(with_kind(serde_json::to_value(o)?, "rbac.authorization.k8s.io/v1", "Role"));
+        }
+        for o in &d.role_bindings {
+            push(with_kind(serde_json::to_value(o)?, "rbac.authorization.k8s.io/v1", "RoleBinding"));
+        }
+        for o in &d.network_policies {
+            push(with_kind(serde_json::to_value(o)?, "networking.k8s.io/v1", "NetworkPolicy"));
+        }
+        for o in &d.certificates {
+            push(serde_json::to_value(o)?);
+        }
+        for o in &d.config_maps {
+            push(with_kind(serde_json::to_value(o)?, "v1", "ConfigMap"));
+        }
+        for o in &d.prometheus_rules {
+            push(serde_json::to_value(o)?);
+        }
+    }
+    let count = objects.len();
+    let start = Instant::now();
+    each(objects, CONCURRENCY, |o| {
+        let client = client.clone();
+        async move { apply_json(&client, o, "iotposture-bench-baseline").await }
+    })
+    .await?;
+    let took = start.elapsed();
+    eprintln!("    baseline: {count} objects in {took:.1?}");
+    Ok(took)
+}
+
+#[derive(Serialize)]
+struct Latency {
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: usize,
+}
+
+/// Pod creates at ADMISSION_CONCURRENCY in `namespace`, each timed.
+async fn admission(client: &Client, namespace: &str, app: &str, tag: &str) -> Result<Latency> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(ADMISSION_PODS)));
+    let failures = Arc::new(AtomicU64::new(0));
+    let names: Vec<String> = (0..ADMISSION_PODS).map(|i| format!("{tag}-{i}")).collect();
+    each(names, ADMISSION_CONCURRENCY, |name| {
+        let pods = pods.clone();
+        let latencies = latencies.clone();
+        let failures = failures.clone();
+        async move {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"app": app}},
+                "spec": pod_spec(),
+            }))?;
+            let start = Instant::now();
+            match pods.create(&PostParams::default(), &pod).await {
+                Ok(_) => latencies.lock().unwrap().push(start.elapsed()),
+                Err(_) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let failed = failures.load(Ordering::Relaxed);
+    if failed > 0 {
+        bail!("{failed} pod creates failed in {namespace}");
+    }
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort();
+    let pct = |p: f64| {
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+            .map_or(0.0, |d| (d.as_secs_f64() * 1e5).round() / 100.0)
+    };
+    Ok(Latency {
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        requests: l.len(),
+    })
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
+    eprintln!("==> scenario {}: {} systems in {} namespaces", scenario.name, scenario.systems, scenario.namespaces);
+    plane.down()?;
+    plane.up()?;
+    let crds: Vec<String> = std::fs::read_dir(root().join("target/thirdparty/crds"))?
+        .filter_map(|e| e.ok().map(|e| e.path().display().to_string()))
+        .filter(|p| p.ends_with(".yaml"))
+        .collect();
+    let mut args = vec!["apply", "--server-side", "-f", "crds/"];
+    for c in &crds {
+        args.extend(["-f", c.as_str()]);
+    }
+    let here = std::env::current_dir()?;
+    std::env::set_current_dir(root())?;
+    kubectl(plane, &args)?;
+    std::env::set_current_dir(here)?;
+    let client = client_for(&plane.kubeconfig()).await?;
+    create_nodes(&client).await?;
+
+    // Workloads first, all Running, so the operator meets a full cluster.
+    let namespaces: Vec<String> = (0..scenario.namespaces)
+        .map(|i| format!("{}-{i}", scenario.name))
+        .collect();
+    let baseline_namespaces: Vec<String> = (0..scenario.namespaces)
+        .map(|i| format!("base-{}-{i}", scenario.name))
+        .collect();
+    create_namespaces(&client, namespaces.iter().chain(&baseline_namespaces).cloned().collect()).await?;
+    let systems: Vec<IoTSystem> = (0..scenario.systems)
+        .map(|i| serde_saphyr::from_str(&system_yaml(&scenario.namespace_of(i), &format!("sys-{i}"))))
+        .collect::<Result<_, _>>()?;
+    let pods = scenario.systems * COMPONENTS * PODS_PER_COMPONENT as usize;
+    let start = Instant::now();
+    let deployments: Vec<Value> = systems
+        .iter()
+        .flat_map(|s| {
+            let ns = s.namespace().unwrap_or_default();
+            COMPONENT_NAMES
+                .iter()
+                .map(move |c| deployment(&ns, &format!("{}-{c}", s.name_any())))
+        })
+        .collect();
+    each(deployments, 32, |d| {
+        let client = client.clone();
+        async move { apply_json(&client, d, "bench").await }
+    })
+    .await?;
+    wait_pods_running(&client, pods, Duration::from_secs(1800)).await?;
+    eprintln!("    {pods} pods Running in {:.1?}", start.elapsed());
+
+    // Baseline: the same children into namespaces of their own.
+    let baseline_systems: Vec<IoTSystem> = systems
+        .iter()
+        .map(|s| {
+            let mut b = s.clone();
+            b.metadata.namespace = Some(format!("base-{}", s.namespace().unwrap_or_default()));
+            b
+        })
+        .collect();
+    let baseline_s = baseline(&client, &baseline_systems).await?.as_secs_f64();
+
+    let dir = plane.dir.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let (webhook_port, http_port) = (free_port()?, free_port()?);
+    let operator = Operator::start(plane, &dir, webhook_port, http_port)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !operator.ready() {
+        if Instant::now() > deadline {
+            bail!("the operator is not ready after 120 s; see {}", dir.join("operator.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = sample_rss(operator.pid(), stop.clone());
+    let mark = audit_mark(plane);
+    let reconciles_before = operator.reconciliations();
+
+    let start = Instant::now();
+    let systems_api = |ns: &str| Api::<IoTSystem>::namespaced(client.clone(), ns);
+    each(systems.clone(), CONCURRENCY, |s| {
+        let api = systems_api(&s.namespace().unwrap_or_default());
+        async move {
+            api.create(&PostParams::default(), &s).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let waited = wait_converged(&client, scenario.systems, Duration::from_secs(1800)).await?;
+    let converge_s = start.elapsed().as_secs_f64();
+    eprintln!("    converged in {converge_s:.1} s (watch saw it at {waited:.1?})");
+    // Let the tail of the work (PolicyReports, the record) finish.
+    let writes_after = settle(Duration::from_secs(5), Duration::from_secs(120), || operator.writes()).await;
+    let reconciles = operator.reconciliations() - reconciles_before;
+    let verbs = requests_by_verb(plane, mark);
+    let per_reconcile: BTreeMap<String, f64> = verbs
+        .iter()
+        .map(|(v, n)| (v.clone(), (*n as f64 / reconciles.max(1.0) * 100.0).round() / 100.0))
+        .collect();
+    stop.store(true, Ordering::Relaxed);
+    let rss_peak = sampler.join().unwrap_or(0.0).max(operator.memory().0);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let rss_steady = operator.memory().1;
+    eprintln!("    RSS peak {rss_peak:.0} MiB, steady {rss_steady:.0} MiB; {reconciles} reconciles; requests {verbs:?}");
+
+    // A no-op resync: every system touched (an annotation: no generation
+    // change), so every one reconciles once with nothing to change.
+    let before = operator.reconciliations();
+    let writes_before = operator.writes();
+    each(systems.clone(), CONCURRENCY, |s| {
+        let api = systems_api(&s.namespace().unwrap_or_default());
+        async move {
+            api.patch(
+                &s.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"bench.iotposture.dev/touched": "1"}}})),
+            )
+            .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while operator.reconciliations() - before < scenario.systems as f64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    settle(Duration::from_secs(5), Duration::from_secs(120), || operator.reconciliations()).await;
+    let noop_reconciles = operator.reconciliations() - before;
+    let noop_writes = operator.writes() - writes_before;
+    let writes_per_noop = noop_writes / noop_reconciles.max(1.0);
+    eprintln!("    no-op: {noop_writes} writes in {noop_reconciles} reconciles");
+
+    // Admission while the cluster is full: with the webhooks, and without.
+    let with_webhooks = admission(&client, &scenario.namespace_of(0), "sys-0-sensor", "adm").await?;
+    create_namespaces(&client, vec![format!("{}-plain", scenario.name)]).await?;
+    let without = admission(&client, &format!("{}-plain", scenario.name), "plain", "adm").await?;
+    eprintln!(
+        "    admission p50/p99: iotposture {}/{} ms, none {}/{} ms",
+        with_webhooks.p50_ms, with_webhooks.p99_ms, without.p50_ms, without.p99_ms
+    );
+
+    // Restart: a new process lists everything and reconciles every system.
+    let _ = writes_after;
+    operator.kill();
+    let start = Instant::now();
+    let operator = Operator::start(plane, &dir, webhook_port, http_port)?;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while (!operator.ready() || operator.reconciliations() < scenario.systems as f64)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let restart_converge_s = start.elapsed().as_secs_f64();
+    let restart_writes = settle(Duration::from_secs(5), Duration::from_secs(120), || operator.writes()).await;
+    eprintln!("    restart: every system reconciled in {restart_converge_s:.1} s, {restart_writes} writes");
+    operator.kill();
+
+    Ok(json!({
+        "scenario": scenario.name,
+        "systems": scenario.systems,
+        "namespaces": scenario.namespaces,
+        "pods": pods,
+        "converge_s": (converge_s * 10.0).round() / 10.0,
+        "baseline_s": (baseline_s * 10.0).round() / 10.0,
+        "ratio": ((converge_s / baseline_s) * 100.0).round() / 100.0,
+        "rss_peak_mib": rss_peak.round(),
+        "rss_steady_mib": rss_steady.round(),
+        "reconciles": reconciles,
+        "requests_per_reconcile": per_reconcile,
+        "writes_per_noop": (writes_per_noop * 100.0).round() / 100.0,
+        "restart_converge_s": (restart_converge_s * 10.0).round() / 10.0,
+        "restart_writes": restart_writes,
+        "admission": {"iotposture": with_webhooks, "none": without},
+    }))
+}
+
+/// Convergence and baseline time, and memory, against N (log scale).
+fn plot(results: &[Value]) -> String {
+    let spread: Vec<&Value> = results
+        .iter()
+        .filter(|r| r["scenario"].as_str().is_some_and(|s| s.starts_with("spread")))
+        .collect();
+    let (w, h, pad) = (360.0, 240.0, 48.0);
+    let xs: Vec<f64> = spread.iter().map(|r| r["systems"].as_f64().unwrap_or(1.0).log10()).collect();
+    let (x0, x1) = (
+        xs.iter().cloned().fold(f64::MAX, f64::min).min(1.0),
+        xs.iter().cloned().fold(f64::MIN, f64::max).max(2.0),
+    );
+    let x = |v: f64| pad + (v - x0) / (x1 - x0).max(1e-9) * (w - 2.0 * pad);
+    let panel = |title: &str, offset: f64, series: &[(&str, &str, &str)]| {
+        let max = spread
+            .iter()
+            .flat_map(|r| series.iter().map(move |(k, _, _)| r[*k].as_f64().unwrap_or(0.0)))
+            .fold(1.0, f64::max)
+            * 1.1;
+        let y = |v: f64| h - pad + 10.0 - v / max * (h - 2.0 * pad);
+        let mut svg = format!(r#"<g transform="translate({offset},0)"><text x="{}" y="20" text-anchor="middle" font-size="13">{title}</text>"#, w / 2.0);
+        svg += &format!(r#"<line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{pad}" y1="{}" x2="{pad}" y2="{}" stroke="black"/>"#,
+            h - pad + 10.0, w - pad, h - pad + 10.0, pad, h - pad + 10.0);
+        svg += &format!(r#"<text x="{pad}" y="{}" font-size="10" text-anchor="end">{:.0}</text>"#, pad, max);
+        for (r, xv) in spread.iter().zip(&xs) {
+            svg += &format!(r#"<text x="{}" y="{}" font-size="10" text-anchor="middle">{}</text>"#, x(*xv), h - pad + 24.0, r["systems"]);
+        }
+        svg += &format!(r#"<text x="{}" y="{}" font-size="10" text-anchor="middle">systems (5 components, 10 pods each)</text>"#, w / 2.0, h - 6.0);
+        for (i, (key, colour, label)) in series.iter().enumerate() {
+            let points: Vec<String> = spread
+                .iter()
+                .zip(&xs)
+                .map(|(r, xv)| format!("{:.1},{:.1}", x(*xv), y(r[*key].as_f64().unwrap_or(0.0))))
+                .collect();
+            svg += &format!(r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#, points.join(" "));
+            for p in &points {
+                let (px, py) = p.split_once(',').unwrap();
+                svg += &format!(r#"<circle cx="{px}" cy="{py}" r="3" fill="{colour}"/>"#);
+            }
+            svg += &format!(r#"<text x="{}" y="{}" font-size="11" fill="{colour}">{label}</text>"#, pad + 8.0, pad + 4.0 + 14.0 * i as f64);
+        }
+        svg + "</g>"
+    };
+    format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{h}" font-family="sans-serif">{}{}</svg>
+"#,
+        2.0 * w,
+        panel(
+            "Time to converge (s)",
+            0.0,
+            &[("converge_s", "#c0392b", "iotposture"), ("baseline_s", "#2c3e50", "bare server-side apply")]
+        ),
+        panel(
+            "Operator memory (MiB)",
+            w,
+            &[("rss_peak_mib", "#8e44ad", "RSS peak"), ("rss_steady_mib", "#16a085", "RSS steady")]
+        ),
+    )
+}
+
+fn versions() -> Value {
+    let first_line = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+            .unwrap_or_default()
+    };
+    let bin = root().join("target/testplane/bin");
+    json!({
+        "iotposture": env!("CARGO_PKG_VERSION"),
+        "kube-apiserver": first_line(&bin.join("kube-apiserver").display().to_string(), &["--version"]),
+        "etcd": first_line(&bin.join("etcd").display().to_string(), &["--version"]),
+        "kwok": first_line(&root().join("target/bench/bin/kwok").display().to_string(), &["--version"]),
+    })
+}
+
+fn machine() -> Value {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_default();
+    json!({"cpus": cpus, "memory": mem, "cpu": model})
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let out = std::env::args().nth(1).unwrap_or_else(|| "bench/results/scale.json".into());
+    let plot_out = std::env::args().nth(2).unwrap_or_else(|| "docs/scale.svg".into());
+    // IOTPOSTURE_BENCH_SIZES=10,100 for a shorter run.
+    let sizes: Vec<usize> = std::env::var("IOTPOSTURE_BENCH_SIZES")
+        .unwrap_or_else(|_| "10,100,1000".into())
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("IOTPOSTURE_BENCH_SIZES: numbers separated by commas")?;
+    let plane = Plane::new(root().join("target/bench/plane"), root().join("target/testplane/bin"))
+        .with_simulated_nodes(root().join("target/bench/bin"));
+    let mut scenarios: Vec<Scenario> = sizes
+        .iter()
+        .map(|&n| Scenario { name: format!("spread{n}"), systems: n, namespaces: n })
+        .collect();
+    if std::env::var("IOTPOSTURE_BENCH_DENSE").map_or(true, |v| v != "0") {
+        scenarios.push(Scenario { name: "dense".into(), systems: 100, namespaces: 1 });
+    }
+    let mut results = Vec::new();
+    for scenario in &scenarios {
+        let result = run_scenario(&plane, scenario).await;
+        match result {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                let _ = plane.down();
+                return Err(e.context(format!("scenario {}", scenario.name)));
+            }
+        }
+    }
+    plane.down()?;
+    let report = json!({
+        "machine": machine(),
+        "versions": versions(),
+        "targets": {"at": "1000 systems / 10000 pods", "ratio_max": 1.5, "rss_steady_mib_max": 150,
+                    "writes_per_noop": 0, "admission_p99_ms_max": 5},
+        "scenarios": results,
+    });
+    iotposture_e2e::bench::write_report(&out, &report)?;
+    if let Some(dir) = Path::new(&plot_out).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&plot_out, plot(report["scenarios"].as_array().map(Vec::as_slice).unwrap_or(&[])))?;
+    println!("wrote {plot_out}");
+    Ok(())
+}
