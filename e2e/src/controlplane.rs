@@ -332,10 +332,7 @@ leaderElection: {{leaderElect: false}}
                 "--profiling=false".into(),
             ],
             "kube-scheduler" => vec![
-                format!(
-                    "--config={}",
-                    self.dir.join("scheduler.yaml").display()
-                ),
+                format!("--config={}", self.dir.join("scheduler.yaml").display()),
                 "--secure-port=0".into(),
             ],
             "kwok" => vec![
@@ -363,11 +360,19 @@ leaderElection: {{leaderElect: false}}
                 // measure the controller manager, not what runs beside it.
                 format!(
                     "--kube-api-qps={}",
-                    if self.simulated_nodes.is_some() { 500 } else { 20 }
+                    if self.simulated_nodes.is_some() {
+                        500
+                    } else {
+                        20
+                    }
                 ),
                 format!(
                     "--kube-api-burst={}",
-                    if self.simulated_nodes.is_some() { 1000 } else { 30 }
+                    if self.simulated_nodes.is_some() {
+                        1000
+                    } else {
+                        30
+                    }
                 ),
                 format!("--service-account-private-key-file={}", p("sa.key")),
                 format!("--root-ca-file={}", p("ca.crt")),

@@ -138,10 +138,7 @@ fn kubectl(plane: &Plane, args: &[&str]) -> Result<()> {
         .args(args)
         .output()?;
     if !out.status.success() {
-        bail!(
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }
@@ -160,22 +157,36 @@ where
 }
 
 async fn apply_json(client: &Client, object: Value, manager: &str) -> Result<()> {
-    let (group, version) = match object["apiVersion"].as_str().unwrap_or("v1").split_once('/') {
+    let (group, version) = match object["apiVersion"]
+        .as_str()
+        .unwrap_or("v1")
+        .split_once('/')
+    {
         Some((g, v)) => (g.to_string(), v.to_string()),
-        None => (String::new(), object["apiVersion"].as_str().unwrap_or("v1").to_string()),
+        None => (
+            String::new(),
+            object["apiVersion"].as_str().unwrap_or("v1").to_string(),
+        ),
     };
     let kind = object["kind"].as_str().context("kind")?.to_string();
     let gvk = kube::core::GroupVersionKind::gvk(&group, &version, &kind);
     let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await?;
     let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
-    let name = object["metadata"]["name"].as_str().context("name")?.to_string();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .context("name")?
+        .to_string();
     let api: Api<kube::api::DynamicObject> = match &namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
         None => Api::all_with(client.clone(), &resource),
     };
-    api.patch(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&object))
-        .await
-        .with_context(|| format!("{kind} {name}"))?;
+    api.patch(
+        &name,
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .with_context(|| format!("{kind} {name}"))?;
     Ok(())
 }
 
@@ -220,7 +231,10 @@ async fn wait_pods_running(client: &Client, count: usize, timeout: Duration) -> 
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("only {} of {count} pods Running after {timeout:?}", list.items.len());
+            bail!(
+                "only {} of {count} pods Running after {timeout:?}",
+                list.items.len()
+            );
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -301,6 +315,22 @@ impl Operator {
         sums
     }
 
+    /// Writes so far by kind and verb.
+    fn writes_by_kind(&self) -> BTreeMap<String, f64> {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "10", &self.metrics])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        out.lines()
+            .filter_map(|l| l.strip_prefix("iotposture_api_writes_total{"))
+            .filter_map(|l| {
+                let (labels, value) = l.rsplit_once("} ")?;
+                Some((labels.replace('"', ""), value.parse().ok()?))
+            })
+            .collect()
+    }
+
     fn reconciliations(&self) -> f64 {
         self.counters()
             .get("iotposture_reconciliations_total")
@@ -317,7 +347,12 @@ impl Operator {
 
     fn ready(&self) -> bool {
         Command::new("curl")
-            .args(["-sf", "--max-time", "2", &self.metrics.replace("/metrics", "/readyz")])
+            .args([
+                "-sf",
+                "--max-time",
+                "2",
+                &self.metrics.replace("/metrics", "/readyz"),
+            ])
             .output()
             .is_ok_and(|o| o.status.success())
     }
@@ -382,7 +417,11 @@ async fn wait_converged(client: &Client, count: usize, timeout: Duration) -> Res
             );
         };
         let system = event?;
-        let key = format!("{}/{}", system.namespace().unwrap_or_default(), system.name_any());
+        let key = format!(
+            "{}/{}",
+            system.namespace().unwrap_or_default(),
+            system.name_any()
+        );
         done.insert(key, judged(&system));
         if done.values().filter(|d| **d).count() >= count {
             return Ok(start.elapsed());
@@ -409,7 +448,9 @@ fn requests_by_verb(plane: &Plane, mark: u64) -> BTreeMap<String, u64> {
 }
 
 fn audit_mark(plane: &Plane) -> u64 {
-    std::fs::metadata(plane.audit_log()).map(|m| m.len()).unwrap_or(0)
+    std::fs::metadata(plane.audit_log())
+        .map(|m| m.len())
+        .unwrap_or(0)
 }
 
 /// Waits until `f` stops changing for `quiet`; returns its last value.
@@ -437,8 +478,14 @@ async fn baseline(client: &Client, systems: &[IoTSystem]) -> Result<Duration> {
     for system in systems {
         let mut system = system.clone();
         system.metadata.uid = Some("baseline".into());
-        let valid = validate(&system, &Neighbourhood { pods: &[], systems: &[] })
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let valid = validate(
+            &system,
+            &Neighbourhood {
+                pods: &[],
+                systems: &[],
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let d = build_all(&valid, RulesAs::PrometheusRule);
         let mut push = |v: Value| {
             let mut v = v;
@@ -457,13 +504,25 @@ async fn baseline(client: &Client, systems: &[IoTSystem]) -> Result<Duration> {
             push(with_kind(serde_json::to_value(o)?, "v1", "ServiceAccount"));
         }
         for o in &d.roles {
-            push(with_kind(serde_json::to_value(o)?, "rbac.authorization.k8s.io/v1", "Role"));
+            push(with_kind(
+                serde_json::to_value(o)?,
+                "rbac.authorization.k8s.io/v1",
+                "Role",
+            ));
         }
         for o in &d.role_bindings {
-            push(with_kind(serde_json::to_value(o)?, "rbac.authorization.k8s.io/v1", "RoleBinding"));
+            push(with_kind(
+                serde_json::to_value(o)?,
+                "rbac.authorization.k8s.io/v1",
+                "RoleBinding",
+            ));
         }
         for o in &d.network_policies {
-            push(with_kind(serde_json::to_value(o)?, "networking.k8s.io/v1", "NetworkPolicy"));
+            push(with_kind(
+                serde_json::to_value(o)?,
+                "networking.k8s.io/v1",
+                "NetworkPolicy",
+            ));
         }
         for o in &d.certificates {
             push(serde_json::to_value(o)?);
@@ -538,11 +597,16 @@ async fn admission(client: &Client, namespace: &str, app: &str, tag: &str) -> Re
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
-    eprintln!("==> scenario {}: {} systems in {} namespaces", scenario.name, scenario.systems, scenario.namespaces);
+    eprintln!(
+        "==> scenario {}: {} systems in {} namespaces",
+        scenario.name, scenario.systems, scenario.namespaces
+    );
     plane.down()?;
     plane.up()?;
     let crds: Vec<String> = std::fs::read_dir(root().join("target/thirdparty/crds"))?
@@ -567,9 +631,19 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     let baseline_namespaces: Vec<String> = (0..scenario.namespaces)
         .map(|i| format!("base-{}-{i}", scenario.name))
         .collect();
-    create_namespaces(&client, namespaces.iter().chain(&baseline_namespaces).cloned().collect()).await?;
+    create_namespaces(
+        &client,
+        namespaces
+            .iter()
+            .chain(&baseline_namespaces)
+            .cloned()
+            .collect(),
+    )
+    .await?;
     let systems: Vec<IoTSystem> = (0..scenario.systems)
-        .map(|i| serde_saphyr::from_str(&system_yaml(&scenario.namespace_of(i), &format!("sys-{i}"))))
+        .map(|i| {
+            serde_saphyr::from_str(&system_yaml(&scenario.namespace_of(i), &format!("sys-{i}")))
+        })
         .collect::<Result<_, _>>()?;
     let pods = scenario.systems * COMPONENTS * PODS_PER_COMPONENT as usize;
     let start = Instant::now();
@@ -608,7 +682,10 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !operator.ready() {
         if Instant::now() > deadline {
-            bail!("the operator is not ready after 120 s; see {}", dir.join("operator.log").display());
+            bail!(
+                "the operator is not ready after 120 s; see {}",
+                dir.join("operator.log").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -631,18 +708,28 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     let converge_s = start.elapsed().as_secs_f64();
     eprintln!("    converged in {converge_s:.1} s (watch saw it at {waited:.1?})");
     // Let the tail of the work (PolicyReports, the record) finish.
-    let writes_after = settle(Duration::from_secs(5), Duration::from_secs(120), || operator.writes()).await;
+    let writes_after = settle(Duration::from_secs(5), Duration::from_secs(120), || {
+        operator.writes()
+    })
+    .await;
     let reconciles = operator.reconciliations() - reconciles_before;
     let verbs = requests_by_verb(plane, mark);
     let per_reconcile: BTreeMap<String, f64> = verbs
         .iter()
-        .map(|(v, n)| (v.clone(), (*n as f64 / reconciles.max(1.0) * 100.0).round() / 100.0))
+        .map(|(v, n)| {
+            (
+                v.clone(),
+                (*n as f64 / reconciles.max(1.0) * 100.0).round() / 100.0,
+            )
+        })
         .collect();
     stop.store(true, Ordering::Relaxed);
     let rss_peak = sampler.join().unwrap_or(0.0).max(operator.memory().0);
     tokio::time::sleep(Duration::from_secs(10)).await;
     let rss_steady = operator.memory().1;
-    eprintln!("    RSS peak {rss_peak:.0} MiB, steady {rss_steady:.0} MiB; {reconciles} reconciles; requests {verbs:?}");
+    eprintln!(
+        "    RSS peak {rss_peak:.0} MiB, steady {rss_steady:.0} MiB; {reconciles} reconciles; requests {verbs:?}"
+    );
 
     // A no-op resync: every system touched (an annotation: no generation
     // change), so every one reconciles once with nothing to change.
@@ -654,7 +741,9 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
             api.patch(
                 &s.name_any(),
                 &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {"bench.iotposture.dev/touched": "1"}}})),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {"bench.iotposture.dev/touched": "1"}}}),
+                ),
             )
             .await?;
             Ok(())
@@ -662,17 +751,22 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     })
     .await?;
     let deadline = Instant::now() + Duration::from_secs(600);
-    while operator.reconciliations() - before < scenario.systems as f64 && Instant::now() < deadline {
+    while operator.reconciliations() - before < scenario.systems as f64 && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    settle(Duration::from_secs(5), Duration::from_secs(120), || operator.reconciliations()).await;
+    settle(Duration::from_secs(5), Duration::from_secs(120), || {
+        operator.reconciliations()
+    })
+    .await;
     let noop_reconciles = operator.reconciliations() - before;
     let noop_writes = operator.writes() - writes_before;
     let writes_per_noop = noop_writes / noop_reconciles.max(1.0);
     eprintln!("    no-op: {noop_writes} writes in {noop_reconciles} reconciles");
 
     // Admission while the cluster is full: with the webhooks, and without.
-    let with_webhooks = admission(&client, &scenario.namespace_of(0), "sys-0-sensor", "adm").await?;
+    let with_webhooks =
+        admission(&client, &scenario.namespace_of(0), "sys-0-sensor", "adm").await?;
     create_namespaces(&client, vec![format!("{}-plain", scenario.name)]).await?;
     let without = admission(&client, &format!("{}-plain", scenario.name), "plain", "adm").await?;
     eprintln!(
@@ -681,7 +775,19 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     );
 
     // Restart: a new process lists everything and reconciles every system.
+    // The systems before and after are kept beside the operator's log, to
+    // see what a restart rewrote.
     let _ = writes_after;
+    let dump = |file: &str| {
+        let out = Command::new(plane.bin_dir.join("kubectl"))
+            .arg(format!("--kubeconfig={}", plane.kubeconfig().display()))
+            .args(["get", "iotsystems", "-A", "-o", "json"])
+            .output();
+        if let Ok(out) = out {
+            let _ = std::fs::write(dir.join(file), out.stdout);
+        }
+    };
+    dump("systems-before-restart.json");
     operator.kill();
     let start = Instant::now();
     let operator = Operator::start(plane, &dir, webhook_port, http_port)?;
@@ -692,8 +798,15 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let restart_converge_s = start.elapsed().as_secs_f64();
-    let restart_writes = settle(Duration::from_secs(5), Duration::from_secs(120), || operator.writes()).await;
-    eprintln!("    restart: every system reconciled in {restart_converge_s:.1} s, {restart_writes} writes");
+    let restart_writes = settle(Duration::from_secs(5), Duration::from_secs(120), || {
+        operator.writes()
+    })
+    .await;
+    dump("systems-after-restart.json");
+    let restart_writes_by_kind = operator.writes_by_kind();
+    eprintln!(
+        "    restart: every system reconciled in {restart_converge_s:.1} s, {restart_writes} writes {restart_writes_by_kind:?}"
+    );
     operator.kill();
 
     Ok(json!({
@@ -711,6 +824,7 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
         "writes_per_noop": (writes_per_noop * 100.0).round() / 100.0,
         "restart_converge_s": (restart_converge_s * 10.0).round() / 10.0,
         "restart_writes": restart_writes,
+        "restart_writes_by_kind": restart_writes_by_kind,
         "admission": {"iotposture": with_webhooks, "none": without},
     }))
 }
@@ -719,10 +833,17 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
 fn plot(results: &[Value]) -> String {
     let spread: Vec<&Value> = results
         .iter()
-        .filter(|r| r["scenario"].as_str().is_some_and(|s| s.starts_with("spread")))
+        .filter(|r| {
+            r["scenario"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("spread"))
+        })
         .collect();
     let (w, h, pad) = (360.0, 240.0, 48.0);
-    let xs: Vec<f64> = spread.iter().map(|r| r["systems"].as_f64().unwrap_or(1.0).log10()).collect();
+    let xs: Vec<f64> = spread
+        .iter()
+        .map(|r| r["systems"].as_f64().unwrap_or(1.0).log10())
+        .collect();
     let (x0, x1) = (
         xs.iter().cloned().fold(f64::MAX, f64::min).min(1.0),
         xs.iter().cloned().fold(f64::MIN, f64::max).max(2.0),
@@ -731,30 +852,62 @@ fn plot(results: &[Value]) -> String {
     let panel = |title: &str, offset: f64, series: &[(&str, &str, &str)]| {
         let max = spread
             .iter()
-            .flat_map(|r| series.iter().map(move |(k, _, _)| r[*k].as_f64().unwrap_or(0.0)))
+            .flat_map(|r| {
+                series
+                    .iter()
+                    .map(move |(k, _, _)| r[*k].as_f64().unwrap_or(0.0))
+            })
             .fold(1.0, f64::max)
             * 1.1;
         let y = |v: f64| h - pad + 10.0 - v / max * (h - 2.0 * pad);
-        let mut svg = format!(r#"<g transform="translate({offset},0)"><text x="{}" y="20" text-anchor="middle" font-size="13">{title}</text>"#, w / 2.0);
-        svg += &format!(r#"<line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{pad}" y1="{}" x2="{pad}" y2="{}" stroke="black"/>"#,
-            h - pad + 10.0, w - pad, h - pad + 10.0, pad, h - pad + 10.0);
-        svg += &format!(r#"<text x="{pad}" y="{}" font-size="10" text-anchor="end">{:.0}</text>"#, pad, max);
+        let mut svg = format!(
+            r#"<g transform="translate({offset},0)"><text x="{}" y="20" text-anchor="middle" font-size="13">{title}</text>"#,
+            w / 2.0
+        );
+        svg += &format!(
+            r#"<line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{pad}" y1="{}" x2="{pad}" y2="{}" stroke="black"/>"#,
+            h - pad + 10.0,
+            w - pad,
+            h - pad + 10.0,
+            pad,
+            h - pad + 10.0
+        );
+        svg += &format!(
+            r#"<text x="{pad}" y="{}" font-size="10" text-anchor="end">{:.0}</text>"#,
+            pad, max
+        );
         for (r, xv) in spread.iter().zip(&xs) {
-            svg += &format!(r#"<text x="{}" y="{}" font-size="10" text-anchor="middle">{}</text>"#, x(*xv), h - pad + 24.0, r["systems"]);
+            svg += &format!(
+                r#"<text x="{}" y="{}" font-size="10" text-anchor="middle">{}</text>"#,
+                x(*xv),
+                h - pad + 24.0,
+                r["systems"]
+            );
         }
-        svg += &format!(r#"<text x="{}" y="{}" font-size="10" text-anchor="middle">systems (5 components, 10 pods each)</text>"#, w / 2.0, h - 6.0);
+        svg += &format!(
+            r#"<text x="{}" y="{}" font-size="10" text-anchor="middle">systems (5 components, 10 pods each)</text>"#,
+            w / 2.0,
+            h - 6.0
+        );
         for (i, (key, colour, label)) in series.iter().enumerate() {
             let points: Vec<String> = spread
                 .iter()
                 .zip(&xs)
                 .map(|(r, xv)| format!("{:.1},{:.1}", x(*xv), y(r[*key].as_f64().unwrap_or(0.0))))
                 .collect();
-            svg += &format!(r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#, points.join(" "));
+            svg += &format!(
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+                points.join(" ")
+            );
             for p in &points {
                 let (px, py) = p.split_once(',').unwrap();
                 svg += &format!(r#"<circle cx="{px}" cy="{py}" r="3" fill="{colour}"/>"#);
             }
-            svg += &format!(r#"<text x="{}" y="{}" font-size="11" fill="{colour}">{label}</text>"#, pad + 8.0, pad + 4.0 + 14.0 * i as f64);
+            svg += &format!(
+                r#"<text x="{}" y="{}" font-size="11" fill="{colour}">{label}</text>"#,
+                pad + 8.0,
+                pad + 4.0 + 14.0 * i as f64
+            );
         }
         svg + "</g>"
     };
@@ -765,12 +918,18 @@ fn plot(results: &[Value]) -> String {
         panel(
             "Time to converge (s)",
             0.0,
-            &[("converge_s", "#c0392b", "iotposture"), ("baseline_s", "#2c3e50", "bare server-side apply")]
+            &[
+                ("converge_s", "#c0392b", "iotposture"),
+                ("baseline_s", "#2c3e50", "bare server-side apply")
+            ]
         ),
         panel(
             "Operator memory (MiB)",
             w,
-            &[("rss_peak_mib", "#8e44ad", "RSS peak"), ("rss_steady_mib", "#16a085", "RSS steady")]
+            &[
+                ("rss_peak_mib", "#8e44ad", "RSS peak"),
+                ("rss_steady_mib", "#16a085", "RSS steady")
+            ]
         ),
     )
 }
@@ -780,7 +939,14 @@ fn versions() -> Value {
         Command::new(cmd)
             .args(args)
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
             .unwrap_or_default()
     };
     let bin = root().join("target/testplane/bin");
@@ -793,7 +959,9 @@ fn versions() -> Value {
 }
 
 fn machine() -> Value {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
@@ -803,15 +971,22 @@ fn machine() -> Value {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_default();
     json!({"cpus": cpus, "memory": mem, "cpu": model})
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let out = std::env::args().nth(1).unwrap_or_else(|| "bench/results/scale.json".into());
-    let plot_out = std::env::args().nth(2).unwrap_or_else(|| "docs/scale.svg".into());
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "bench/results/scale.json".into());
+    let plot_out = std::env::args()
+        .nth(2)
+        .unwrap_or_else(|| "docs/scale.svg".into());
     // IOTPOSTURE_BENCH_SIZES=10,100 for a shorter run.
     let sizes: Vec<usize> = std::env::var("IOTPOSTURE_BENCH_SIZES")
         .unwrap_or_else(|_| "10,100,1000".into())
@@ -819,14 +994,25 @@ async fn main() -> Result<()> {
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()
         .context("IOTPOSTURE_BENCH_SIZES: numbers separated by commas")?;
-    let plane = Plane::new(root().join("target/bench/plane"), root().join("target/testplane/bin"))
-        .with_simulated_nodes(root().join("target/bench/bin"));
+    let plane = Plane::new(
+        root().join("target/bench/plane"),
+        root().join("target/testplane/bin"),
+    )
+    .with_simulated_nodes(root().join("target/bench/bin"));
     let mut scenarios: Vec<Scenario> = sizes
         .iter()
-        .map(|&n| Scenario { name: format!("spread{n}"), systems: n, namespaces: n })
+        .map(|&n| Scenario {
+            name: format!("spread{n}"),
+            systems: n,
+            namespaces: n,
+        })
         .collect();
     if std::env::var("IOTPOSTURE_BENCH_DENSE").map_or(true, |v| v != "0") {
-        scenarios.push(Scenario { name: "dense".into(), systems: 100, namespaces: 1 });
+        scenarios.push(Scenario {
+            name: "dense".into(),
+            systems: 100,
+            namespaces: 1,
+        });
     }
     let mut results = Vec::new();
     for scenario in &scenarios {
@@ -839,7 +1025,10 @@ async fn main() -> Result<()> {
             }
         }
     }
-    plane.down()?;
+    // IOTPOSTURE_BENCH_KEEP=1 leaves the last plane running, to look around.
+    if std::env::var("IOTPOSTURE_BENCH_KEEP").map_or(true, |v| v != "1") {
+        plane.down()?;
+    }
     let report = json!({
         "machine": machine(),
         "versions": versions(),
@@ -851,7 +1040,15 @@ async fn main() -> Result<()> {
     if let Some(dir) = Path::new(&plot_out).parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&plot_out, plot(report["scenarios"].as_array().map(Vec::as_slice).unwrap_or(&[])))?;
+    std::fs::write(
+        &plot_out,
+        plot(
+            report["scenarios"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
+        ),
+    )?;
     println!("wrote {plot_out}");
     Ok(())
 }

@@ -182,15 +182,24 @@ impl Drivers {
         let triggers = self.triggers.clone();
         let events = reflector(writer, events.default_backoff());
         let mut affected = affected;
+        // Every system reconciles once the caches have first listed, so the
+        // objects of that first list need not trigger it again (at 10,000
+        // pods that was 10,000 triggers per namespace's systems). A later
+        // relist (after a watch error) still triggers: changes may be missed.
+        let mut first_list = kind != "IoTSystem";
         tokio::spawn(async move {
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
                 let refs = match event {
-                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                        affected(&o, false)
+                    Ok(watcher::Event::Apply(o)) => affected(&o, false),
+                    Ok(watcher::Event::InitApply(o)) => {
+                        // Called anyway: some keep state per object.
+                        let refs = affected(&o, false);
+                        if first_list { Vec::new() } else { refs }
                     }
                     Ok(watcher::Event::Delete(o)) => affected(&o, true),
                     Ok(watcher::Event::InitDone) => {
+                        first_list = false;
                         health.watch_listed(kind);
                         Vec::new()
                     }
@@ -224,9 +233,11 @@ impl Drivers {
         K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
     {
         let systems = self.systems.clone();
-        self.spawn(kind, watcher(self.api::<K>(), config), move |o: &K, _| {
-            systems_in_namespace(&systems, o.namespace().as_deref())
-        })
+        self.spawn(
+            kind,
+            watcher(self.api::<K>(), config).modify(slim),
+            move |o: &K, _| systems_in_namespace(&systems, o.namespace().as_deref()),
+        )
     }
 }
 
@@ -299,19 +310,36 @@ impl Caches {
             let store = drivers.systems.clone();
             drivers.spawn(
                 "Secret",
-                watcher(drivers.api::<PartialObjectMeta<Secret>>(), every.clone()),
+                watcher(drivers.api::<PartialObjectMeta<Secret>>(), every.clone()).modify(slim),
                 move |s: &PartialObjectMeta<Secret>, _| {
                     systems_in_namespace(&store, s.namespace().as_deref())
                 },
             )
         };
-        // Cluster-wide; a change re-judges every system (bindings may refer to it).
+        let role_bindings: Store<RoleBinding> = drivers.namespaced("RoleBinding", every.clone());
+        // A ClusterRole matters to a system only through a RoleBinding in its
+        // namespace that refers to it.
         let cluster_roles = {
             let store = drivers.systems.clone();
+            let bindings = role_bindings.clone();
             drivers.spawn(
                 "ClusterRole",
-                watcher(Api::<ClusterRole>::all(client.clone()), every.clone()),
-                move |_: &ClusterRole, _| systems_in_namespace(&store, None),
+                watcher(Api::<ClusterRole>::all(client.clone()), every.clone()).modify(slim),
+                move |role: &ClusterRole, _| {
+                    let name = role.name_any();
+                    let namespaces: std::collections::HashSet<String> = bindings
+                        .state()
+                        .iter()
+                        .filter(|b| b.role_ref.kind == "ClusterRole" && b.role_ref.name == name)
+                        .filter_map(|b| b.namespace())
+                        .collect();
+                    store
+                        .state()
+                        .into_iter()
+                        .filter(|s| s.namespace().is_some_and(|ns| namespaces.contains(&ns)))
+                        .map(|s| ObjectRef::from_obj(s.as_ref()))
+                        .collect()
+                },
             )
         };
         // PolicyReports only where their CRD is installed; the rest works without.
@@ -442,12 +470,21 @@ impl Caches {
             edge,
             systems,
             systems_changed,
-            pods: drivers.namespaced("Pod", every.clone()),
+            pods: {
+                // Pods wake only the systems that take them, on what checks read.
+                let store = drivers.systems.clone();
+                let mut seen = super::triggers::PodTriggers::default();
+                drivers.spawn(
+                    "Pod",
+                    watcher(drivers.api::<Pod>(), every.clone()).modify(slim),
+                    move |p: &Pod, deleted| seen.affected(&store, p, deleted),
+                )
+            },
             services: drivers.namespaced("Service", every.clone()),
             network_policies: drivers.namespaced("NetworkPolicy", every.clone()),
             service_accounts: drivers.namespaced("ServiceAccount", every.clone()),
             roles: drivers.namespaced("Role", every.clone()),
-            role_bindings: drivers.namespaced("RoleBinding", every.clone()),
+            role_bindings,
             cluster_roles,
             config_maps: drivers.namespaced("ConfigMap", managed),
             secrets,
@@ -496,7 +533,11 @@ impl Caches {
             service_accounts: owned(in_namespace(&self.service_accounts, namespace)),
             roles: owned(in_namespace(&self.roles, namespace)),
             role_bindings: owned(in_namespace(&self.role_bindings, namespace)),
-            cluster_roles: owned(self.cluster_roles.state()),
+            cluster_roles: {
+                let mut roles = owned(self.cluster_roles.state());
+                roles.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+                roles
+            },
             secrets: in_namespace(&self.secrets, namespace)
                 .into_iter()
                 .map(|s| s.metadata.clone())
@@ -535,11 +576,15 @@ where
     K: Resource + Clone + 'static,
     K::DynamicType: std::hash::Hash + Eq + Clone,
 {
-    store
+    let mut items: Vec<Arc<K>> = store
         .state()
         .into_iter()
         .filter(|o| o.namespace().as_deref() == Some(namespace))
-        .collect()
+        .collect();
+    // The store's order is a hash map's, and differs between processes: by
+    // name, evidence reads the same after a restart and nothing is rewritten.
+    items.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
+    items
 }
 
 fn owned<K: Clone>(items: Vec<Arc<K>>) -> Vec<K> {
@@ -552,6 +597,16 @@ async fn serves(client: &Client, group_version: &str, resource: &str) -> bool {
         .list_api_group_resources(group_version)
         .await
         .is_ok_and(|list| list.resources.iter().any(|r| r.name == resource))
+}
+
+/// What no check reads, dropped before an object is cached: the field
+/// managers and kubectl's copy of the last applied object (often the biggest
+/// parts of an object).
+fn slim<K: Resource>(o: &mut K) {
+    o.managed_fields_mut().clear();
+    if let Some(a) = o.meta_mut().annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// The systems of a namespace (all systems for cluster-scoped objects).

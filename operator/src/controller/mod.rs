@@ -24,6 +24,7 @@ pub mod record;
 pub mod secrets;
 pub mod shipping;
 pub mod status;
+pub mod triggers;
 pub mod validate;
 pub mod wiring;
 

@@ -16,8 +16,9 @@ use crate::{
 };
 
 /// Coalesces bursts of events, and lets every cache catch up with an event that
-/// several watches see.
-const DEBOUNCE: Duration = Duration::from_millis(300);
+/// several watches see; counted from a system's first trigger, so later ones
+/// never push its reconcile back (`triggers::coalesce`).
+const COALESCE: Duration = Duration::from_millis(300);
 /// Reconciles under way at once: bounded, so a burst of changes cannot run
 /// the process out of memory or flood the API server.
 const CONCURRENCY: u16 = 16;
@@ -387,12 +388,9 @@ pub async fn run(
             ),
         ),
     );
+    let triggers = super::triggers::coalesce(Box::pin(triggers), COALESCE);
     Controller::for_stream(futures::stream::pending(), caches.systems.clone())
-        .with_config(
-            kube::runtime::controller::Config::default()
-                .debounce(DEBOUNCE)
-                .concurrency(CONCURRENCY),
-        )
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)
         .run(super::reconcile, super::error_policy, ctx)

@@ -73,7 +73,16 @@ pub fn component_for(
         pods: &[],
         systems: &[],
     };
-    systems.iter().find_map(|s| {
+    // Validation costs far more than a selector match: only systems whose
+    // spec has a component taking these labels are validated (one, usually,
+    // of the hundred a namespace may hold).
+    let takes = |s: &IoTSystem| {
+        s.spec
+            .components
+            .iter()
+            .any(|c| Selector::try_from(c.selector.clone()).is_ok_and(|sel| sel.matches(labels)))
+    };
+    systems.iter().filter(|s| takes(s)).find_map(|s| {
         let valid = validate(s, &alone).ok()?;
         let index = valid.components.iter().position(|c| {
             Selector::try_from(c.selector.clone()).is_ok_and(|sel| sel.matches(labels))
