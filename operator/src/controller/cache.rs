@@ -271,13 +271,32 @@ impl Caches {
         let (changed_tx, systems_changed) = tokio::sync::watch::channel(0u64);
         let systems = {
             let store = drivers.systems.clone();
+            let mut seen: std::collections::HashMap<(String, String), u64> = Default::default();
             drivers.spawn_into(
                 "IoTSystem",
                 systems_writer,
                 watcher(drivers.api::<IoTSystem>(), every.clone()),
                 move |s: &IoTSystem, deleted| {
-                    changed_tx.send_modify(|n| *n = n.wrapping_add(1));
+                    // Most of a system's events are its own status writes:
+                    // only its spec, labels, annotations or deletion matter.
                     let (namespace, name) = (s.namespace().unwrap_or_default(), s.name_any());
+                    let print = {
+                        use std::hash::{Hash, Hasher};
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        s.metadata.generation.hash(&mut h);
+                        s.labels().hash(&mut h);
+                        s.annotations().hash(&mut h);
+                        s.metadata.deletion_timestamp.is_some().hash(&mut h);
+                        s.uid().hash(&mut h);
+                        h.finish()
+                    };
+                    let key = (namespace.clone(), name.clone());
+                    if deleted {
+                        seen.remove(&key);
+                    } else if seen.insert(key, print) == Some(print) {
+                        return Vec::new();
+                    }
+                    changed_tx.send_modify(|n| *n = n.wrapping_add(1));
                     if deleted {
                         on_system_gone(&namespace, &name);
                     }

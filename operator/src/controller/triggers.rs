@@ -78,9 +78,13 @@ fn fingerprint(pod: &Pod) -> u64 {
     h.finish()
 }
 
-/// Per pod: what the checks last saw of it and which systems took it.
+/// What the checks last saw of a pod (its fingerprint), and which systems
+/// took it.
+type Seen = (u64, Vec<ObjectRef<IoTSystem>>);
+
+/// Per pod (namespace, name): what was last seen of it.
 #[derive(Default)]
-pub struct PodTriggers(HashMap<(String, String), (u64, Vec<ObjectRef<IoTSystem>>)>);
+pub struct PodTriggers(HashMap<(String, String), Seen>);
 
 impl PodTriggers {
     /// The systems to re-judge after this pod event: none when nothing read

@@ -76,7 +76,15 @@ pub struct ComponentFilter {
     keys: BTreeSet<String>,
     /// Namespaces where a selector requires no label at all: every pod there.
     whole: BTreeSet<String>,
+    /// Too many namespaces to name within the API server's limit: every pod
+    /// of every selected namespace goes to the webhook.
+    everything: bool,
 }
+
+/// The API server refuses a CEL expression over 100,000 code points; the
+/// longest label path and the expression's fixed text stay well within the
+/// rest.
+const CONDITION_BUDGET: usize = 80_000;
 
 impl ComponentFilter {
     pub fn of(systems: &[Arc<IoTSystem>]) -> Self {
@@ -108,12 +116,68 @@ impl ComponentFilter {
                 }
             }
         }
-        f
+        f.bounded(CONDITION_BUDGET)
     }
 
-    /// A CEL condition true for every object whose labels (at `labels`, a
-    /// field path under `object`) could put it in a component.
+    /// The length of one map entry: `"<s>": true, `.
+    fn entry_len(s: &str) -> usize {
+        cel_string(s).chars().count() + 8
+    }
+
+    fn entries_len(&self) -> usize {
+        self.pairs
+            .iter()
+            .chain(&self.keys)
+            .chain(&self.whole)
+            .map(|s| Self::entry_len(s))
+            .sum()
+    }
+
+    /// Widens the filter until its condition fits `budget`: the namespace
+    /// with the most entries is taken whole first (its non-component pods
+    /// then reach the webhook too, which admits them untouched), then, when
+    /// even the namespaces alone do not fit, every pod of the selected
+    /// namespaces. Never narrower than before: no component is missed.
+    fn bounded(mut self, budget: usize) -> Self {
+        let mut length = self.entries_len();
+        if length <= budget {
+            return self;
+        }
+        let mut per_namespace: std::collections::BTreeMap<&str, usize> = Default::default();
+        for entry in self.pairs.iter().chain(&self.keys) {
+            let ns = entry.split_once('/').map_or(entry.as_str(), |(ns, _)| ns);
+            *per_namespace.entry(ns).or_default() += Self::entry_len(entry);
+        }
+        // The largest first; by name among equals, so it is deterministic.
+        let mut order: Vec<(&str, usize)> = per_namespace.into_iter().collect();
+        order.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let mut widened = BTreeSet::new();
+        for (ns, size) in order {
+            if length <= budget {
+                break;
+            }
+            length = length - size + Self::entry_len(ns);
+            widened.insert(ns.to_string());
+        }
+        if length > budget {
+            // Even the namespaces alone do not fit.
+            return Self {
+                everything: true,
+                ..Self::default()
+            };
+        }
+        let inside =
+            |e: &String| widened.contains(e.split_once('/').map_or(e.as_str(), |(ns, _)| ns));
+        self.pairs.retain(|e| !inside(e));
+        self.keys.retain(|e| !inside(e));
+        self.whole.extend(widened);
+        self
+    }
+
     pub fn condition(&self, labels: &str) -> String {
+        if self.everything {
+            return "true".into();
+        }
         let map = |set: &BTreeSet<String>| {
             let entries: Vec<String> = set
                 .iter()
@@ -366,6 +430,38 @@ mod tests {
             "never skipped"
         );
         assert_eq!(system.namespace_selector, None, "every namespace");
+    }
+
+    #[test]
+    fn the_filter_widens_namespace_by_namespace_to_stay_within_the_servers_limit() {
+        let systems: Vec<Arc<IoTSystem>> = (0..1000)
+            .map(|i| {
+                let mut s: IoTSystem =
+                    serde_saphyr::from_str(crate::build::fixtures::FACTORY).unwrap();
+                s.metadata.namespace = Some(format!("namespace-number-{i}"));
+                Arc::new(s)
+            })
+            .collect();
+        let full = ComponentFilter::of(&systems[..10]);
+        assert!(full.whole.is_empty() && full.pairs.len() == 30, "{full:?}");
+        let f = ComponentFilter::of(&systems);
+        let cel = f.condition("object.spec.jobTemplate.spec.template.metadata.labels");
+        assert!(cel.chars().count() < 100_000, "{}", cel.len());
+        // Widened, never narrowed: each namespace is named, whole or by pair.
+        for i in 0..1000 {
+            let ns = format!("namespace-number-{i}");
+            assert!(
+                f.whole.contains(&ns) || f.pairs.contains(&format!("{ns}/app=line-sensor")),
+                "{ns} lost"
+            );
+        }
+        assert!(
+            !f.whole.is_empty() && !f.pairs.is_empty(),
+            "only as wide as needed"
+        );
+        // Beyond what even whole namespaces can name: every pod.
+        let tight = ComponentFilter::of(&systems[..10]).bounded(10);
+        assert_eq!(tight.condition("object.metadata.labels"), "true");
     }
 
     #[test]
