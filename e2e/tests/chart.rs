@@ -342,6 +342,41 @@ async fn wait_system_ready(client: &Client, namespace: &str) {
     .await;
 }
 
+/// Waits until the PolicyReport carries the checkpoint of the status: the
+/// leader writes the report just after the status, so Ready alone may show
+/// between the two writes.
+async fn wait_report_follows_status(client: &Client, namespace: &str) {
+    let systems: Api<IoTSystem> = Api::namespaced(client.clone(), namespace);
+    let reports: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &kube::discovery::ApiResource {
+            group: "wgpolicyk8s.io".into(),
+            version: "v1alpha2".into(),
+            api_version: "wgpolicyk8s.io/v1alpha2".into(),
+            kind: "PolicyReport".into(),
+            plural: "policyreports".into(),
+        },
+    );
+    wait_until("the PolicyReport written after the status", || async {
+        let checkpoint = systems
+            .get("plant")
+            .await
+            .ok()?
+            .status?
+            .decision_log?
+            .checkpoint;
+        let report = reports.get("iotposture-plant").await.ok()?;
+        (report
+            .metadata
+            .annotations?
+            .get("iotposture.dev/decision-checkpoint")?
+            == &checkpoint)
+            .then_some(())
+    })
+    .await;
+}
+
 async fn wait_rolled_out(client: &Client, namespace: &str, name: &str) {
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     wait_until("the operator's Deployment rolled out", || async {
@@ -609,6 +644,7 @@ async fn two_replicas_fail_over_within_15s_and_keep_answering_through_a_rollout(
     let systems: Api<IoTSystem> = Api::namespaced(admin.clone(), apps);
     create_system(&systems, apps).await;
     wait_system_ready(&admin, apps).await;
+    wait_report_follows_status(&admin, apps).await;
 
     // Kill the leader's process outright (SIGKILL, no lease release).
     let leases: Api<Lease> = Api::namespaced(admin.clone(), ns);

@@ -147,7 +147,8 @@ async fn nothing_lost_or_duplicated(
         "{what}: written more than once: {twice:?}"
     );
     // Per system: 3 ServiceAccounts, 3 Roles, 2 RoleBindings, 6
-    // NetworkPolicies, the gateway and alert rules ConfigMaps and the PolicyReport.
+    // NetworkPolicies, the gateway ConfigMap, the alert rules (a PrometheusRule:
+    // the plane serves its CRD) and the PolicyReport.
     assert_eq!(children(ns).await, systems * 17, "{what}: children");
 }
 
@@ -157,7 +158,7 @@ async fn children(ns: &TestNamespace) -> usize {
         .kubectl(
             &[
                 "get",
-                "serviceaccounts,roles,rolebindings,networkpolicies,configmaps,policyreports",
+                "serviceaccounts,roles,rolebindings,networkpolicies,configmaps,prometheusrules,policyreports",
                 "-l",
                 "app.kubernetes.io/managed-by=iotposture",
                 "-o",

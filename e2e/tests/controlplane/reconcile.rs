@@ -50,7 +50,7 @@ async fn creates_restores_and_prunes_children() {
     let status = system.status.as_ref().unwrap();
     assert_eq!(status.component_count, 3);
     // ServiceAccounts, Roles, RoleBindings, NetworkPolicies, the gateway
-    // ConfigMap and the alert rules' ConfigMap.
+    // ConfigMap and the alert rules' PrometheusRule.
     assert_eq!(status.managed_objects.len(), 3 + 3 + 2 + 6 + 1 + 1);
     assert!(
         wait_event(&ns, "factory", "Applied")

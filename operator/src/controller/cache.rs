@@ -66,7 +66,9 @@ pub struct Caches {
     pub certificates: Option<Store<Certificate>>,
     /// Admission refusals and warnings the webhook replicas handed over for
     /// the decision record (labelled Events only).
-    pub handovers: Store<k8s_openapi::api::events::v1::Event>,
+    /// None when the operator may not list Events (an older chart's RBAC):
+    /// refusals then stay out of the record.
+    pub handovers: Option<Store<k8s_openapi::api::events::v1::Event>>,
     /// Our PrometheusRules; None when the Prometheus Operator's CRD is not
     /// served, and the alert rules go into ConfigMaps instead.
     pub prometheus_rules: Option<Store<PrometheusRule>>,
@@ -391,25 +393,42 @@ impl Caches {
             None
         };
         // Refusals handed over by the webhooks: only the system named.
-        let handovers = drivers.spawn(
-            "AdmissionEvent",
-            watcher(
-                drivers.api::<k8s_openapi::api::events::v1::Event>(),
-                every
-                    .clone()
-                    .labels(crate::webhook::refusals::DECISION_LABEL),
+        let events = drivers.api::<k8s_openapi::api::events::v1::Event>();
+        let handovers = if may_list(
+            &events,
+            "Events: admission refusals stay out of the decision record",
+        )
+        .await
+        {
+            Some(
+                drivers.spawn(
+                    "AdmissionEvent",
+                    watcher(
+                        events,
+                        every
+                            .clone()
+                            .labels(crate::webhook::refusals::DECISION_LABEL),
+                    )
+                    .modify(|e| e.managed_fields_mut().clear()),
+                    |e: &k8s_openapi::api::events::v1::Event, _| match (
+                        e.namespace(),
+                        e.labels().get(crate::build::meta::SYSTEM_LABEL),
+                    ) {
+                        (Some(ns), Some(name)) => vec![ObjectRef::new(name).within(&ns)],
+                        _ => Vec::new(),
+                    },
+                ),
             )
-            .modify(|e| e.managed_fields_mut().clear()),
-            |e: &k8s_openapi::api::events::v1::Event, _| match (
-                e.namespace(),
-                e.labels().get(crate::build::meta::SYSTEM_LABEL),
-            ) {
-                (Some(ns), Some(name)) => vec![ObjectRef::new(name).within(&ns)],
-                _ => Vec::new(),
-            },
-        );
+        } else {
+            None
+        };
         // Alert rules as PrometheusRules where their CRD is served.
         let prometheus_rules = if serves(&client, "monitoring.coreos.com/v1", "prometheusrules")
+            .await
+            && may_list(
+                &drivers.api::<PrometheusRule>(),
+                "PrometheusRules: alert rules go into ConfigMaps",
+            )
             .await
         {
             Some(drivers.namespaced::<PrometheusRule>("PrometheusRule", managed.clone()))
@@ -524,8 +543,8 @@ impl Caches {
         name: &str,
     ) -> Vec<Arc<k8s_openapi::api::events::v1::Event>> {
         self.handovers
-            .state()
-            .into_iter()
+            .iter()
+            .flat_map(|h| h.state())
             .filter(|e| {
                 e.namespace().as_deref() == Some(namespace)
                     && e.labels()
@@ -608,6 +627,26 @@ where
 
 fn owned<K: Clone>(items: Vec<Arc<K>>) -> Vec<K> {
     items.into_iter().map(|a| a.as_ref().clone()).collect()
+}
+
+/// Whether the operator may list `api`'s kind: an operator newer than its
+/// chart's RBAC (as during an upgrade) goes on without what it may not read,
+/// saying so, rather than never becoming ready. Other errors count as yes:
+/// the watch retries them and readiness shows them.
+async fn may_list<K>(api: &Api<K>, without: &str) -> bool
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    match api
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            warn!("not allowed to list {without} (grant list and watch to change that)");
+            false
+        }
+        _ => true,
+    }
 }
 
 /// Whether the API server serves `resource` in `group_version` (an optional CRD).
