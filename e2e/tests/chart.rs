@@ -6,7 +6,7 @@
 //! the image built here, under the chart's ServiceAccount.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -928,13 +928,36 @@ async fn the_operator_roles_grant_only_what_the_operator_uses() {
             .filter_map(|e| e["requestReceivedTimestamp"].as_str().map(String::from))
             .min()
     };
+    // The upgrade test runs this operator under the previous chart's roles
+    // first (it must go on without what they lack): only what it was refused
+    // under the chart's current roles, written last, is a gap.
+    let role_written_at = |account: &str| -> Option<String> {
+        let name = account.rsplit(':').next()?;
+        all.iter()
+            .filter(|e| matches!(e["verb"].as_str(), Some("create" | "update" | "patch")))
+            .filter(|e| {
+                e["objectRef"]["resource"] == "clusterroles" && e["objectRef"]["name"] == name
+            })
+            .filter_map(|e| e["requestReceivedTimestamp"].as_str().map(String::from))
+            .max()
+    };
+    let mut windows: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
+    for account in OPERATOR_ACCOUNTS {
+        windows.insert(
+            account.to_string(),
+            (role_written_at(account), unbound_at(account)),
+        );
+    }
     let refused: BTreeSet<String> = entries
         .iter()
         .filter(|e| e["responseStatus"]["code"] == 403)
         .filter(|e| {
             let at = e["requestReceivedTimestamp"].as_str().unwrap_or_default();
-            unbound_at(e["user"]["username"].as_str().unwrap_or_default())
-                .is_none_or(|unbound| at < unbound.as_str())
+            let (written, unbound) = windows
+                .get(e["user"]["username"].as_str().unwrap_or_default())
+                .cloned()
+                .unwrap_or_default();
+            written.is_none_or(|w| at >= w.as_str()) && unbound.is_none_or(|u| at < u.as_str())
         })
         .flat_map(used)
         .map(|(g, r, v, n)| format!("{v} {g}/{r} {n}"))
