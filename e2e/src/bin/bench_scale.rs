@@ -295,13 +295,18 @@ impl Operator {
         (field("VmHWM:"), field("VmRSS:"))
     }
 
-    /// The sum of each counter family named, from /metrics.
-    fn counters(&self) -> BTreeMap<String, f64> {
-        let out = Command::new("curl")
+    /// The operator's /metrics text (empty when it does not answer).
+    fn scrape(&self) -> String {
+        Command::new("curl")
             .args(["-s", "--max-time", "10", &self.metrics])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// The sum of each counter family named, from /metrics.
+    fn counters(&self) -> BTreeMap<String, f64> {
+        let out = self.scrape();
         let mut sums = BTreeMap::new();
         for line in out.lines().filter(|l| !l.starts_with('#')) {
             let Some((series, value)) = line.rsplit_once(' ') else {
@@ -317,11 +322,7 @@ impl Operator {
 
     /// Writes so far by kind and verb.
     fn writes_by_kind(&self) -> BTreeMap<String, f64> {
-        let out = Command::new("curl")
-            .args(["-s", "--max-time", "10", &self.metrics])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default();
+        let out = self.scrape();
         out.lines()
             .filter_map(|l| l.strip_prefix("iotposture_api_writes_total{"))
             .filter_map(|l| {
