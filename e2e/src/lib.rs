@@ -447,8 +447,47 @@ impl RunningOperator {
                 tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
             })
             .await;
+            Self::wait_admission_calls_webhooks(ns).await;
         }
         running
+    }
+
+    /// The API server calls a new webhook only once its own watch of the
+    /// configurations has seen it, which lags the write under load: until a
+    /// dry-run create of an invalid IoTSystem is refused by our webhook, a
+    /// test's first create could be admitted unseen.
+    async fn wait_admission_calls_webhooks(ns: &TestNamespace) {
+        let resource = kube::core::ApiResource::erase::<iotposture::api::IoTSystem>(&());
+        let api = Api::<kube::core::DynamicObject>::namespaced_with(
+            ns.client.clone(),
+            &ns.name,
+            &resource,
+        );
+        let probe: kube::core::DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "iotposture.dev/v1alpha1", "kind": "IoTSystem",
+            "metadata": {"name": "webhook-probe"},
+            "spec": {
+                "components": [{"name": "c", "role": "Aggregator", "selector": {"matchLabels": {"app": "c"}},
+                                "ports": [{"name": "mqtts", "port": 8883, "tls": true}]}],
+                "flows": [{"from": "no-such-component", "to": "c", "port": "mqtts"}]
+            }
+        }))
+        .expect("the probe is an object");
+        let dry = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        wait_until("the API server calling the webhooks", || async {
+            match api.create(&dry, &probe).await {
+                Err(kube::Error::Api(status))
+                    if status.message.contains("IoTSystem spec is invalid") =>
+                {
+                    Some(())
+                }
+                _ => None,
+            }
+        })
+        .await;
     }
 
     /// Starts the operator without waiting for anything.
