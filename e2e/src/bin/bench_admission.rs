@@ -16,7 +16,6 @@ use iotposture::{
     metrics::Metrics,
     webhook::{self, WebhookState, certs::ServingCert},
 };
-use kube::runtime::{reflector, watcher};
 use serde_json::{Value, json};
 
 const CONCURRENCY: usize = 16;
@@ -102,8 +101,7 @@ async fn main() -> anyhow::Result<()> {
         "../../../operator/tests/fixtures/factory.yaml"
     ))?;
     system.metadata.uid = Some("bench".into());
-    let (systems, mut writer) = reflector::store();
-    writer.apply_watcher_event(&watcher::Event::Apply(system));
+    let systems = iotposture::controller::index::Indexed::of([system]);
 
     let cert = ServingCert::issue(&["127.0.0.1".into()], SystemTime::now())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

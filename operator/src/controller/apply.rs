@@ -17,12 +17,12 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
     core::{DynamicObject, PartialObjectMeta},
-    runtime::reflector::{ObjectRef, Store},
+    runtime::reflector::ObjectRef,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use super::{Context, FIELD_MANAGER};
+use super::{Context, FIELD_MANAGER, index::Indexed};
 use crate::{
     build::{DesiredObjects, meta::SYSTEM_LABEL},
     controller::validate::ValidatedSystem,
@@ -340,7 +340,7 @@ fn is_conflict(e: &kube::Error) -> bool {
 async fn sync_kind<K>(
     ctx: &Context,
     system: &ValidatedSystem,
-    cache: &Store<K>,
+    cache: &Indexed<K>,
     desired: &[K],
     report: &mut ApplyReport,
 ) -> Vec<K>
@@ -383,9 +383,8 @@ where
     }
 
     let wanted: BTreeSet<String> = desired.iter().map(|o| o.name_any()).collect();
-    for stale in cache.state() {
-        let ours = stale.namespace().as_deref() == Some(system.namespace.as_str())
-            && stale.labels().get(SYSTEM_LABEL) == Some(&system.name)
+    for stale in cache.in_namespace(&system.namespace) {
+        let ours = stale.labels().get(SYSTEM_LABEL) == Some(&system.name)
             && is_owned_by(stale.as_ref(), owner_uid);
         let name = stale.name_any();
         if !ours || wanted.contains(&name) || stale.meta().deletion_timestamp.is_some() {
@@ -438,8 +437,9 @@ pub async fn admit_for_review(ctx: &Context, namespace: &str) -> Result<(), Appl
     let Some(webhooks) = &ctx.webhooks else {
         return Ok(());
     };
+    let version = *ctx.caches.systems_changed.borrow();
     webhooks
-        .cover(&ctx.caches.systems.state())
+        .cover(&ctx.caches.systems, version)
         .await
         .map_err(|e| ApplyError::Webhooks(e.to_string()))?;
     let registration = &webhooks.registration;

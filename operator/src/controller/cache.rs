@@ -20,16 +20,13 @@ use k8s_openapi::api::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::{DynamicObject, PartialObjectMeta},
-    runtime::{
-        WatchStreamExt, reflector,
-        reflector::{ObjectRef, Store},
-        watcher,
-    },
+    runtime::{WatchStreamExt, reflector, reflector::ObjectRef, watcher},
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::index::Indexed;
 use crate::{
     api::{
         IoTSystem, certmanager::certificate::Certificate,
@@ -43,35 +40,35 @@ use crate::{
 
 #[derive(Clone)]
 pub struct Caches {
-    pub systems: Store<IoTSystem>,
+    pub systems: Indexed<IoTSystem>,
     /// Counts the systems cache's changes: for whoever derives state from
     /// all systems (the webhooks' match conditions).
     pub systems_changed: tokio::sync::watch::Receiver<u64>,
-    pub pods: Store<Pod>,
-    pub services: Store<Service>,
-    pub network_policies: Store<NetworkPolicy>,
-    pub service_accounts: Store<ServiceAccount>,
-    pub roles: Store<Role>,
-    pub role_bindings: Store<RoleBinding>,
-    pub cluster_roles: Store<ClusterRole>,
+    pub pods: Indexed<Pod>,
+    pub services: Indexed<Service>,
+    pub network_policies: Indexed<NetworkPolicy>,
+    pub service_accounts: Indexed<ServiceAccount>,
+    pub roles: Indexed<Role>,
+    pub role_bindings: Indexed<RoleBinding>,
+    pub cluster_roles: Indexed<ClusterRole>,
     /// Only the ConfigMaps this operator manages (by label).
-    pub config_maps: Store<ConfigMap>,
+    pub config_maps: Indexed<ConfigMap>,
     /// Metadata only: secret values never reach the operator.
-    pub secrets: Store<PartialObjectMeta<Secret>>,
+    pub secrets: Indexed<PartialObjectMeta<Secret>>,
     /// Metadata only: labels (admission) and termination.
-    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    pub namespaces: Indexed<PartialObjectMeta<Namespace>>,
     /// Our PolicyReports; None when the cluster has no PolicyReport CRD.
-    pub policy_reports: Option<Store<DynamicObject>>,
+    pub policy_reports: Option<Indexed<DynamicObject>>,
     /// cert-manager Certificates; None when cert-manager is not installed.
-    pub certificates: Option<Store<Certificate>>,
+    pub certificates: Option<Indexed<Certificate>>,
     /// Admission refusals and warnings the webhook replicas handed over for
     /// the decision record (labelled Events only).
     /// None when the operator may not list Events (an older chart's RBAC):
     /// refusals then stay out of the record.
-    pub handovers: Option<Store<k8s_openapi::api::events::v1::Event>>,
+    pub handovers: Option<Indexed<k8s_openapi::api::events::v1::Event>>,
     /// Our PrometheusRules; None when the Prometheus Operator's CRD is not
     /// served, and the alert rules go into ConfigMaps instead.
-    pub prometheus_rules: Option<Store<PrometheusRule>>,
+    pub prometheus_rules: Option<Indexed<PrometheusRule>>,
     /// The node agents' reports; None when the operator reads none.
     pub edge: Option<EdgeCaches>,
 }
@@ -111,11 +108,11 @@ pub struct EdgeOptions {
 #[derive(Clone)]
 pub struct EdgeCaches {
     pub namespace: String,
-    pub postures: Store<NodePosture>,
+    pub postures: Indexed<NodePosture>,
     /// The agent pods: a report counts only while its writer runs, ready.
-    pub agents: Store<Pod>,
+    pub agents: Indexed<Pod>,
     /// Metadata only: node labels, for spec.edgeNodes.nodeSelector.
-    pub nodes: Store<PartialObjectMeta<Node>>,
+    pub nodes: Indexed<PartialObjectMeta<Node>>,
 }
 
 /// Systems to reconcile, from every cache's changes.
@@ -132,7 +129,7 @@ struct Drivers {
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     triggers: mpsc::UnboundedSender<ObjectRef<IoTSystem>>,
-    systems: Store<IoTSystem>,
+    systems: Indexed<IoTSystem>,
 }
 
 impl Drivers {
@@ -155,29 +152,30 @@ impl Drivers {
         kind: &'static str,
         events: S,
         affected: impl FnMut(&K, bool) -> Vec<ObjectRef<IoTSystem>> + Send + 'static,
-    ) -> Store<K>
+    ) -> Indexed<K>
     where
         K: Resource + Clone + Debug + Send + Sync + 'static,
         K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
         S: Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
     {
         let writer = reflector::store::Writer::default();
-        self.spawn_into(kind, writer, events, affected)
+        let index = Indexed::new(writer.as_reader(), Default::default());
+        self.spawn_into(kind, writer, index, events, affected)
     }
 
     fn spawn_into<K, S>(
         &self,
         kind: &'static str,
         writer: reflector::store::Writer<K>,
+        index: Indexed<K>,
         events: S,
         affected: impl FnMut(&K, bool) -> Vec<ObjectRef<IoTSystem>> + Send + 'static,
-    ) -> Store<K>
+    ) -> Indexed<K>
     where
         K: Resource + Clone + Debug + Send + Sync + 'static,
         K::DynamicType: Eq + Hash + Clone + Send + Sync,
         S: Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
     {
-        let store = writer.as_reader();
         self.health.expect_watch(kind);
         let health = self.health.clone();
         let metrics = self.metrics.clone();
@@ -189,9 +187,13 @@ impl Drivers {
         // pods that was 10,000 triggers per namespace's systems). A later
         // relist (after a watch error) still triggers: changes may be missed.
         let mut first_list = kind != "IoTSystem";
+        let indexing = index.clone();
         tokio::spawn(async move {
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
+                if let Ok(e) = &event {
+                    indexing.observe(e);
+                }
                 let refs = match event {
                     Ok(watcher::Event::Apply(o)) => affected(&o, false),
                     Ok(watcher::Event::InitApply(o)) => {
@@ -219,11 +221,11 @@ impl Drivers {
                 }
             }
         });
-        store
+        index
     }
 
     /// A namespaced kind whose changes re-judge the systems of its namespace.
-    fn namespaced<K>(&self, kind: &'static str, config: watcher::Config) -> Store<K>
+    fn namespaced<K>(&self, kind: &'static str, config: watcher::Config) -> Indexed<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -257,13 +259,14 @@ impl Caches {
     ) -> (Caches, Triggers) {
         let (tx, rx) = mpsc::unbounded_channel();
         let systems_writer = reflector::store::Writer::<IoTSystem>::default();
+        let systems_index = Indexed::new(systems_writer.as_reader(), ());
         let drivers = Drivers {
             client: client.clone(),
             namespace,
             health,
             metrics,
             triggers: tx,
-            systems: systems_writer.as_reader(),
+            systems: systems_index.clone(),
         };
         let every = watcher::Config::default();
         let managed = every.clone().labels(&managed_selector());
@@ -277,6 +280,7 @@ impl Caches {
             drivers.spawn_into(
                 "IoTSystem",
                 systems_writer,
+                systems_index,
                 watcher(drivers.api::<IoTSystem>(), every.clone()),
                 move |s: &IoTSystem, deleted| {
                     // Most of a system's events are its own status writes:
@@ -337,7 +341,7 @@ impl Caches {
                 },
             )
         };
-        let role_bindings: Store<RoleBinding> = drivers.namespaced("RoleBinding", every.clone());
+        let role_bindings: Indexed<RoleBinding> = drivers.namespaced("RoleBinding", every.clone());
         // A ClusterRole matters to a system only through a RoleBinding in its
         // namespace that refers to it.
         let cluster_roles = {
@@ -348,16 +352,15 @@ impl Caches {
                 watcher(Api::<ClusterRole>::all(client.clone()), every.clone()).modify(slim),
                 move |role: &ClusterRole, _| {
                     let name = role.name_any();
-                    let namespaces: std::collections::HashSet<String> = bindings
+                    let namespaces: std::collections::BTreeSet<String> = bindings
                         .state()
                         .iter()
                         .filter(|b| b.role_ref.kind == "ClusterRole" && b.role_ref.name == name)
                         .filter_map(|b| b.namespace())
                         .collect();
-                    store
-                        .state()
-                        .into_iter()
-                        .filter(|s| s.namespace().is_some_and(|ns| namespaces.contains(&ns)))
+                    namespaces
+                        .iter()
+                        .flat_map(|ns| store.in_namespace(ns))
                         .map(|s| ObjectRef::from_obj(s.as_ref()))
                         .collect()
                 },
@@ -371,9 +374,12 @@ impl Caches {
                 None => Api::<DynamicObject>::all_with(client.clone(), &resource),
             };
             let store = drivers.systems.clone();
+            let writer = reflector::store::Writer::new(resource.clone());
+            let index = Indexed::new(writer.as_reader(), resource);
             Some(drivers.spawn_into(
                 "PolicyReport",
-                reflector::store::Writer::new(resource),
+                writer,
+                index,
                 watcher(api, managed.clone()),
                 move |r: &DynamicObject, _| systems_in_namespace(&store, r.namespace().as_deref()),
             ))
@@ -441,7 +447,7 @@ impl Caches {
         // Node agents' reports, their pods and node labels re-judge the
         // systems that declare edge nodes, and only those.
         let edge = edge.map(|opts| {
-            let with_edge = |store: Store<IoTSystem>| {
+            let with_edge = |store: Indexed<IoTSystem>| {
                 move || -> Vec<ObjectRef<IoTSystem>> {
                     store
                         .state()
@@ -544,13 +550,12 @@ impl Caches {
     ) -> Vec<Arc<k8s_openapi::api::events::v1::Event>> {
         self.handovers
             .iter()
-            .flat_map(|h| h.state())
+            .flat_map(|h| h.in_namespace(namespace))
             .filter(|e| {
-                e.namespace().as_deref() == Some(namespace)
-                    && e.labels()
-                        .get(crate::build::meta::SYSTEM_LABEL)
-                        .map(String::as_str)
-                        == Some(name)
+                e.labels()
+                    .get(crate::build::meta::SYSTEM_LABEL)
+                    .map(String::as_str)
+                    == Some(name)
             })
             .collect()
     }
@@ -565,25 +570,27 @@ impl Caches {
 
     pub fn snapshot(&self, namespace: &str) -> Snapshot {
         Snapshot {
-            pods: owned(in_namespace(&self.pods, namespace)),
-            services: owned(in_namespace(&self.services, namespace)),
-            network_policies: owned(in_namespace(&self.network_policies, namespace)),
-            service_accounts: owned(in_namespace(&self.service_accounts, namespace)),
-            roles: owned(in_namespace(&self.roles, namespace)),
-            role_bindings: owned(in_namespace(&self.role_bindings, namespace)),
+            pods: owned(self.pods.in_namespace(namespace)),
+            services: owned(self.services.in_namespace(namespace)),
+            network_policies: owned(self.network_policies.in_namespace(namespace)),
+            service_accounts: owned(self.service_accounts.in_namespace(namespace)),
+            roles: owned(self.roles.in_namespace(namespace)),
+            role_bindings: owned(self.role_bindings.in_namespace(namespace)),
             cluster_roles: {
                 let mut roles = owned(self.cluster_roles.state());
                 roles.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
                 roles
             },
-            secrets: in_namespace(&self.secrets, namespace)
+            secrets: self
+                .secrets
+                .in_namespace(namespace)
                 .into_iter()
                 .map(|s| s.metadata.clone())
                 .collect(),
             certificates: self
                 .certificates
                 .as_ref()
-                .map(|store| owned(in_namespace(store, namespace))),
+                .map(|store| owned(store.in_namespace(namespace))),
             tls_probes: None,
             http_probes: None,
             heartbeats: None,
@@ -607,22 +614,6 @@ impl Caches {
             .get(&ObjectRef::new(name).within(namespace))
             .is_some_and(|s| s.metadata.uid.as_deref() == uid)
     }
-}
-
-pub fn in_namespace<K>(store: &Store<K>, namespace: &str) -> Vec<Arc<K>>
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: std::hash::Hash + Eq + Clone,
-{
-    let mut items: Vec<Arc<K>> = store
-        .state()
-        .into_iter()
-        .filter(|o| o.namespace().as_deref() == Some(namespace))
-        .collect();
-    // The store's order is a hash map's, and differs between processes: by
-    // name, evidence reads the same after a restart and nothing is rewritten.
-    items.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
-    items
 }
 
 fn owned<K: Clone>(items: Vec<Arc<K>>) -> Vec<K> {
@@ -668,21 +659,25 @@ fn slim<K: Resource>(o: &mut K) {
 }
 
 /// The systems of a namespace (all systems for cluster-scoped objects).
-fn systems_in_namespace(systems: &Store<IoTSystem>, ns: Option<&str>) -> Vec<ObjectRef<IoTSystem>> {
+fn systems_in_namespace(
+    systems: &Indexed<IoTSystem>,
+    ns: Option<&str>,
+) -> Vec<ObjectRef<IoTSystem>> {
+    let systems = match ns {
+        Some(ns) => systems.in_namespace(ns),
+        None => systems.state(),
+    };
     systems
-        .state()
-        .into_iter()
-        .filter(|s| ns.is_none() || s.namespace().as_deref() == ns)
+        .iter()
         .map(|s| ObjectRef::from_obj(s.as_ref()))
         .collect()
 }
 
-fn siblings_of(systems: &Store<IoTSystem>, changed: &IoTSystem) -> Vec<ObjectRef<IoTSystem>> {
-    let ns = changed.namespace();
+fn siblings_of(systems: &Indexed<IoTSystem>, changed: &IoTSystem) -> Vec<ObjectRef<IoTSystem>> {
     systems
-        .state()
+        .in_namespace(&changed.namespace().unwrap_or_default())
         .into_iter()
-        .filter(|s| s.namespace() == ns && s.metadata.uid != changed.metadata.uid)
+        .filter(|s| s.metadata.uid != changed.metadata.uid)
         .map(|s| ObjectRef::from_obj(s.as_ref()))
         .collect()
 }

@@ -17,6 +17,7 @@ pub mod backoff;
 pub mod cache;
 pub mod edge_nodes;
 pub mod findings;
+pub mod index;
 pub mod leader;
 pub mod listening;
 pub mod probing;
@@ -124,8 +125,8 @@ struct Plan {
 }
 
 fn plan(system: &IoTSystem, ctx: &Context, namespace: &str) -> Plan {
-    let pods = cache::in_namespace(&ctx.caches.pods, namespace);
-    let systems = cache::in_namespace(&ctx.caches.systems, namespace);
+    let pods = ctx.caches.pods.in_namespace(namespace);
+    let systems = ctx.caches.systems.in_namespace(namespace);
     let validated = validate(
         system,
         &Neighbourhood {

@@ -304,7 +304,9 @@ fn ready_pod_ips(
         return Vec::new();
     };
     let empty = BTreeMap::new();
-    super::cache::in_namespace(&caches.pods, &system.namespace)
+    caches
+        .pods
+        .in_namespace(&system.namespace)
         .iter()
         .filter(|p| selector.matches(p.metadata.labels.as_ref().unwrap_or(&empty)))
         .filter(|p| is_ready(p))

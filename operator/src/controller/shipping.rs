@@ -39,7 +39,7 @@ use tracing::{info, warn};
 
 use super::{
     FIELD_MANAGER,
-    cache::{Caches, in_namespace},
+    cache::Caches,
     secrets,
     validate::{Neighbourhood, ValidLogging, ValidatedSystem, validate},
 };
@@ -134,7 +134,7 @@ async fn read_material(
 
 /// Names of the pods the system's components select.
 fn system_pods(caches: &Caches, system: &ValidatedSystem) -> Vec<String> {
-    let pods = in_namespace(&caches.pods, &system.namespace);
+    let pods = caches.pods.in_namespace(&system.namespace);
     let selectors: Vec<Selector> = system
         .components
         .iter()

@@ -18,23 +18,23 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{
     ResourceExt,
     core::{Selector, SelectorExt},
-    runtime::{reflector::ObjectRef, reflector::Store},
+    runtime::reflector::ObjectRef,
 };
 use tokio::{sync::mpsc, time::Instant};
 
+use super::index::Indexed;
 use crate::api::IoTSystem;
 
 /// The systems in `pod`'s namespace with a component whose selector takes
 /// these labels.
 fn taking(
-    systems: &Store<IoTSystem>,
+    systems: &Indexed<IoTSystem>,
     namespace: &str,
     labels: &std::collections::BTreeMap<String, String>,
 ) -> Vec<ObjectRef<IoTSystem>> {
     systems
-        .state()
+        .in_namespace(namespace)
         .into_iter()
-        .filter(|s| s.namespace().as_deref() == Some(namespace))
         .filter(|s| {
             s.spec.components.iter().any(|c| {
                 Selector::try_from(c.selector.clone()).is_ok_and(|sel| sel.matches(labels))
@@ -91,7 +91,7 @@ impl PodTriggers {
     /// changed; else those that take the pod now and those that took it.
     pub fn affected(
         &mut self,
-        systems: &Store<IoTSystem>,
+        systems: &Indexed<IoTSystem>,
         pod: &Pod,
         deleted: bool,
     ) -> Vec<ObjectRef<IoTSystem>> {
@@ -166,11 +166,9 @@ pub fn coalesce(
 mod tests {
     use super::*;
     use futures::StreamExt;
-    use kube::runtime::{reflector, watcher};
 
-    fn systems() -> Store<IoTSystem> {
-        let (store, mut writer) = reflector::store();
-        for (name, app) in [("a", "x"), ("b", "y")] {
+    fn systems() -> Indexed<IoTSystem> {
+        Indexed::of([("a", "x"), ("b", "y")].map(|(name, app)| {
             let mut s: IoTSystem = serde_saphyr::from_str(&format!(
                 "apiVersion: iotposture.dev/v1alpha1
 kind: IoTSystem
@@ -181,9 +179,8 @@ spec:
             ))
             .unwrap();
             s.metadata.uid = Some(name.into());
-            writer.apply_watcher_event(&watcher::Event::Apply(s));
-        }
-        store
+            s
+        }))
     }
 
     fn pod(app: &str, restarts: i32, heartbeat: u32) -> Pod {

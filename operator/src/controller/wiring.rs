@@ -389,7 +389,7 @@ pub async fn run(
         ),
     );
     let triggers = super::triggers::coalesce(Box::pin(triggers), COALESCE);
-    Controller::for_stream(futures::stream::pending(), caches.systems.clone())
+    Controller::for_stream(futures::stream::pending(), (*caches.systems).clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)

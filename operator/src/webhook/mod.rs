@@ -44,13 +44,12 @@ use kube::{
         DynamicObject,
         admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
     },
-    runtime::reflector::Store,
 };
 use tracing::{info, warn};
 
 use crate::{
     api::IoTSystem,
-    controller::{FIELD_MANAGER, cache::in_namespace},
+    controller::FIELD_MANAGER,
     health::{Health, WebhookState as Serving},
     metrics::{AdmissionLabels, Metrics},
 };
@@ -96,7 +95,7 @@ pub enum Error {
 
 #[derive(Clone)]
 pub struct WebhookState {
-    pub systems: Store<IoTSystem>,
+    pub systems: crate::controller::index::Indexed<IoTSystem>,
     pub metrics: Arc<Metrics>,
     pub images: gateway::Images,
     /// True once every cache has listed; until then every webhook answers 503.
@@ -140,6 +139,8 @@ pub struct Registrar {
     client: Client,
     pub registration: Registration,
     published: tokio::sync::Mutex<Published>,
+    /// The systems version last covered, plus one (0: none).
+    covered: std::sync::atomic::AtomicU64,
 }
 
 struct Published {
@@ -157,6 +158,7 @@ impl Registrar {
                 ca_bundle: ca_pem.to_string(),
                 filter: None,
             }),
+            covered: Default::default(),
         }
     }
 
@@ -184,9 +186,27 @@ impl Registrar {
         Ok(())
     }
 
-    /// Makes the match conditions cover the pods of every system given.
-    pub async fn cover(&self, systems: &[Arc<IoTSystem>]) -> Result<(), Error> {
-        self.publish(None, ComponentFilter::of(systems)).await
+    /// Makes the match conditions cover the pods of every system in
+    /// `systems`, as of `version` of their `systems_changed` count (read
+    /// before the systems, so they are at least that new). A version already
+    /// covered costs nothing: every reconcile asks, and rebuilding the
+    /// filter from 1,000 systems each time added up.
+    pub async fn cover(
+        &self,
+        systems: &crate::controller::index::Indexed<IoTSystem>,
+        version: u64,
+    ) -> Result<(), Error> {
+        // 0 is "none yet": versions are stored plus one.
+        if self.covered.load(std::sync::atomic::Ordering::Acquire) == version.wrapping_add(1) {
+            return Ok(());
+        }
+        self.publish(None, ComponentFilter::of(&systems.state()))
+            .await?;
+        self.covered.store(
+            version.wrapping_add(1),
+            std::sync::atomic::Ordering::Release,
+        );
+        Ok(())
     }
 }
 
@@ -320,7 +340,8 @@ pub async fn run(
                 }
                 // Let a burst of changes settle into one update.
                 tokio::time::sleep(FILTER_SETTLE).await;
-                if let Err(e) = registrar.cover(&systems.state()).await {
+                let version = *systems_changed.borrow_and_update();
+                if let Err(e) = registrar.cover(&systems, version).await {
                     warn!(error = %e, "updating the webhooks' match conditions failed; retrying on the next change");
                 }
             }
@@ -527,7 +548,7 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
             return respond(response.deny(format!("the pod does not parse: {e}")));
         }
     };
-    let systems = in_namespace(&state.systems, namespace);
+    let systems = state.systems.in_namespace(namespace);
     let Some((system, index)) = review::component_for(&systems, pod.labels()) else {
         count(&state, "mutate", "ignored");
         return respond(response);
@@ -597,7 +618,7 @@ async fn validate(State(state): State<WebhookState>, body: Bytes) -> Response {
         }
         Some(Ok(p)) => p,
     };
-    let systems = in_namespace(&state.systems, namespace);
+    let systems = state.systems.in_namespace(namespace);
     let Some((system, index)) = review::component_for(&systems, &pod.labels) else {
         count(&state, "validate", "ignored");
         return respond(response);
@@ -782,7 +803,6 @@ mod registering {
 mod properties {
     use super::*;
     use axum::body::to_bytes;
-    use kube::runtime::{reflector, watcher};
     use proptest::prelude::*;
     use serde_json::{Value, json};
 
@@ -864,8 +884,7 @@ mod properties {
         let mut system: IoTSystem =
             serde_saphyr::from_str(crate::build::fixtures::FACTORY).unwrap();
         system.metadata.uid = Some("uid-factory".into());
-        let (systems, mut writer) = reflector::store();
-        writer.apply_watcher_event(&watcher::Event::Apply(system));
+        let systems = crate::controller::index::Indexed::of([system]);
         WebhookState {
             systems,
             metrics: Arc::new(Metrics::default()),
