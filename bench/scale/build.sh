@@ -5,6 +5,7 @@
 #               them Running and Ready, without containers.
 #   kwok-stages.yaml  kwok's "fast" node and pod stages, from its module (kwok
 #               ships no built-in stages: without them nodes never turn Ready).
+#   kyverno     the admission peer (Pod Security "restricted"), run out of cluster.
 # kube-scheduler comes with the test plane (e2e/controlplane/build.sh).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -37,3 +38,26 @@ if [[ ! -s "$out/kwok-stages.yaml" ]]; then
   mv "$out/kwok-stages.yaml.new" "$out/kwok-stages.yaml"
 fi
 "$out/kwok" --version >/dev/null
+
+# Kyverno, the admission peer: its own module's go.mod has replace lines, which
+# `go install pkg@version` refuses, so it is built inside a copy of the module.
+KYVERNO_VERSION=v1.19.1
+if [[ ! -x "$out/kyverno" ]]; then
+  echo "building kyverno $KYVERNO_VERSION (once; its dependencies are large)" >&2
+  dir="$(cd "$out" && go mod download -json "github.com/kyverno/kyverno@$KYVERNO_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  [[ -n "$dir" ]] || { echo "error: could not download github.com/kyverno/kyverno@$KYVERNO_VERSION" >&2; exit 1; }
+  src="$out/kyverno-src"
+  rm -rf "$src"
+  cp -r "$dir" "$src"
+  chmod -R u+w "$src"
+  (cd "$src" && CGO_ENABLED=0 go build -trimpath -o "$out/kyverno.new" \
+    -ldflags "-s -w -X github.com/kyverno/kyverno/pkg/version.BuildVersion=$KYVERNO_VERSION" \
+    ./cmd/kyverno)
+  # Its CRDs, for the plane it runs against.
+  rm -rf "$out/kyverno-crds"
+  mkdir -p "$out/kyverno-crds"
+  find "$src/config/crds" -name '*.yaml' -exec cp {} "$out/kyverno-crds/" \;
+  rm -rf "$src"
+  mv "$out/kyverno.new" "$out/kyverno"
+fi

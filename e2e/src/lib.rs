@@ -5,6 +5,7 @@
 pub mod alerting;
 pub mod bench;
 pub mod controlplane;
+pub mod kyverno;
 pub mod logstore;
 pub mod waf;
 

@@ -10,7 +10,8 @@
 //!   (from the audit log), writes per no-op reconcile, convergence after a
 //!   restart;
 //! - admission p50/p99 of pod creates through the API server at 100
-//!   concurrent requests, with the operator's webhooks and with none.
+//!   concurrent requests, with the operator's webhooks, with none, and with
+//!   Kyverno enforcing Pod Security "restricted" (the peer).
 //!
 //! Writes `bench/results/scale.json` and `docs/scale.svg`.
 
@@ -109,6 +110,16 @@ fn pod_spec() -> Value {
         "nodeSelector": {"type": "kwok"},
         "tolerations": [{"key": SIMULATED_NODE.0, "operator": "Exists", "effect": "NoSchedule"}],
     })
+}
+
+/// `pod_spec` meeting the Pod Security "restricted" level, so the same pods
+/// pass every admission timed (ours, Kyverno's, none).
+fn restricted_pod_spec() -> Value {
+    let mut spec = pod_spec();
+    spec["securityContext"] = json!({"runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}});
+    spec["containers"][0]["securityContext"] =
+        json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
+    spec
 }
 
 fn deployment(namespace: &str, app: &str) -> Value {
@@ -282,17 +293,7 @@ impl Operator {
 
     /// (VmHWM, VmRSS) in MiB.
     fn memory(&self) -> (f64, f64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
-                / 1024.0
-        };
-        (field("VmHWM:"), field("VmRSS:"))
+        iotposture_e2e::bench::memory_of(self.pid())
     }
 
     /// The operator's /metrics text (empty when it does not answer).
@@ -567,7 +568,7 @@ async fn admission(client: &Client, namespace: &str, app: &str, tag: &str) -> Re
         async move {
             let pod: Pod = serde_json::from_value(json!({
                 "metadata": {"name": name, "labels": {"app": app}},
-                "spec": pod_spec(),
+                "spec": restricted_pod_spec(),
             }))?;
             let start = Instant::now();
             match pods.create(&PostParams::default(), &pod).await {
@@ -595,6 +596,29 @@ async fn admission(client: &Client, namespace: &str, app: &str, tag: &str) -> Re
         p99_ms: pct(0.99),
         requests: l.len(),
     })
+}
+
+/// Pod creates through Kyverno in a namespace of their own; its RSS after.
+async fn kyverno_admission(
+    plane: &Plane,
+    client: &Client,
+    dir: &Path,
+    scenario: &str,
+) -> Result<(Latency, f64)> {
+    let namespace = format!("{scenario}-kyverno");
+    create_namespaces(client, vec![namespace.clone()]).await?;
+    let kyverno = iotposture_e2e::kyverno::Kyverno::start(
+        plane,
+        client,
+        &root().join("target/bench/bin"),
+        dir,
+        &namespace,
+    )
+    .await?;
+    let latency = admission(client, &namespace, "peer", "adm").await;
+    let rss = kyverno.memory().1;
+    kyverno.stop(plane)?;
+    Ok((latency?, rss))
 }
 
 fn free_port() -> Result<u16> {
@@ -810,6 +834,26 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     );
     operator.kill();
 
+    // The peer: Kyverno enforcing "restricted" on the same pods, same client.
+    let kyverno = kyverno_admission(plane, &client, &dir, &scenario.name).await;
+    let admission = match kyverno {
+        Ok((latency, rss)) => {
+            eprintln!(
+                "    admission p50/p99: kyverno {}/{} ms (RSS {rss:.0} MiB)",
+                latency.p50_ms, latency.p99_ms
+            );
+            json!({"iotposture": with_webhooks, "none": without,
+                   "kyverno": {"p50_ms": latency.p50_ms, "p99_ms": latency.p99_ms,
+                               "requests": latency.requests, "rss_mib": rss.round(),
+                               "version": iotposture_e2e::kyverno::VERSION}})
+        }
+        Err(e) => {
+            eprintln!("    kyverno did not run: {e:#}");
+            json!({"iotposture": with_webhooks, "none": without,
+                   "kyverno": {"error": format!("{e:#}")}})
+        }
+    };
+
     Ok(json!({
         "scenario": scenario.name,
         "systems": scenario.systems,
@@ -826,7 +870,7 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
         "restart_converge_s": (restart_converge_s * 10.0).round() / 10.0,
         "restart_writes": restart_writes,
         "restart_writes_by_kind": restart_writes_by_kind,
-        "admission": {"iotposture": with_webhooks, "none": without},
+        "admission": admission,
     }))
 }
 
@@ -955,6 +999,7 @@ fn versions() -> Value {
         "iotposture": env!("CARGO_PKG_VERSION"),
         "kube-apiserver": first_line(&bin.join("kube-apiserver").display().to_string(), &["--version"]),
         "etcd": first_line(&bin.join("etcd").display().to_string(), &["--version"]),
+        "kyverno": iotposture_e2e::kyverno::VERSION,
         "kwok": first_line(&root().join("target/bench/bin/kwok").display().to_string(), &["--version"]),
     })
 }
