@@ -126,6 +126,11 @@ impl WebhookState {
 /// TLS settings that renewal swaps under running connections.
 pub type TlsSlot = Arc<RwLock<Arc<rustls::ServerConfig>>>;
 
+/// Calls a client may abandon on one connection before it is closed: well
+/// above the hundreds the API server multiplexes on one under load, still a
+/// bound against a flood of resets.
+const MAX_RESET_STREAMS: usize = 1024;
+
 /// How long to wait before registering again after a failure.
 const REGISTER_RETRY: Duration = Duration::from_secs(5);
 /// How long systems may keep changing before the match conditions follow.
@@ -456,7 +461,15 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: TlsSlot, state: Webho
                 return;
             };
             let service = TowerToHyperService::new(app);
-            let _ = auto::Builder::new(TokioExecutor::new())
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // The API server resets each call it stops waiting for (its
+            // timeout). h2 closes a connection after 20 such resets by
+            // default, failing every other call on it: under load that
+            // refused hundreds of pods that were being answered.
+            builder
+                .http2()
+                .max_pending_accept_reset_streams(Some(MAX_RESET_STREAMS));
+            let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
