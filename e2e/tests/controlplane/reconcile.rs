@@ -323,3 +323,76 @@ async fn audit_mode_plans_without_applying() {
     operator.stop().await;
     ns.delete().await;
 }
+
+#[tokio::test]
+async fn someone_elses_objects_of_the_same_names_are_left_alone() {
+    // One kind whose cache holds every object (ServiceAccounts) and one whose
+    // cache holds only labelled ones (ConfigMaps): neither is taken over.
+    let ns = TestNamespace::new("not-ours").await;
+    let accounts: Api<ServiceAccount> = ns.api();
+    let configs: Api<k8s_openapi::api::core::v1::ConfigMap> = ns.api();
+    let account: ServiceAccount = serde_json::from_value(json!({
+        "metadata": {"name": "factory-gateway", "labels": {"team": "plant"}},
+        "automountServiceAccountToken": true,
+    }))
+    .unwrap();
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let config: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "factory-dashboard-gateway"},
+        "data": {"owner": "someone else"},
+    }))
+    .unwrap();
+    configs
+        .create(&PostParams::default(), &config)
+        .await
+        .unwrap();
+
+    let operator = RunningOperator::start(&ns).await;
+    let systems: Api<IoTSystem> = ns.api();
+    systems
+        .create(&PostParams::default(), &factory("factory"))
+        .await
+        .unwrap();
+    let system = wait_ready(&ns, "factory", "False").await;
+    let ready = ready_condition(&system);
+    assert_eq!(ready.reason, "NameConflict", "{}", ready.message);
+    assert!(
+        ready
+            .message
+            .contains("ConfigMap \"factory-dashboard-gateway\" already exists and does not belong")
+            && ready.message.contains("(and 1 more failures)"),
+        "{}",
+        ready.message
+    );
+
+    let account = accounts.get("factory-gateway").await.unwrap();
+    assert!(account.owner_references().is_empty());
+    assert_eq!(
+        account.labels().clone(),
+        [("team".to_string(), "plant".to_string())].into()
+    );
+    assert_eq!(account.automount_service_account_token, Some(true));
+    let config = configs.get("factory-dashboard-gateway").await.unwrap();
+    assert!(config.owner_references().is_empty() && config.labels().is_empty());
+    assert_eq!(
+        config
+            .data
+            .unwrap_or_default()
+            .get("owner")
+            .map(String::as_str),
+        Some("someone else")
+    );
+    // The system's other children are in place all the same.
+    assert!(
+        accounts
+            .get_opt("factory-line-sensor")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    operator.stop().await;
+    ns.delete().await;
+}

@@ -205,13 +205,15 @@ enum Synced<K> {
 }
 
 /// Makes the cluster's copy of `object` equal to it; `cached` is what the
-/// watch cache holds under its name.
+/// watch cache holds under its name, and `cache_holds_all` whether that
+/// cache takes every object of the kind (not only labelled ones).
 async fn sync_object<K>(
     api: &Api<K>,
     metrics: &Metrics,
     kind: &'static str,
     object: &K,
     cached: Option<Arc<K>>,
+    cache_holds_all: bool,
     owner_uid: &str,
 ) -> Synced<K>
 where
@@ -224,8 +226,30 @@ where
         source,
     };
     let Some(current) = cached else {
-        // An object missing from our cache may still exist unlabelled: never
-        // take over someone else's object of the same name.
+        if cache_holds_all {
+            // Missing from a cache of every such object, it is new (or ours,
+            // written and not seen yet): one apply, as a bare client would.
+            // Without force, a foreign object made meanwhile that differs
+            // conflicts rather than being taken over, and is looked at below.
+            metrics.write(kind, "apply");
+            match api
+                .patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER),
+                    &Patch::Apply(object),
+                )
+                .await
+            {
+                Ok(written) => return Synced::Written(written),
+                Err(source) if !is_conflict(&source) => {
+                    return Synced::Failed(failed_apply(source), None);
+                }
+                Err(_) => {}
+            }
+        }
+        // An object missing from our cache may still exist (unlabelled, out
+        // of a label-selected cache): never take over someone else's object
+        // of the same name.
         return match api.get_opt(&name).await {
             Err(source) => Synced::Failed(failed_apply(source), None),
             Ok(Some(existing)) if !is_owned_by(&existing, owner_uid) => Synced::Failed(
@@ -366,7 +390,16 @@ where
             kind,
             name: name.clone(),
         };
-        match sync_object(&api, &ctx.metrics, kind, object, cached, owner_uid).await {
+        let synced = sync_object(
+            &api,
+            &ctx.metrics,
+            kind,
+            object,
+            cached,
+            cache.holds_all(),
+            owner_uid,
+        );
+        match synced.await {
             Synced::Kept(o) => {
                 report.kept.push(key);
                 current.push(o);
@@ -422,7 +455,17 @@ pub async fn apply_report(
     let api =
         Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &system.namespace, &resource);
     let cached = cache.get(&ObjectRef::new_with(&name, resource.clone()).within(&system.namespace));
-    match sync_object(&api, &ctx.metrics, KIND, report, cached, &system.owner.uid).await {
+    // Label-selected: a PolicyReport of that name may exist unlabelled.
+    let synced = sync_object(
+        &api,
+        &ctx.metrics,
+        KIND,
+        report,
+        cached,
+        cache.holds_all(),
+        &system.owner.uid,
+    );
+    match synced.await {
         Synced::Kept(_) => Ok(false),
         Synced::Written(_) => Ok(true),
         Synced::Failed(e, _) => Err(e),

@@ -32,7 +32,7 @@ use crate::{
         IoTSystem, certmanager::certificate::Certificate,
         monitoring::prometheusrule::PrometheusRule, nodeposture::NodePosture,
     },
-    build::meta::managed_selector,
+    build::meta::{SYSTEM_LABEL, managed_selector},
     checklist::Snapshot,
     health::Health,
     metrics::Metrics,
@@ -237,11 +237,19 @@ impl Drivers {
         K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
     {
         let systems = self.systems.clone();
+        let complete = config.label_selector.is_none() && config.field_selector.is_none();
+        // RBAC objects of one system decide who may read every pod of the
+        // namespace (VII-2), so they re-judge all its systems.
+        let crossing = matches!(kind, "Role" | "RoleBinding");
         self.spawn(
             kind,
             watcher(self.api::<K>(), config).modify(slim),
-            move |o: &K, _| systems_in_namespace(&systems, o.namespace().as_deref()),
+            move |o: &K, _| match crossing {
+                true => systems_in_namespace(&systems, o.namespace().as_deref()),
+                false => systems_of_child(&systems, o),
+            },
         )
+        .holding_all(complete)
     }
 }
 
@@ -381,7 +389,7 @@ impl Caches {
                 writer,
                 index,
                 watcher(api, managed.clone()),
-                move |r: &DynamicObject, _| systems_in_namespace(&store, r.namespace().as_deref()),
+                move |r: &DynamicObject, _| systems_of_child(&store, r),
             ))
         } else {
             warn!(
@@ -673,6 +681,27 @@ fn systems_in_namespace(
         .collect()
 }
 
+/// The system a child of ours belongs to (by its system label) and no other:
+/// in a namespace of 100 systems, each child written re-ran all 100 (37
+/// reconciles per system to converge). Others' objects, unlabelled, may
+/// concern any system of their namespace.
+fn systems_of_child<K: Resource>(systems: &Indexed<IoTSystem>, o: &K) -> Vec<ObjectRef<IoTSystem>> {
+    let namespace = o.meta().namespace.as_deref();
+    match (
+        namespace,
+        o.meta().labels.as_ref().and_then(|l| l.get(SYSTEM_LABEL)),
+    ) {
+        (Some(ns), Some(system)) => {
+            let r = ObjectRef::new(system).within(ns);
+            match systems.get(&r) {
+                Some(_) => vec![r],
+                None => Vec::new(),
+            }
+        }
+        _ => systems_in_namespace(systems, namespace),
+    }
+}
+
 fn siblings_of(systems: &Indexed<IoTSystem>, changed: &IoTSystem) -> Vec<ObjectRef<IoTSystem>> {
     systems
         .in_namespace(&changed.namespace().unwrap_or_default())
@@ -684,7 +713,56 @@ fn siblings_of(systems: &Indexed<IoTSystem>, changed: &IoTSystem) -> Vec<ObjectR
 
 #[cfg(test)]
 mod tests {
-    use super::NodeLabels;
+    use super::{Indexed, IoTSystem, NodeLabels, ObjectRef, systems_of_child};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+
+    #[test]
+    fn a_child_of_ours_triggers_its_own_system_only() {
+        let systems = Indexed::of(["a", "b"].map(|name| {
+            let mut s: IoTSystem = serde_saphyr::from_str(&format!(
+                "apiVersion: iotposture.dev/v1alpha1
+kind: IoTSystem
+metadata: {{name: {name}, namespace: plant}}
+spec:
+  components: [{{name: c, role: Aggregator, selector: {{matchLabels: {{app: {name}}}}}}}]
+"
+            ))
+            .unwrap();
+            s.metadata.uid = Some(name.into());
+            s
+        }));
+        let account = |labels: serde_json::Value| -> ServiceAccount {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "x", "namespace": "plant", "labels": labels}
+            }))
+            .unwrap()
+        };
+        let names = |refs: Vec<ObjectRef<IoTSystem>>| {
+            let mut n: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(
+            names(systems_of_child(
+                &systems,
+                &account(serde_json::json!({"iotposture.dev/system": "a"}))
+            )),
+            ["a"]
+        );
+        assert_eq!(
+            names(systems_of_child(&systems, &account(serde_json::json!({})))),
+            ["a", "b"],
+            "someone else's object may concern every system there"
+        );
+        assert!(
+            systems_of_child(
+                &systems,
+                &account(serde_json::json!({"iotposture.dev/system": "gone"}))
+            )
+            .is_empty(),
+            "a child of a deleted system concerns none"
+        );
+    }
 
     #[test]
     fn only_label_changes_of_nodes_count() {

@@ -41,6 +41,10 @@ where
     store: Store<K>,
     dyntype: K::DynamicType,
     names: Arc<RwLock<Names<K>>>,
+    /// Whether the watch behind it takes every object of its kind (no
+    /// label or field selector): then what it lacks does not exist, but
+    /// for changes it has not seen yet.
+    complete: bool,
 }
 
 impl<K: Resource + 'static> Clone for Indexed<K>
@@ -52,6 +56,7 @@ where
             store: self.store.clone(),
             dyntype: self.dyntype.clone(),
             names: self.names.clone(),
+            complete: self.complete,
         }
     }
 }
@@ -83,7 +88,20 @@ where
                 live: HashMap::new(),
                 relisting: None,
             })),
+            complete: false,
         }
+    }
+
+    /// Marks the cache as holding every object of its kind (its watch has
+    /// no selector).
+    pub fn holding_all(mut self, complete: bool) -> Self {
+        self.complete = complete;
+        self
+    }
+
+    /// Whether an object missing here can be taken not to exist.
+    pub fn holds_all(&self) -> bool {
+        self.complete
     }
 
     /// The objects of `namespace` ("" for cluster-scoped ones), by name.
