@@ -135,7 +135,12 @@ async fn check(server: &Server, name: &str, trust: &Ca) -> Finding {
             name: name.into(),
             addr: server.addr,
         },
-        &settings(trust),
+        // One openssl s_server answers one handshake at a time, slowly on a
+        // loaded machine: a timeout here would hide the finding under test.
+        &Settings {
+            handshake_timeout: Duration::from_secs(15),
+            ..settings(trust)
+        },
     )
     .await
 }

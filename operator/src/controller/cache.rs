@@ -209,6 +209,7 @@ impl Drivers {
                     }
                     Ok(watcher::Event::Init) => Vec::new(),
                     Err(e) => {
+                        indexing.broken();
                         health.watch_failed(kind);
                         metrics.watch_failed(kind);
                         warn!(kind, error = %e, "watch failed; retrying with backoff");

@@ -45,6 +45,9 @@ where
     /// label or field selector): then what it lacks does not exist, but
     /// for changes it has not seen yet.
     complete: bool,
+    /// Whether the watch has listed since it last failed: while it is
+    /// broken (an API server restart), changes go unseen for seconds.
+    current: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<K: Resource + 'static> Clone for Indexed<K>
@@ -57,6 +60,7 @@ where
             dyntype: self.dyntype.clone(),
             names: self.names.clone(),
             complete: self.complete,
+            current: self.current.clone(),
         }
     }
 }
@@ -89,6 +93,7 @@ where
                 relisting: None,
             })),
             complete: false,
+            current: Default::default(),
         }
     }
 
@@ -99,9 +104,16 @@ where
         self
     }
 
-    /// Whether an object missing here can be taken not to exist.
+    /// Whether an object missing here can be taken not to exist: the
+    /// watch takes every object and is not broken.
     pub fn holds_all(&self) -> bool {
-        self.complete
+        self.complete && self.current.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The watch failed: until it has listed again, it may miss changes.
+    pub fn broken(&self) {
+        self.current
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// The objects of `namespace` ("" for cluster-scoped ones), by name.
@@ -129,6 +141,7 @@ where
             writer.apply_watcher_event(&event);
             index.observe(&event);
         }
+        index.observe(&watcher::Event::InitDone);
         index
     }
 
@@ -141,6 +154,10 @@ where
                 let (ns, name) = key(o);
                 let r = ObjectRef::from_obj_with(o, self.dyntype.clone());
                 names.live.entry(ns).or_default().insert(name, r);
+                // A watch resumed after an error (no relist) replays what
+                // it missed, in order, from here on.
+                self.current
+                    .store(true, std::sync::atomic::Ordering::Release);
             }
             watcher::Event::Delete(o) => {
                 let (ns, name) = key(o);
@@ -150,6 +167,8 @@ where
                         names.live.remove(&ns);
                     }
                 }
+                self.current
+                    .store(true, std::sync::atomic::Ordering::Release);
             }
             watcher::Event::Init => names.relisting = Some(HashMap::new()),
             watcher::Event::InitApply(o) => {
@@ -166,6 +185,8 @@ where
                 if let Some(listed) = names.relisting.take() {
                     names.live = listed;
                 }
+                self.current
+                    .store(true, std::sync::atomic::Ordering::Release);
             }
         }
     }
@@ -219,6 +240,27 @@ mod tests {
             !index.names.read().unwrap().live.contains_key("b"),
             "an emptied namespace leaves no entry"
         );
+    }
+
+    #[test]
+    fn only_a_whole_cache_that_has_listed_since_it_broke_holds_all() {
+        let (index, mut feed) = indexed();
+        let index = index.holding_all(true);
+        assert!(!index.holds_all(), "not listed yet");
+        feed(watcher::Event::Init);
+        feed(watcher::Event::InitDone);
+        assert!(index.holds_all());
+        index.broken();
+        assert!(!index.holds_all(), "a broken watch misses changes");
+        feed(watcher::Event::Init);
+        feed(watcher::Event::InitDone);
+        assert!(index.holds_all());
+        index.broken();
+        feed(watcher::Event::Apply(cm("a", "x")));
+        assert!(index.holds_all(), "a watch resumed without a relist");
+        let (selected, mut feed) = indexed();
+        feed(watcher::Event::InitDone);
+        assert!(!selected.holds_all(), "a label-selected cache never does");
     }
 
     #[test]
