@@ -494,6 +494,15 @@ leaderElection: {{leaderElect: false}}
         Ok((bin, child))
     }
 
+    /// Runs kubectl against this plane as its admin; fails with its stderr.
+    pub fn kubectl_ok(&self, args: &[&str]) -> Result<()> {
+        let out = self.kubectl(args)?;
+        if !out.status.success() {
+            bail!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     fn kubectl(&self, args: &[&str]) -> Result<std::process::Output> {
         Ok(Command::new(self.bin_dir.join("kubectl"))
             .arg(format!("--kubeconfig={}", self.kubeconfig().display()))

@@ -28,17 +28,6 @@ pub struct Kyverno {
     child: Child,
 }
 
-fn kubectl(plane: &Plane, args: &[&str]) -> Result<()> {
-    let out = Command::new(plane.bin_dir.join("kubectl"))
-        .arg(format!("--kubeconfig={}", plane.kubeconfig().display()))
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        bail!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
 impl Kyverno {
     /// Installs its CRDs and starts it, enforcing "restricted" on pods of
     /// `namespace` (which must exist); returns once a non-compliant pod is
@@ -62,11 +51,11 @@ impl Kyverno {
         for c in &crds {
             args.extend(["-f", c.as_str()]);
         }
-        kubectl(plane, &args)?;
-        kubectl(plane, &["create", "namespace", NAMESPACE])?;
+        plane.kubectl_ok(&args)?;
+        plane.kubectl_ok(&["create", "namespace", NAMESPACE])?;
         // Its settings ConfigMaps: present and empty means its defaults.
         for cm in ["kyverno", "kyverno-metrics"] {
-            kubectl(plane, &["-n", NAMESPACE, "create", "configmap", cm])?;
+            plane.kubectl_ok(&["-n", NAMESPACE, "create", "configmap", cm])?;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -170,15 +159,12 @@ impl Kyverno {
     pub fn stop(mut self, plane: &Plane) -> Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        kubectl(
-            plane,
-            &[
-                "delete",
-                "validatingwebhookconfigurations,mutatingwebhookconfigurations",
-                "-l",
-                "webhook.kyverno.io/managed-by=kyverno",
-            ],
-        )
+        plane.kubectl_ok(&[
+            "delete",
+            "validatingwebhookconfigurations,mutatingwebhookconfigurations",
+            "-l",
+            "webhook.kyverno.io/managed-by=kyverno",
+        ])
     }
 }
 

@@ -143,17 +143,6 @@ async fn client_for(kubeconfig: &Path) -> Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-fn kubectl(plane: &Plane, args: &[&str]) -> Result<()> {
-    let out = Command::new(plane.bin_dir.join("kubectl"))
-        .arg(format!("--kubeconfig={}", plane.kubeconfig().display()))
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        bail!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
 /// Runs `f` over `items` at `concurrency`, failing on the first error.
 async fn each<T, F, Fut>(items: Vec<T>, concurrency: usize, f: F) -> Result<()>
 where
@@ -656,7 +645,7 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     }
     let here = std::env::current_dir()?;
     std::env::set_current_dir(root())?;
-    kubectl(plane, &args)?;
+    plane.kubectl_ok(&args)?;
     std::env::set_current_dir(here)?;
     let client = client_for(&plane.kubeconfig()).await?;
     create_nodes(&client).await?;
