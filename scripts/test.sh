@@ -44,7 +44,12 @@ fi
 
 echo "==> tests"
 # Every test binary runs even when one fails, so a run shows every failure.
-cargo test --workspace --no-fail-fast
+# When any fails, the node's state goes to the output before the plane stops.
+if ! cargo test --workspace --no-fail-fast; then
+  echo "==> tests failed; the node as it is now"
+  bash e2e/node/node.sh diagnose target/testplane target/testplane/bin || true
+  exit 1
+fi
 
 # Last, as it reads what every test above made the operator request.
 echo "==> the chart's roles against the operator's requests (API server audit log)"

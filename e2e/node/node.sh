@@ -6,12 +6,12 @@
 # `down` removes what it leaves elsewhere: processes, mounts, network
 # namespaces, nft tables and iptables chains, ipsets, cgroups, interfaces.
 #
-#   e2e/node/node.sh network|up|down|status PLANE_DIR BIN_DIR
+#   e2e/node/node.sh network|up|down|status|images|diagnose PLANE_DIR BIN_DIR
 #
 # Called by the testplane command (`testplane up --node`); needs root. One
 # node per machine: the interfaces and tables it makes have fixed names.
 set -euo pipefail
-action="${1:?usage: node.sh network|up|down|status|images PLANE_DIR BIN_DIR}"
+action="${1:?usage: node.sh network|up|down|status|images|diagnose PLANE_DIR BIN_DIR}"
 plane="$(mkdir -p "${2:?}" && cd "$2" && pwd)"
 bins="$(cd "${3:?}" && pwd)"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -311,6 +311,23 @@ down() {
   log "stopped; nothing left behind"
 }
 
+diagnose() {
+  local name
+  for name in containerd kubelet kube-scheduler kube-proxy kube-router; do
+    if running "$name"; then echo "node: $name runs"; else echo "node: $name is NOT running"; fi
+  done
+  echo "node: conditions"
+  "${kubectl[@]}" get node "$node" -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}' 2>&1 || true
+  echo "node: pods that are not Running"
+  "${kubectl[@]}" get pods -A -o wide --field-selector=status.phase!=Running 2>&1 | head -30 || true
+  echo "node: the latest warning Events"
+  "${kubectl[@]}" get events -A --field-selector=type=Warning --sort-by=.lastTimestamp 2>&1 | tail -12 | cut -c1-300 || true
+  for name in kubelet containerd; do
+    echo "node: the last errors in $name.log"
+    grep -E 'E[0-9]{4} |level=error|failed' "$logs/$name.log" 2>/dev/null | tail -8 | cut -c1-300 || true
+  done
+}
+
 case "$action" in
 # Before the API server starts: the address it binds.
 network)
@@ -321,7 +338,10 @@ network)
 up) up ;;
 down) down ;;
 status) running kubelet ;;
+# After a failed run: what a reader of CI output needs to tell a broken node
+# from a broken test (every pod-based test fails alike when the node does).
+diagnose) diagnose ;;
 # A running node takes images built since it started.
 images) import_images ;;
-*) die "usage: node.sh network|up|down|status|images PLANE_DIR BIN_DIR" ;;
+*) die "usage: node.sh network|up|down|status|images|diagnose PLANE_DIR BIN_DIR" ;;
 esac
