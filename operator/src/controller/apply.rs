@@ -22,7 +22,10 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use super::{Context, FIELD_MANAGER, index::Indexed};
+use super::{
+    Context, FIELD_MANAGER,
+    index::{Coverage, Indexed},
+};
 use crate::{
     build::{DesiredObjects, meta::SYSTEM_LABEL},
     controller::validate::ValidatedSystem,
@@ -42,6 +45,10 @@ pub enum ApplyError {
         #[source]
         source: kube::Error,
     },
+    #[error(
+        "{kind} {name:?} is not as the operator's cache last saw it; tried again once its watch has caught up"
+    )]
+    Behind { kind: &'static str, name: String },
     #[error("deleting {kind} {name:?}, which is no longer wanted, failed: {source}")]
     Prune {
         kind: &'static str,
@@ -68,6 +75,7 @@ impl ApplyError {
                 "ApplyFailed"
             }
             ApplyError::Prune { .. } => "PruneFailed",
+            ApplyError::Behind { .. } => "CacheBehind",
         }
     }
 }
@@ -205,15 +213,21 @@ enum Synced<K> {
 }
 
 /// Makes the cluster's copy of `object` equal to it; `cached` is what the
-/// watch cache holds under its name, and `cache_holds_all` whether that
-/// cache takes every object of the kind (not only labelled ones).
+/// watch cache holds under its name, and `coverage` what that cache says
+/// about objects missing from it.
+///
+/// Where the cache takes every object of the kind, it is the only source:
+/// when the server disagrees (a conflict), the system is retried once the
+/// watch has delivered the change, and the operator needs no `get` there.
+/// A label-selected cache cannot tell whether an object of the name exists
+/// without the label, so there the server's copy is read first.
 async fn sync_object<K>(
     api: &Api<K>,
     metrics: &Metrics,
     kind: &'static str,
     object: &K,
     cached: Option<Arc<K>>,
-    cache_holds_all: bool,
+    coverage: Coverage,
     owner_uid: &str,
 ) -> Synced<K>
 where
@@ -225,27 +239,34 @@ where
         name: name.clone(),
         source,
     };
+    let behind = || ApplyError::Behind {
+        kind,
+        name: name.clone(),
+    };
     let Some(current) = cached else {
-        if cache_holds_all {
+        match coverage {
             // Missing from a cache of every such object, it is new (or ours,
             // written and not seen yet): one apply, as a bare client would.
             // Without force, a foreign object made meanwhile that differs
-            // conflicts rather than being taken over, and is looked at below.
-            metrics.write(kind, "apply");
-            match api
-                .patch(
-                    &name,
-                    &PatchParams::apply(FIELD_MANAGER),
-                    &Patch::Apply(object),
-                )
-                .await
-            {
-                Ok(written) => return Synced::Written(written),
-                Err(source) if !is_conflict(&source) => {
-                    return Synced::Failed(failed_apply(source), None);
-                }
-                Err(_) => {}
+            // conflicts rather than being taken over; the watch brings it.
+            Coverage::Whole => {
+                metrics.write(kind, "apply");
+                return match api
+                    .patch(
+                        &name,
+                        &PatchParams::apply(FIELD_MANAGER),
+                        &Patch::Apply(object),
+                    )
+                    .await
+                {
+                    Ok(written) => Synced::Written(written),
+                    Err(source) if is_conflict(&source) => Synced::Failed(behind(), None),
+                    Err(source) => Synced::Failed(failed_apply(source), None),
+                };
             }
+            // Its watch broke: what is missing may exist; wait for the relist.
+            Coverage::Lagging => return Synced::Failed(behind(), None),
+            Coverage::Selected => {}
         }
         // An object missing from our cache may still exist (unlabelled, out
         // of a label-selected cache): never take over someone else's object
@@ -283,7 +304,13 @@ where
         );
     }
     match replace_if_drifted(api, metrics, kind, object, current.as_ref().clone()).await {
-        // The cache may be behind the server: look at the server's copy once.
+        // The cache is behind the server. A whole cache's watch brings the
+        // newer copy (and with it this system again); else read it once.
+        Synced::Failed(ApplyError::Apply { source, .. }, _)
+            if is_conflict(&source) && coverage != Coverage::Selected =>
+        {
+            Synced::Failed(behind(), Some(current.as_ref().clone()))
+        }
         Synced::Failed(ApplyError::Apply { source, .. }, _) if is_conflict(&source) => {
             match api.get_opt(&name).await {
                 Ok(Some(fresh)) => replace_if_drifted(api, metrics, kind, object, fresh).await,
@@ -396,7 +423,7 @@ where
             kind,
             object,
             cached,
-            cache.holds_all(),
+            cache.coverage(),
             owner_uid,
         );
         match synced.await {
@@ -462,7 +489,7 @@ pub async fn apply_report(
         KIND,
         report,
         cached,
-        cache.holds_all(),
+        cache.coverage(),
         &system.owner.uid,
     );
     match synced.await {

@@ -77,6 +77,19 @@ where
     }
 }
 
+/// What a cache says about objects missing from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coverage {
+    /// Every object of the kind, watched without a break: missing means absent.
+    Whole,
+    /// Every object of the kind, but the watch broke and has not listed
+    /// again: it may be missing changes until it does.
+    Lagging,
+    /// Only the objects its label selector takes: one of the same name may
+    /// exist without the label.
+    Selected,
+}
+
 impl<K> Indexed<K>
 where
     K: Resource + Clone + 'static,
@@ -107,7 +120,19 @@ where
     /// Whether an object missing here can be taken not to exist: the
     /// watch takes every object and is not broken.
     pub fn holds_all(&self) -> bool {
-        self.complete && self.current.load(std::sync::atomic::Ordering::Acquire)
+        self.coverage() == Coverage::Whole
+    }
+
+    /// How far this cache tells what exists on the server.
+    pub fn coverage(&self) -> Coverage {
+        match (
+            self.complete,
+            self.current.load(std::sync::atomic::Ordering::Acquire),
+        ) {
+            (false, _) => Coverage::Selected,
+            (true, true) => Coverage::Whole,
+            (true, false) => Coverage::Lagging,
+        }
     }
 
     /// The watch failed: until it has listed again, it may miss changes.
@@ -261,6 +286,9 @@ mod tests {
         let (selected, mut feed) = indexed();
         feed(watcher::Event::InitDone);
         assert!(!selected.holds_all(), "a label-selected cache never does");
+        assert_eq!(selected.coverage(), Coverage::Selected);
+        index.broken();
+        assert_eq!(index.coverage(), Coverage::Lagging);
     }
 
     #[test]
