@@ -43,6 +43,9 @@ else
 fi
 
 echo "==> tests"
+# The RBAC audit test (last) reads only the requests made from here on.
+IOTPOSTURE_AUDIT_SINCE="$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)"
+export IOTPOSTURE_AUDIT_SINCE
 # Every test binary runs even when one fails, so a run shows every failure.
 # When any fails, the node's state goes to the output before the plane stops.
 if ! cargo test --workspace --no-fail-fast; then
