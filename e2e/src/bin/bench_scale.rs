@@ -982,6 +982,48 @@ fn plot(results: &[Value]) -> String {
     )
 }
 
+/// The scenarios of the results file at `out` that this run did not
+/// measure, after this run's, ordered spread by size and then dense.
+fn keep_other_scenarios(out: &str, mut results: Vec<Value>) -> Vec<Value> {
+    let measured: Vec<Value> = results.iter().map(|r| r["scenario"].clone()).collect();
+    let earlier: Value = std::fs::read_to_string(out)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    results.extend(
+        earlier["scenarios"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| !measured.contains(&r["scenario"]))
+            .cloned(),
+    );
+    results.sort_by_key(|r| {
+        (
+            r["namespaces"].as_u64() == Some(1) && r["systems"].as_u64() != Some(1),
+            r["systems"].as_u64().unwrap_or(0),
+        )
+    });
+    results
+}
+
+fn commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn today() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
 fn versions() -> Value {
     let first_line = |cmd: &str, args: &[&str]| {
         Command::new(cmd)
@@ -1064,19 +1106,23 @@ async fn main() -> Result<()> {
         });
     }
     let mut results = Vec::new();
+    let run = json!({"commit": commit(), "date": today()});
     for scenario in &scenarios {
         // A scenario that fails is reported as such; the others still run.
-        match run_scenario(&plane, scenario).await {
-            Ok(r) => results.push(r),
+        let mut result = match run_scenario(&plane, scenario).await {
+            Ok(r) => r,
             Err(e) => {
                 eprintln!("    scenario {} failed: {e:#}", scenario.name);
-                results.push(
-                    json!({"scenario": scenario.name, "systems": scenario.systems,
-                                    "namespaces": scenario.namespaces, "error": format!("{e:#}")}),
-                );
+                json!({"scenario": scenario.name, "systems": scenario.systems,
+                       "namespaces": scenario.namespaces, "error": format!("{e:#}")})
             }
-        }
+        };
+        result["run"] = run.clone();
+        results.push(result);
     }
+    // A shorter run (IOTPOSTURE_BENCH_SIZES) replaces only its own scenarios:
+    // the others stay as their own runs measured them (each names its run).
+    results = keep_other_scenarios(&out, results);
     // IOTPOSTURE_BENCH_KEEP=1 leaves the last plane running, to look around.
     if std::env::var("IOTPOSTURE_BENCH_KEEP").map_or(true, |v| v != "1") {
         plane.down()?;
