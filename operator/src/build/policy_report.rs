@@ -3,7 +3,10 @@
 //! size (39 results, evidence capped), and without timestamps, so an unchanged
 //! verdict set gives an identical object and no write.
 
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::{
+    ResourceExt,
+    core::{ApiResource, DynamicObject, GroupVersionKind},
+};
 use serde_json::{Value, json};
 
 use super::meta::{child_meta, child_name};
@@ -39,6 +42,42 @@ pub fn result_of(verdict: Verdict) -> &'static str {
 
 /// The annotation carrying the latest checkpoint of the system's decision record.
 pub const CHECKPOINT_ANNOTATION: &str = "iotposture.dev/decision-checkpoint";
+
+/// The annotation carrying a digest of the report's body (scope, summary,
+/// results) as the operator wrote it. The operator's cache keeps only the
+/// metadata of its reports (39 results each weigh tens of kilobytes, a
+/// fleet's worth hundreds of megabytes) and compares this digest instead.
+pub const CONTENT_ANNOTATION: &str = "iotposture.dev/content-digest";
+
+/// SHA-256 of the body's JSON (object keys sorted), in hex.
+pub fn content_digest(body: &Value) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        &serde_json::to_vec(body).unwrap_or_default(),
+    );
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the cache keeps of a report: a report carrying its digest loses its
+/// body (the digest stands for it); one without (not written by this
+/// operator's version) keeps it and is compared whole.
+pub fn drop_body(report: &mut DynamicObject) {
+    if report.annotations().contains_key(CONTENT_ANNOTATION) {
+        report.data = Value::Object(Default::default());
+    }
+}
+
+/// `cached` with the body of `desired` where both carry the same digest, so
+/// comparing them compares the metadata; otherwise as it is (a body-less
+/// copy then differs from `desired` and the report is written again).
+pub fn with_body_if_unchanged(cached: &DynamicObject, desired: &DynamicObject) -> DynamicObject {
+    let mut out = cached.clone();
+    let digest = |o: &DynamicObject| o.annotations().get(CONTENT_ANNOTATION).cloned();
+    if digest(cached).is_some() && digest(cached) == digest(desired) {
+        out.data = desired.data.clone();
+    }
+    out
+}
 
 pub fn build_policy_report(
     system: &ValidatedSystem,
@@ -90,6 +129,12 @@ pub fn build_policy_report(
         },
         "results": results,
     });
+    let digest = content_digest(&report.data);
+    report
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(CONTENT_ANNOTATION.into(), digest);
     report
 }
 
@@ -141,6 +186,36 @@ mod tests {
         assert_eq!(data["results"][2]["properties"]["verdict"], "Attested");
         assert_eq!(data["scope"]["kind"], "IoTSystem");
         // Deterministic: the same verdicts give the same object.
-        assert_eq!(report.data, build_policy_report(&system, &items, None).data);
+        assert_eq!(report, build_policy_report(&system, &items, None));
+    }
+
+    #[test]
+    fn the_cache_keeps_a_digest_of_the_body_and_compares_by_it() {
+        let system = validated(FACTORY);
+        let items = [item("I-5", Verdict::Fail), item("I-6", Verdict::Pass)];
+        let written = build_policy_report(&system, &items, None);
+        let digest = written.annotations()[CONTENT_ANNOTATION].clone();
+        assert_eq!(digest, content_digest(&written.data));
+        assert_eq!(digest.len(), 64);
+
+        let mut cached = written.clone();
+        drop_body(&mut cached);
+        assert_eq!(cached.data, json!({}));
+        assert_eq!(cached.metadata, written.metadata, "metadata is kept");
+        // Same verdicts: the cached copy reads as the desired one.
+        assert_eq!(with_body_if_unchanged(&cached, &written), written);
+
+        // A changed verdict changes the digest: the body-less copy differs.
+        let changed = build_policy_report(&system, &[item("I-5", Verdict::Pass)], None);
+        assert_ne!(changed.annotations()[CONTENT_ANNOTATION], digest);
+        assert_eq!(with_body_if_unchanged(&cached, &changed).data, json!({}));
+
+        // A report without a digest (an older operator's) is kept whole.
+        let mut older = written.clone();
+        older.annotations_mut().remove(CONTENT_ANNOTATION);
+        let mut kept = older.clone();
+        drop_body(&mut kept);
+        assert_eq!(kept, older);
+        assert_eq!(with_body_if_unchanged(&kept, &written), older);
     }
 }

@@ -481,7 +481,13 @@ pub async fn apply_report(
     let name = report.name_any();
     let api =
         Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &system.namespace, &resource);
-    let cached = cache.get(&ObjectRef::new_with(&name, resource.clone()).within(&system.namespace));
+    let cached = cache
+        .get(&ObjectRef::new_with(&name, resource.clone()).within(&system.namespace))
+        .map(|c| {
+            Arc::new(crate::build::policy_report::with_body_if_unchanged(
+                &c, report,
+            ))
+        });
     // Label-selected: a PolicyReport of that name may exist unlabelled.
     let synced = sync_object(
         &api,

@@ -389,7 +389,11 @@ impl Caches {
                 "PolicyReport",
                 writer,
                 index,
-                watcher(api, managed.clone()),
+                // Bodies dropped: the digest annotation stands for them.
+                watcher(api, managed.clone()).modify(|r| {
+                    slim(r);
+                    crate::build::policy_report::drop_body(r);
+                }),
                 move |r: &DynamicObject, _| systems_of_child(&store, r),
             ))
         } else {
