@@ -191,8 +191,11 @@ clusterDomain: cluster.local
 resolvConf: /etc/resolv.conf
 podCIDR: $pod_cidr
 podLogsDir: $dir/pod-logs
-# A development machine's disk is no reason to evict the tests' pods.
-evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
+# A development machine's disk is no reason to evict the tests' pods: a
+# share of a large disk is gigabytes (1% of 252G is 2.5G, which a cold
+# build leaves free on some machines), and under it the node refuses every
+# pod (DiskPressure). Absolute floors instead; signals not named are off.
+evictionHard: {memory.available: "100Mi", nodefs.available: "256Mi", imagefs.available: "256Mi"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
@@ -316,6 +319,8 @@ diagnose() {
   for name in containerd kubelet kube-scheduler kube-proxy kube-router; do
     if running "$name"; then echo "node: $name runs"; else echo "node: $name is NOT running"; fi
   done
+  echo "node: disk of the plane"
+  df -h "$plane" 2>&1 | tail -1
   echo "node: conditions"
   "${kubectl[@]}" get node "$node" -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}' 2>&1 || true
   echo "node: pods that are not Running"

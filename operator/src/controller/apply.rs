@@ -15,7 +15,7 @@ use std::{collections::BTreeSet, fmt::Debug, sync::Arc};
 use k8s_openapi::{NamespaceResourceScope, api::core::v1::Namespace};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     core::{DynamicObject, PartialObjectMeta},
     runtime::reflector::ObjectRef,
 };
@@ -45,10 +45,6 @@ pub enum ApplyError {
         #[source]
         source: kube::Error,
     },
-    #[error(
-        "{kind} {name:?} is not as the operator's cache last saw it; tried again once its watch has caught up"
-    )]
-    Behind { kind: &'static str, name: String },
     #[error("deleting {kind} {name:?}, which is no longer wanted, failed: {source}")]
     Prune {
         kind: &'static str,
@@ -75,7 +71,6 @@ impl ApplyError {
                 "ApplyFailed"
             }
             ApplyError::Prune { .. } => "PruneFailed",
-            ApplyError::Behind { .. } => "CacheBehind",
         }
     }
 }
@@ -216,11 +211,10 @@ enum Synced<K> {
 /// watch cache holds under its name, and `coverage` what that cache says
 /// about objects missing from it.
 ///
-/// Where the cache takes every object of the kind, it is the only source:
-/// when the server disagrees (a conflict), the system is retried once the
-/// watch has delivered the change, and the operator needs no `get` there.
-/// A label-selected cache cannot tell whether an object of the name exists
-/// without the label, so there the server's copy is read first.
+/// Where the cache takes every object of the kind and its watch is unbroken,
+/// a missing object is new: one apply. Otherwise (a conflict, a broken
+/// watch, a label-selected cache that cannot see an unlabelled object of
+/// the name) the server's copy is read first (`read_current`).
 async fn sync_object<K>(
     api: &Api<K>,
     metrics: &Metrics,
@@ -239,39 +233,32 @@ where
         name: name.clone(),
         source,
     };
-    let behind = || ApplyError::Behind {
-        kind,
-        name: name.clone(),
-    };
     let Some(current) = cached else {
-        match coverage {
+        if coverage == Coverage::Whole {
             // Missing from a cache of every such object, it is new (or ours,
             // written and not seen yet): one apply, as a bare client would.
             // Without force, a foreign object made meanwhile that differs
-            // conflicts rather than being taken over; the watch brings it.
-            Coverage::Whole => {
-                metrics.write(kind, "apply");
-                return match api
-                    .patch(
-                        &name,
-                        &PatchParams::apply(FIELD_MANAGER),
-                        &Patch::Apply(object),
-                    )
-                    .await
-                {
-                    Ok(written) => Synced::Written(written),
-                    Err(source) if is_conflict(&source) => Synced::Failed(behind(), None),
-                    Err(source) => Synced::Failed(failed_apply(source), None),
-                };
+            // conflicts rather than being taken over, and is looked at below.
+            metrics.write(kind, "apply");
+            match api
+                .patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER),
+                    &Patch::Apply(object),
+                )
+                .await
+            {
+                Ok(written) => return Synced::Written(written),
+                Err(source) if !is_conflict(&source) => {
+                    return Synced::Failed(failed_apply(source), None);
+                }
+                Err(_) => {}
             }
-            // Its watch broke: what is missing may exist; wait for the relist.
-            Coverage::Lagging => return Synced::Failed(behind(), None),
-            Coverage::Selected => {}
         }
         // An object missing from our cache may still exist (unlabelled, out
         // of a label-selected cache): never take over someone else's object
         // of the same name.
-        return match api.get_opt(&name).await {
+        return match read_current(api, &name, coverage).await {
             Err(source) => Synced::Failed(failed_apply(source), None),
             Ok(Some(existing)) if !is_owned_by(&existing, owner_uid) => Synced::Failed(
                 ApplyError::NotOurs {
@@ -304,15 +291,9 @@ where
         );
     }
     match replace_if_drifted(api, metrics, kind, object, current.as_ref().clone()).await {
-        // The cache is behind the server. A whole cache's watch brings the
-        // newer copy (and with it this system again); else read it once.
-        Synced::Failed(ApplyError::Apply { source, .. }, _)
-            if is_conflict(&source) && coverage != Coverage::Selected =>
-        {
-            Synced::Failed(behind(), Some(current.as_ref().clone()))
-        }
+        // The cache may be behind the server: look at the server's copy once.
         Synced::Failed(ApplyError::Apply { source, .. }, _) if is_conflict(&source) => {
-            match api.get_opt(&name).await {
+            match read_current(api, &name, coverage).await {
                 Ok(Some(fresh)) => replace_if_drifted(api, metrics, kind, object, fresh).await,
                 Ok(None) => Synced::Failed(failed_apply(source), None),
                 Err(e) => Synced::Failed(failed_apply(e), Some(current.as_ref().clone())),
@@ -382,6 +363,20 @@ fn merge_into_current<K: Resource + Clone>(object: &K, current: &K) -> K {
     meta.managed_fields = None;
     *out.meta_mut() = meta;
     out
+}
+
+/// The server's copy of `name`, if any. A kind watched whole is read as the
+/// watch reads it (a list, narrowed to the name), so the operator needs no
+/// `get` on it; a label-selected kind by name.
+async fn read_current<K>(api: &Api<K>, name: &str, coverage: Coverage) -> kube::Result<Option<K>>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+{
+    if coverage == Coverage::Selected {
+        return api.get_opt(name).await;
+    }
+    let named = ListParams::default().fields(&format!("metadata.name={name}"));
+    Ok(api.list(&named).await?.items.into_iter().next())
 }
 
 fn is_conflict(e: &kube::Error) -> bool {
