@@ -29,6 +29,7 @@ use k8s_openapi::{
     },
 };
 
+use super::meta::hex;
 use crate::logs::collector::{ConfigError, Shipping, collector_config};
 
 /// Where the pod logs are mounted in the collector (the node's folder may
@@ -97,11 +98,7 @@ fn auth_env(namespace: &str, system: &str) -> String {
         &ring::digest::SHA256,
         format!("{namespace}/{system}").as_bytes(),
     );
-    let hex: String = digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("LOGS_AUTH_{}", hex.to_uppercase())
+    format!("LOGS_AUTH_{}", hex(&digest.as_ref()[..8]).to_uppercase())
 }
 
 fn labels(settings: &Settings) -> BTreeMap<String, String> {
@@ -202,10 +199,7 @@ pub fn build_collector(
         hashed.update(&(v.0.len() as u64).to_be_bytes());
         hashed.update(&v.0);
     }
-    let hash: String = hashed.finish().as_ref()[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = hex(&hashed.finish().as_ref()[..12]);
 
     let config_map = ConfigMap {
         metadata: meta(settings),

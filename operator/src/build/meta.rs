@@ -12,6 +12,11 @@ pub const SYSTEM_LABEL: &str = "iotposture.dev/system";
 pub const COMPONENT_LABEL: &str = "iotposture.dev/component";
 
 /// Label selector for every object this operator manages (watch filter).
+/// Lower-case hex of `bytes`, as digests are shown in names and annotations.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn managed_selector() -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY}")
 }

@@ -9,7 +9,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use super::meta::{child_meta, child_name};
+use super::meta::{child_meta, child_name, hex};
 use crate::{
     api::{ItemStatus, Verdict},
     checklist::catalog,
@@ -55,7 +55,7 @@ pub fn content_digest(body: &Value) -> String {
         &ring::digest::SHA256,
         &serde_json::to_vec(body).unwrap_or_default(),
     );
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex(digest.as_ref())
 }
 
 /// What the cache keeps of a report: a report carrying its digest loses its

@@ -117,12 +117,6 @@ where
         self
     }
 
-    /// Whether an object missing here can be taken not to exist: the
-    /// watch takes every object and is not broken.
-    pub fn holds_all(&self) -> bool {
-        self.coverage() == Coverage::Whole
-    }
-
     /// How far this cache tells what exists on the server.
     pub fn coverage(&self) -> Coverage {
         match (
@@ -268,24 +262,36 @@ mod tests {
     }
 
     #[test]
-    fn only_a_whole_cache_that_has_listed_since_it_broke_holds_all() {
+    fn only_a_whole_cache_that_has_listed_since_it_broke_is_whole() {
         let (index, mut feed) = indexed();
         let index = index.holding_all(true);
-        assert!(!index.holds_all(), "not listed yet");
+        assert_ne!(index.coverage(), Coverage::Whole, "not listed yet");
         feed(watcher::Event::Init);
         feed(watcher::Event::InitDone);
-        assert!(index.holds_all());
+        assert_eq!(index.coverage(), Coverage::Whole);
         index.broken();
-        assert!(!index.holds_all(), "a broken watch misses changes");
+        assert_ne!(
+            index.coverage(),
+            Coverage::Whole,
+            "a broken watch misses changes"
+        );
         feed(watcher::Event::Init);
         feed(watcher::Event::InitDone);
-        assert!(index.holds_all());
+        assert_eq!(index.coverage(), Coverage::Whole);
         index.broken();
         feed(watcher::Event::Apply(cm("a", "x")));
-        assert!(index.holds_all(), "a watch resumed without a relist");
+        assert_eq!(
+            index.coverage(),
+            Coverage::Whole,
+            "a watch resumed without a relist"
+        );
         let (selected, mut feed) = indexed();
         feed(watcher::Event::InitDone);
-        assert!(!selected.holds_all(), "a label-selected cache never does");
+        assert_ne!(
+            selected.coverage(),
+            Coverage::Whole,
+            "a label-selected cache never does"
+        );
         assert_eq!(selected.coverage(), Coverage::Selected);
         index.broken();
         assert_eq!(index.coverage(), Coverage::Lagging);
