@@ -13,7 +13,9 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use iotposture::logs::collector::{Shipping, collector_config, exporter_counters};
+use iotposture::logs::collector::{
+    Shipping, canary_line, canary_query, collector_config, exporter_counters,
+};
 use iotposture_e2e::logstore::{self, LogStore};
 use serde_json::Value;
 
@@ -183,6 +185,12 @@ async fn container_logs_reach_the_store_with_their_system_and_pod() {
     std::fs::write(dir.join("ca.crt"), &store.ca_pem).unwrap();
 
     let ca_file = dir.join("ca.crt").display().to_string();
+    // The plant's canary record, as the operator's ConfigMap puts it in the
+    // collector's folder.
+    let canaries = dir.join("canary");
+    std::fs::create_dir_all(&canaries).unwrap();
+    let canary_file = canaries.join("plant.line-1.log");
+    std::fs::write(&canary_file, canary_line("plant", "line-1", "5eed0001")).unwrap();
     let plans = [
         Shipping {
             namespace: "plant".into(),
@@ -193,6 +201,7 @@ async fn container_logs_reach_the_store_with_their_system_and_pod() {
             basic_auth_env: Some("LOGS_PLANT".into()),
             extra_headers: BTreeMap::new(),
             decisions_from: Some(("iotposture-system".into(), "iotposture".into())),
+            canary_file: Some(canary_file.display().to_string()),
         },
         Shipping {
             namespace: "lab".into(),
@@ -203,6 +212,7 @@ async fn container_logs_reach_the_store_with_their_system_and_pod() {
             basic_auth_env: Some("LOGS_LAB".into()),
             extra_headers: BTreeMap::new(),
             decisions_from: None,
+            canary_file: None,
         },
     ];
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -263,7 +273,7 @@ async fn container_logs_reach_the_store_with_their_system_and_pod() {
         let counters = exporter_counters(&scrape(metrics_port).await);
         let sent = counters.get("otlp_http/plant.line-1").copied();
         let failed = counters.get("otlp_http/lab.line-1").copied();
-        if sent.is_some_and(|(s, _)| s >= 4.0) && failed.is_some_and(|(_, f)| f >= 3.0) {
+        if sent.is_some_and(|(s, _)| s >= 5.0) && failed.is_some_and(|(_, f)| f >= 3.0) {
             break counters;
         }
         assert!(
@@ -273,8 +283,8 @@ async fn container_logs_reach_the_store_with_their_system_and_pod() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    // Two lines of the broker, two decisions.
-    assert_eq!(counters["otlp_http/plant.line-1"], (4.0, 0.0));
+    // Two lines of the broker, two decisions, the canary.
+    assert_eq!(counters["otlp_http/plant.line-1"], (5.0, 0.0));
     assert_eq!(counters["otlp_http/lab.line-1"], (0.0, 3.0));
 
     // The plant's decisions, in order, and nothing else of the operator's.
@@ -287,6 +297,33 @@ async fn container_logs_reach_the_store_with_their_system_and_pod() {
     for entry in &decisions {
         assert_eq!(field(entry, "k8s.container.name"), "operator", "{entry}");
     }
+
+    // The canary is found by the operator's own query, and only its nonce.
+    store.flush().await;
+    let found = store
+        .query(&canary_query("plant", "line-1", "5eed0001", 60))
+        .await;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        store
+            .query(&canary_query("plant", "line-1", "5eed0002", 60))
+            .await
+            .is_empty()
+    );
+    assert!(
+        store
+            .query(&canary_query("lab", "line-1", "5eed0001", 60))
+            .await
+            .is_empty()
+    );
+    // A new canary replaces the file as the kubelet updates a ConfigMap
+    // volume (a new file renamed over the old): it is read and shipped too.
+    let next = canaries.join(".next");
+    std::fs::write(&next, canary_line("plant", "line-1", "5eed0002")).unwrap();
+    std::fs::rename(&next, &canary_file).unwrap();
+    store
+        .wait_for(&canary_query("plant", "line-1", "5eed0002", 60))
+        .await;
 
     store.flush().await;
     assert!(store.query(r#"_msg:"refused line""#).await.is_empty());

@@ -84,9 +84,11 @@ async fn remove_collector(admin: &kube::Client) {
     let _ = Api::<DaemonSet>::namespaced(admin.clone(), OPERATOR_NAMESPACE)
         .delete(COLLECTOR, &dp)
         .await;
-    let _ = Api::<ConfigMap>::namespaced(admin.clone(), OPERATOR_NAMESPACE)
-        .delete(COLLECTOR, &dp)
-        .await;
+    for name in [COLLECTOR.to_string(), format!("{COLLECTOR}-canary")] {
+        let _ = Api::<ConfigMap>::namespaced(admin.clone(), OPERATOR_NAMESPACE)
+            .delete(&name, &dp)
+            .await;
+    }
     let _ = Api::<Secret>::namespaced(admin.clone(), OPERATOR_NAMESPACE)
         .delete(COLLECTOR, &dp)
         .await;
@@ -154,6 +156,31 @@ async fn component_logs_reach_the_store_and_iii1_passes_on_delivery_observed() {
         evidence.contains("the store keeps them for 7d (at least 7d)"),
         "{evidence}"
     );
+    // The canary the operator gave the collector came back from the store.
+    assert!(
+        evidence.contains("a canary record given to the collector on every node came back"),
+        "{evidence}"
+    );
+    let config_maps: Api<ConfigMap> = Api::namespaced(ns.client.clone(), OPERATOR_NAMESPACE);
+    let canaries = config_maps
+        .get(&format!("{COLLECTOR}-canary"))
+        .await
+        .unwrap();
+    let line = canaries.data.unwrap_or_default()[&format!("{}.plant.log", ns.name)].clone();
+    let nonce_of_canary = line
+        .split('"')
+        .nth(3)
+        .expect("the canary line carries its nonce")
+        .to_string();
+    let canary = store
+        .wait_for(&iotposture::logs::collector::canary_query(
+            &ns.name,
+            "plant",
+            &nonce_of_canary,
+            600,
+        ))
+        .await;
+    assert_eq!(canary[0]["_msg"].as_str(), Some(line.trim_end()), "{canary:?}");
     let lab = wait_for_item(&systems, "lab", "III-1", Verdict::Fail, "missing-ca").await;
     assert!(lab.contains("no such Secret"), "{lab}");
 
@@ -225,14 +252,14 @@ async fn component_logs_reach_the_store_and_iii1_passes_on_delivery_observed() {
             .and_then(|d| d.is_none().then_some(()))
     })
     .await;
-    // Deleted one after the other: the ConfigMap may go a moment after the DaemonSet.
-    let config_maps: Api<ConfigMap> = Api::namespaced(ns.client.clone(), OPERATOR_NAMESPACE);
-    wait_until("the collector's ConfigMap removed", || async {
-        config_maps
-            .get_opt(COLLECTOR)
+    // Deleted one after the other: the ConfigMaps may go a moment after the DaemonSet.
+    wait_until("the collector's ConfigMaps removed", || async {
+        let config = config_maps.get_opt(COLLECTOR).await.ok()?;
+        let canaries = config_maps
+            .get_opt(&format!("{COLLECTOR}-canary"))
             .await
-            .ok()
-            .and_then(|c| c.is_none().then_some(()))
+            .ok()?;
+        (config.is_none() && canaries.is_none()).then_some(())
     })
     .await;
 

@@ -43,6 +43,10 @@ pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 const CONFIG_DIR: &str = "/etc/iotposture-logs/config";
 const CA_DIR: &str = "/etc/iotposture-logs/ca";
+/// The canary records, one file per system, from a ConfigMap of their own:
+/// not in the hash, so a new canary reaches the running pods (the kubelet
+/// updates the files) without rolling them.
+const CANARY_DIR: &str = "/etc/iotposture-logs/canary";
 /// The collector image's user; reads the kubelet's 0640 root:root files
 /// through the supplementary group 0, not as root.
 const USER: i64 = 65532;
@@ -73,6 +77,8 @@ pub struct SystemLogs {
     pub ca_pem: Vec<u8>,
     /// `username:password`, from the credentials Secret.
     pub basic_auth: Option<(String, String)>,
+    /// Ship the system's canary file (where the store can be read back).
+    pub canary: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -132,6 +138,43 @@ fn meta(settings: &Settings) -> ObjectMeta {
     }
 }
 
+/// The name of the ConfigMap holding the canary records.
+pub fn canary_config_map_name(settings: &Settings) -> String {
+    format!("{}-canary", settings.name)
+}
+
+/// The canary file of a system: `<ns>.<system>.log`.
+fn canary_key(namespace: &str, system: &str) -> String {
+    format!(
+        "{}.log",
+        crate::logs::collector::component_name(namespace, system)
+    )
+}
+
+/// The canary records, by system (namespace, name) to nonce.
+pub fn canary_config_map(
+    settings: &Settings,
+    nonces: &BTreeMap<(String, String), String>,
+) -> ConfigMap {
+    let data = nonces
+        .iter()
+        .map(|((namespace, system), nonce)| {
+            (
+                canary_key(namespace, system),
+                crate::logs::collector::canary_line(namespace, system, nonce),
+            )
+        })
+        .collect();
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(canary_config_map_name(settings)),
+            ..meta(settings)
+        },
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
 pub fn build_collector(
     settings: &Settings,
     systems: &[SystemLogs],
@@ -178,6 +221,9 @@ pub fn build_collector(
             basic_auth_env,
             extra_headers: BTreeMap::new(),
             decisions_from: settings.operator_pods.clone(),
+            canary_file: s
+                .canary
+                .then(|| format!("{CANARY_DIR}/{}", canary_key(&s.namespace, &s.system))),
         });
     }
     let config = collector_config(&plans, LOG_ROOT, METRICS_PORT)?;
@@ -292,6 +338,12 @@ fn daemon_set(
                 read_only: Some(true),
                 ..Default::default()
             },
+            VolumeMount {
+                name: "canary".into(),
+                mount_path: CANARY_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
         ]),
         ..Default::default()
     };
@@ -318,6 +370,16 @@ fn daemon_set(
                 secret_name: Some(settings.name.clone()),
                 // Only the CAs: the auth values reach the process as variables.
                 items: Some(ca_items),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "canary".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: canary_config_map_name(settings),
+                // Written before the DaemonSet; a pod never waits for it.
+                optional: Some(true),
                 ..Default::default()
             }),
             ..Default::default()
@@ -400,7 +462,52 @@ mod tests {
             endpoint: "https://logs.example:9428/insert/opentelemetry/v1/logs".into(),
             ca_pem: b"-----BEGIN CERTIFICATE-----\n".to_vec(),
             basic_auth: Some(("shipper".into(), password.into())),
+            canary: true,
         }
+    }
+
+    #[test]
+    fn canaries_come_from_a_config_map_of_their_own_that_rolls_no_pod() {
+        let built = build_collector(&settings(), &[plant("pw")]).unwrap();
+        let config = &built.config_map.data.as_ref().unwrap()["config.yaml"];
+        assert!(config.contains(&format!("{CANARY_DIR}/plant.line-1.log")));
+        let pod = built.daemon_set.spec.template.spec.unwrap();
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "canary")
+            .unwrap();
+        let source = volume.config_map.as_ref().unwrap();
+        assert_eq!(source.name, "iotposture-log-collector-canary");
+        assert_eq!(source.optional, Some(true));
+        let mount = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "canary")
+            .unwrap();
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (CANARY_DIR, Some(true))
+        );
+
+        let nonces = BTreeMap::from([(("plant".into(), "line-1".into()), "00ff".into())]);
+        let canaries = canary_config_map(&settings(), &nonces);
+        assert_eq!(
+            canaries.metadata.name.as_deref(),
+            Some("iotposture-log-collector-canary")
+        );
+        assert_eq!(
+            canaries.data.unwrap()["plant.line-1.log"],
+            crate::logs::collector::canary_line("plant", "line-1", "00ff")
+        );
+
+        // Without a store to read back, no canary is shipped.
+        let mut quiet = plant("pw");
+        quiet.canary = false;
+        let built = build_collector(&settings(), &[quiet]).unwrap();
+        assert!(!built.config_map.data.unwrap()["config.yaml"].contains(CANARY_DIR));
     }
 
     #[test]

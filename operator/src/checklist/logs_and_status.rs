@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::{Scope, evidence::Check, evidence::Offences, pod_name};
+use crate::controller::shipping::{CANARY_DEADLINE, CanaryVerdict};
 use crate::heartbeat::{Judged, Listening};
 
 /// III-1: the system's logs reach the store `spec.logging` names. Passes only
@@ -74,6 +75,28 @@ pub fn check_log_shipping(s: &Scope<'_>) -> Check {
                     "records are sent to {endpoint}; reading them back failed: {why}"
                 ));
             }
+        }
+    }
+    match &findings.canary {
+        None => {}
+        Some(CanaryVerdict::ReadBack) => evidence.push_str(
+            "; a canary record given to the collector on every node came back from the store",
+        ),
+        Some(CanaryVerdict::Awaited) => {
+            return Check::unknown(format!(
+                "records are sent to {endpoint}; the canary record given to the collector has not come back from the store yet"
+            ));
+        }
+        Some(CanaryVerdict::Missing { nonce }) => {
+            return Check::fail(format!(
+                "the canary record {nonce} given to the collector is not in the store after {} minutes: records do not get through now",
+                CANARY_DEADLINE.as_secs() / 60
+            ));
+        }
+        Some(CanaryVerdict::Failed(why)) => {
+            return Check::unknown(format!(
+                "records are sent to {endpoint}; the canary record could not be followed: {why}"
+            ));
         }
     }
     if let (Some(wanted), Some(kept)) = (logging.retention, &findings.store_retention) {
@@ -613,6 +636,7 @@ mod tests {
             failing: false,
             read_back: Some(Ok(true)),
             store_retention: Some(Ok(Duration::from_secs(30 * 86_400))),
+            canary: Some(CanaryVerdict::ReadBack),
         }
     }
 
@@ -622,12 +646,13 @@ mod tests {
         assert_eq!(c.verdict, Verdict::Pass, "{}", c.evidence);
         assert_eq!(
             c.evidence,
-            "the log collector delivers the system's records to https://logs.example:9428/insert/opentelemetry/v1/logs over TLS verified against logging.caSecret, with none failing; the latest records were read back from the store; the store keeps them for 30d (at least 30d)"
+            "the log collector delivers the system's records to https://logs.example:9428/insert/opentelemetry/v1/logs over TLS verified against logging.caSecret, with none failing; the latest records were read back from the store; a canary record given to the collector on every node came back from the store; the store keeps them for 30d (at least 30d)"
         );
         // Without queryUrl the counters alone decide.
         let mut counters_only = delivered();
         counters_only.read_back = None;
         counters_only.store_retention = None;
+        counters_only.canary = None;
         assert_eq!(iii1(false, Some(Ok(counters_only))).verdict, Verdict::Pass);
 
         let case = |change: fn(&mut ShippingFindings)| {
@@ -683,6 +708,29 @@ mod tests {
                 |f| f.read_back = Some(Err("answered 401".into())),
                 Verdict::Unknown,
                 "reading them back failed: answered 401",
+            ),
+            (
+                |f| f.canary = Some(CanaryVerdict::Awaited),
+                Verdict::Unknown,
+                "has not come back from the store yet",
+            ),
+            (
+                |f| {
+                    f.canary = Some(CanaryVerdict::Missing {
+                        nonce: "00ff".into(),
+                    })
+                },
+                Verdict::Fail,
+                "the canary record 00ff given to the collector is not in the store after 5 minutes",
+            ),
+            (
+                |f| {
+                    f.canary = Some(CanaryVerdict::Failed(
+                        "writing the canary record: forbidden".into(),
+                    ))
+                },
+                Verdict::Unknown,
+                "could not be followed: writing the canary record: forbidden",
             ),
             (
                 |f| f.store_retention = Some(Ok(Duration::from_secs(7 * 86_400))),

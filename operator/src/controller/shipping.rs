@@ -8,7 +8,10 @@
 //!    pods read changed (the pod template's hash says what they run);
 //! 3. reads every collector pod's sent and failed counters;
 //! 4. reads the system's records back from the store, and the store's
-//!    retention, where `queryUrl` allows;
+//!    retention, where `queryUrl` allows; there, a canary record (a nonce
+//!    the operator puts in the collector's folder through a ConfigMap) must
+//!    come back too, which proves the whole path from the collector to the
+//!    store is taken now, not only that some record once arrived;
 //!
 //! and a system whose findings changed is reconciled again. Findings carry
 //! no running counts, so a steady flow of logs writes no status.
@@ -46,7 +49,8 @@ use super::{
 use crate::{
     api::IoTSystem,
     build::log_collector::{
-        CONFIG_HASH_ANNOTATION, METRICS_PORT, Settings, SystemLogs, build_collector, pod_selector,
+        CONFIG_HASH_ANNOTATION, METRICS_PORT, Settings, SystemLogs, build_collector,
+        canary_config_map, canary_config_map_name, pod_selector,
     },
     logs::collector::{component_name, exporter_counters},
 };
@@ -78,6 +82,162 @@ pub struct ShippingFindings {
     pub read_back: Option<Result<bool, String>>,
     /// With queryUrl and retention: how long the store keeps records.
     pub store_retention: Option<Result<Duration, String>>,
+    /// With queryUrl: whether the system's canary record came back.
+    pub canary: Option<CanaryVerdict>,
+}
+
+/// How long a canary may take to reach the store before III-1 fails: the
+/// kubelet updates a ConfigMap volume within about a minute, the collector
+/// batches for a second.
+pub const CANARY_DEADLINE: Duration = Duration::from_secs(300);
+/// A canary that came back is replaced after this long, so the verdict
+/// stays current: one ConfigMap write per period for all systems at once.
+pub const CANARY_REFRESH: Duration = Duration::from_secs(900);
+
+/// What became of a system's canary record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CanaryVerdict {
+    /// The first one is on its way and not overdue.
+    Awaited,
+    /// The latest canary that came back was read from the store (a newer
+    /// one may be on its way).
+    ReadBack,
+    /// The canary `nonce` was not in the store `CANARY_DEADLINE` after it
+    /// was written.
+    Missing { nonce: String },
+    /// Writing it or looking for it failed.
+    Failed(String),
+}
+
+/// One system's current canary.
+#[derive(Clone, Debug)]
+struct Canary {
+    nonce: String,
+    written: Instant,
+    found: bool,
+    verdict: CanaryVerdict,
+}
+
+type SystemKey = (String, String);
+
+/// The canaries of the systems that can be read back, and what the
+/// ConfigMap holds. Pure but for the clock and nonces it is given.
+#[derive(Debug, Default)]
+struct Canaries {
+    by_system: HashMap<SystemKey, Canary>,
+    written: Option<BTreeMap<SystemKey, String>>,
+}
+
+impl Canaries {
+    /// The nonces the ConfigMap is to hold: a new one for a system without
+    /// one, and for one whose canary came back `CANARY_REFRESH` ago or more.
+    fn plan(
+        &mut self,
+        systems: &[SystemKey],
+        now: Instant,
+        mut fresh: impl FnMut() -> String,
+    ) -> BTreeMap<SystemKey, String> {
+        self.by_system.retain(|k, _| systems.contains(k));
+        for key in systems {
+            match self.by_system.get_mut(key) {
+                None => {
+                    self.by_system.insert(
+                        key.clone(),
+                        Canary {
+                            nonce: fresh(),
+                            written: now,
+                            found: false,
+                            verdict: CanaryVerdict::Awaited,
+                        },
+                    );
+                }
+                Some(c) if c.found && now.duration_since(c.written) >= CANARY_REFRESH => {
+                    // The verdict stays until the new one is judged.
+                    c.nonce = fresh();
+                    c.written = now;
+                    c.found = false;
+                }
+                Some(_) => {}
+            }
+        }
+        self.by_system
+            .iter()
+            .map(|(k, c)| (k.clone(), c.nonce.clone()))
+            .collect()
+    }
+
+    /// Whether `nonces` differ from what was last written.
+    fn unwritten(&self, nonces: &BTreeMap<SystemKey, String>) -> bool {
+        self.written.as_ref() != Some(nonces)
+    }
+
+    fn wrote(&mut self, nonces: BTreeMap<SystemKey, String>) {
+        self.written = Some(nonces);
+    }
+
+    /// The ConfigMap could not be written: the canaries not yet back count
+    /// from the next attempt, and say why they cannot come.
+    fn not_written(&mut self, why: &str, now: Instant) {
+        self.written = None;
+        for c in self.by_system.values_mut().filter(|c| !c.found) {
+            c.written = now;
+            c.verdict = CanaryVerdict::Failed(format!("writing the canary record: {why}"));
+        }
+    }
+
+    /// The canary to look for in the store, with how long ago it was
+    /// written; None once it came back.
+    fn awaited(&self, key: &SystemKey) -> Option<(String, Instant)> {
+        self.by_system
+            .get(key)
+            .filter(|c| !c.found)
+            .map(|c| (c.nonce.clone(), c.written))
+    }
+
+    /// What the store said of the awaited canary.
+    fn looked(&mut self, key: &SystemKey, found: Result<bool, String>, now: Instant) {
+        let Some(c) = self.by_system.get_mut(key) else {
+            return;
+        };
+        match found {
+            Ok(true) => {
+                c.found = true;
+                c.verdict = CanaryVerdict::ReadBack;
+            }
+            Ok(false) if now.duration_since(c.written) >= CANARY_DEADLINE => {
+                c.verdict = CanaryVerdict::Missing {
+                    nonce: c.nonce.clone(),
+                };
+            }
+            // Not overdue: the verdict stands (Awaited, or the last one back).
+            Ok(false) => {
+                if matches!(c.verdict, CanaryVerdict::Failed(_)) {
+                    c.verdict = CanaryVerdict::Awaited;
+                }
+            }
+            Err(why) => c.verdict = CanaryVerdict::Failed(why),
+        }
+    }
+
+    fn verdict(&self, key: &SystemKey) -> Option<CanaryVerdict> {
+        self.by_system.get(key).map(|c| c.verdict.clone())
+    }
+}
+
+/// A new nonce: 16 random bytes, hex (one word of the record's text).
+fn nonce() -> String {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 16];
+    match SystemRandom::new().fill(&mut bytes) {
+        Ok(()) => crate::build::meta::hex(&bytes),
+        // No randomness: still unique per use within this process.
+        Err(_) => format!(
+            "{:032x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ),
+    }
 }
 
 pub type ShippingResults = super::findings::PerSystem<ShippingFindings>;
@@ -168,6 +328,7 @@ pub async fn shipping_loop(
     let mut failed_seen: FailedSeen = HashMap::new();
     // When each exporter's sent count last rose: the read-back looks from then.
     let mut sent_seen: HashMap<String, (f64, Instant)> = HashMap::new();
+    let mut canaries = Canaries::default();
     loop {
         round(
             &client,
@@ -178,6 +339,7 @@ pub async fn shipping_loop(
             &mut read,
             &mut failed_seen,
             &mut sent_seen,
+            &mut canaries,
         )
         .await;
         tokio::time::sleep(options.interval).await;
@@ -194,6 +356,7 @@ async fn round(
     read: &mut HashMap<(String, String), ReadSecrets>,
     failed_seen: &mut FailedSeen,
     sent_seen: &mut HashMap<String, (f64, Instant)>,
+    canaries: &mut Canaries,
 ) {
     let alone = Neighbourhood {
         pods: &[],
@@ -252,6 +415,7 @@ async fn round(
                 endpoint: logging.endpoint.clone(),
                 ca_pem: m.ca_pem,
                 basic_auth: m.basic_auth,
+                canary: logging.query_url.is_some(),
             }),
             Err(why) => {
                 plan_errors.insert(key, why);
@@ -259,7 +423,32 @@ async fn round(
         }
     }
 
-    // 2. The collector.
+    // 2. The canaries (before the collector, whose new pods then find
+    // them at once), and the collector.
+    let readable: Vec<SystemKey> = systems
+        .iter()
+        .filter(|s| s.canary)
+        .map(|s| (s.namespace.clone(), s.system.clone()))
+        .collect();
+    let now = Instant::now();
+    let nonces = canaries.plan(&readable, now, nonce);
+    if !systems.is_empty() && canaries.unwritten(&nonces) {
+        let config_map = canary_config_map(&options.collector, &nonces);
+        let written = Api::<ConfigMap>::namespaced(client.clone(), &options.collector.namespace)
+            .patch(
+                &canary_config_map_name(&options.collector),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&config_map),
+            )
+            .await;
+        match written {
+            Ok(_) => canaries.wrote(nonces),
+            Err(e) => {
+                warn!(error = %e, "writing the log collector's canary records");
+                canaries.not_written(&e.to_string(), now);
+            }
+        }
+    }
     let collectors = run_collector(client, &options.collector, &systems).await;
 
     // 3. Its counters, summed over its pods.
@@ -295,6 +484,17 @@ async fn round(
         let material = read.get(&key).and_then(|r| r.material.clone().ok());
         let (read_back, store_retention) = match (&logging.query_url, &material) {
             (Some(url), Some(m)) if plan.is_ok() => {
+                if let Some((nonce, written)) = canaries.awaited(&key) {
+                    let since = now.duration_since(written).as_secs();
+                    let query = crate::logs::collector::canary_query(
+                        &system.namespace,
+                        &system.name,
+                        &nonce,
+                        since,
+                    );
+                    let found = logs_query(url, m, &query).await;
+                    canaries.looked(&key, found, Instant::now());
+                }
                 let read_back = if sent_any {
                     let since = sent_seen
                         .get(&exporter)
@@ -320,6 +520,7 @@ async fn round(
             failing: failing.contains(&exporter),
             read_back,
             store_retention,
+            canary: canaries.verdict(&key),
         };
         if results.put(key, findings) {
             let _ = changed.send(ObjectRef::from_obj(object.as_ref()));
@@ -349,6 +550,10 @@ async fn run_collector(
             for result in [
                 daemon_sets.delete(&settings.name, &dp).await.map(|_| ()),
                 config_maps.delete(&settings.name, &dp).await.map(|_| ()),
+                config_maps
+                    .delete(&canary_config_map_name(settings), &dp)
+                    .await
+                    .map(|_| ()),
                 secrets.delete(&settings.name, &dp).await.map(|_| ()),
             ] {
                 if let Err(e) = result
@@ -570,7 +775,12 @@ async fn read_back_records(
     since: Duration,
 ) -> Result<bool, String> {
     let query = read_back_query(&system.namespace, &system.name, since);
-    let body = format!("query={}", crate::probe::http::form_encode(&query));
+    logs_query(base, material, &query).await
+}
+
+/// Whether a LogsQL query finds any record.
+async fn logs_query(base: &str, material: &Material, query: &str) -> Result<bool, String> {
+    let body = format!("query={}", crate::probe::http::form_encode(query));
     let (status, text) =
         store_request(base, material, "POST", "/select/logsql/query", body).await?;
     if status != 200 {
@@ -613,6 +823,113 @@ mod tests {
             read_back_query("plant", "line-1", Duration::from_secs(60)),
             r#"_time:360s "iotposture.system":="plant/line-1" | limit 1"#
         );
+    }
+
+    #[test]
+    fn a_canary_is_awaited_then_read_back_or_missing_and_renewed_once_back() {
+        let t0 = Instant::now();
+        let plant: SystemKey = ("plant".into(), "line-1".into());
+        let lab: SystemKey = ("lab".into(), "line-1".into());
+        let mut n = 0;
+        let mut fresh = || {
+            n += 1;
+            format!("{n:02}")
+        };
+        let mut c = Canaries::default();
+        let nonces = c.plan(&[plant.clone(), lab.clone()], t0, &mut fresh);
+        assert_eq!(nonces.len(), 2);
+        assert!(c.unwritten(&nonces));
+        c.wrote(nonces.clone());
+        assert_eq!(c.verdict(&plant), Some(CanaryVerdict::Awaited));
+
+        // Not back yet, not overdue: still awaited. Back: read back.
+        let (plant_nonce, _) = c.awaited(&plant).unwrap();
+        c.looked(&plant, Ok(false), t0 + Duration::from_secs(60));
+        assert_eq!(c.verdict(&plant), Some(CanaryVerdict::Awaited));
+        c.looked(&plant, Ok(true), t0 + Duration::from_secs(90));
+        assert_eq!(c.verdict(&plant), Some(CanaryVerdict::ReadBack));
+        assert_eq!(c.awaited(&plant), None, "once back, no more queries");
+        // The lab's never comes: missing after the deadline, by its nonce.
+        let (lab_nonce, _) = c.awaited(&lab).unwrap();
+        c.looked(
+            &lab,
+            Ok(false),
+            t0 + CANARY_DEADLINE - Duration::from_secs(1),
+        );
+        assert_eq!(c.verdict(&lab), Some(CanaryVerdict::Awaited));
+        c.looked(&lab, Ok(false), t0 + CANARY_DEADLINE);
+        assert_eq!(
+            c.verdict(&lab),
+            Some(CanaryVerdict::Missing {
+                nonce: lab_nonce.clone()
+            })
+        );
+
+        // Nothing new before the refresh: nothing to write.
+        let same = c.plan(
+            &[plant.clone(), lab.clone()],
+            t0 + Duration::from_secs(600),
+            &mut fresh,
+        );
+        assert_eq!(same, nonces);
+        assert!(!c.unwritten(&same));
+        // After it, the one that came back gets a new nonce and keeps its
+        // verdict until that one is judged; the missing one stays as it is.
+        let later = t0 + CANARY_REFRESH;
+        let renewed = c.plan(&[plant.clone(), lab.clone()], later, &mut fresh);
+        assert_ne!(renewed[&plant], plant_nonce);
+        assert_eq!(renewed[&lab], lab_nonce);
+        assert!(c.unwritten(&renewed));
+        assert_eq!(c.verdict(&plant), Some(CanaryVerdict::ReadBack));
+        assert_eq!(
+            c.awaited(&plant).map(|(n, _)| n),
+            Some(renewed[&plant].clone())
+        );
+        c.looked(&plant, Ok(false), later + CANARY_DEADLINE);
+        assert!(matches!(
+            c.verdict(&plant),
+            Some(CanaryVerdict::Missing { .. })
+        ));
+
+        // A store that cannot be asked, a system gone.
+        c.looked(&lab, Err("no answer".into()), later);
+        assert_eq!(
+            c.verdict(&lab),
+            Some(CanaryVerdict::Failed("no answer".into()))
+        );
+        let left = c.plan(std::slice::from_ref(&plant), later, &mut fresh);
+        assert_eq!(left.keys().collect::<Vec<_>>(), [&plant]);
+        assert_eq!(c.verdict(&lab), None);
+    }
+
+    #[test]
+    fn a_canary_that_could_not_be_written_says_so_and_is_written_again() {
+        let t0 = Instant::now();
+        let plant: SystemKey = ("plant".into(), "line-1".into());
+        let mut c = Canaries::default();
+        let nonces = c.plan(std::slice::from_ref(&plant), t0, || "01".into());
+        c.not_written("forbidden", t0);
+        assert!(
+            matches!(c.verdict(&plant), Some(CanaryVerdict::Failed(why)) if why.contains("forbidden"))
+        );
+        let again = c.plan(
+            std::slice::from_ref(&plant),
+            t0 + Duration::from_secs(10),
+            || "02".into(),
+        );
+        assert_eq!(again, nonces, "the same canary, written again");
+        assert!(c.unwritten(&again));
+        // The deadline counts from the failed attempt, not the first plan.
+        c.looked(&plant, Ok(false), t0 + Duration::from_secs(10));
+        assert_eq!(c.verdict(&plant), Some(CanaryVerdict::Awaited));
+    }
+
+    #[test]
+    fn nonces_are_one_hex_word_and_differ() {
+        let (a, b) = (nonce(), nonce());
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub struct Shipping {
     /// `operator` is read too, and only the record's lines about this
     /// system are kept, so each system's store holds its own decisions.
     pub decisions_from: Option<(String, String)>,
+    /// A file holding the system's canary record (absolute path): shipped
+    /// as it is, so the operator can look for it in the store (III-1).
+    pub canary_file: Option<String>,
 }
 
 /// The container of the operator's pods whose output holds the record.
@@ -109,6 +112,22 @@ pub enum ConfigError {
     Duplicate(String),
     #[error("the pod log folder {0:?} must be an absolute path without glob characters")]
     LogRoot(String),
+}
+
+/// A system's canary record: one line naming the system and a nonce the
+/// operator then looks for in the store.
+pub fn canary_line(namespace: &str, system: &str, nonce: &str) -> String {
+    format!("{{\"iotposture.canary\":\"{nonce}\",\"system\":\"{namespace}/{system}\"}}\n")
+}
+
+/// The LogsQL query for a system's canary record of the last `since` (plus
+/// a margin for batching and the store's own delay). The nonce is hex, one
+/// word of the message.
+pub fn canary_query(namespace: &str, system: &str, nonce: &str, since_secs: u64) -> String {
+    format!(
+        "_time:{}s \"{SYSTEM_ATTRIBUTE}\":=\"{namespace}/{system}\" \"{nonce}\" | limit 1",
+        since_secs + 300
+    )
 }
 
 /// The name of a system's receiver, exporter and pipeline.
@@ -157,6 +176,16 @@ impl Shipping {
         {
             return Err(invalid(format!(
                 "the operator's pods {namespace}/{prefix} are not Kubernetes names"
+            )));
+        }
+        if let Some(file) = &self.canary_file
+            && (!file.starts_with('/')
+                || file
+                    .chars()
+                    .any(|c| c.is_control() || "*?[]{}\\$".contains(c)))
+        {
+            return Err(invalid(format!(
+                "canary file {file:?} is not an absolute path without glob characters"
             )));
         }
         let Some(rest) = self.endpoint.strip_prefix("https://") else {
@@ -317,6 +346,18 @@ pub fn collector_config(
                 }),
             );
             pipeline_receivers.push(decisions);
+        }
+        if let Some(file) = &plan.canary_file {
+            let canary = format!("{RECEIVER_TYPE}/{name}.canary");
+            receivers.insert(
+                canary.clone(),
+                json!({
+                    "include": [file],
+                    "start_at": "beginning",
+                    "resource": { SYSTEM_ATTRIBUTE: format!("{}/{}", plan.namespace, plan.system) },
+                }),
+            );
+            pipeline_receivers.push(canary);
         }
         pipelines.insert(
             format!("logs/{name}"),
@@ -487,6 +528,7 @@ mod tests {
             basic_auth_env: Some("LOGS_PLANT_LINE_1".into()),
             extra_headers: BTreeMap::new(),
             decisions_from: None,
+            canary_file: None,
         }
     }
 
@@ -583,6 +625,41 @@ mod tests {
         assert_eq!(
             c["receivers"]["file_log/lab.line-1"]["resource"]["iotposture.system"],
             "lab/line-1"
+        );
+    }
+
+    #[test]
+    fn a_canary_file_is_shipped_as_it_is_with_the_system_named() {
+        let mut p = plan("plant", "line-1", &["a"]);
+        p.canary_file = Some("/etc/iotposture-logs/canary/plant.line-1.log".into());
+        let c = config(&[p.clone()]);
+        let r = &c["receivers"]["file_log/plant.line-1.canary"];
+        assert_eq!(
+            r["include"],
+            json!(["/etc/iotposture-logs/canary/plant.line-1.log"])
+        );
+        assert_eq!(r["resource"]["iotposture.system"], "plant/line-1");
+        // A plain line, not a CRI one.
+        assert!(r.get("operators").is_none());
+        assert_eq!(
+            c["service"]["pipelines"]["logs/plant.line-1"]["receivers"],
+            json!(["file_log/plant.line-1", "file_log/plant.line-1.canary"])
+        );
+        for bad in ["canary.log", "/etc/*.log", "/etc/${env:X}.log"] {
+            p.canary_file = Some(bad.into());
+            assert!(
+                matches!(collector_config(&[p.clone()], "/var/log/pods", 8888),
+                    Err(ConfigError::Invalid { reason, .. }) if reason.contains("canary file")),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            canary_line("plant", "line-1", "00ff"),
+            "{\"iotposture.canary\":\"00ff\",\"system\":\"plant/line-1\"}\n"
+        );
+        assert_eq!(
+            canary_query("plant", "line-1", "00ff", 60),
+            r#"_time:360s "iotposture.system":="plant/line-1" "00ff" | limit 1"#
         );
     }
 
