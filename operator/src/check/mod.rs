@@ -22,7 +22,7 @@ use k8s_openapi::{
         batch::v1::{CronJob, CronJobSpec, Job, JobSpec},
         core::v1::{Pod, PodTemplateSpec, Secret, Service, ServiceAccount},
         networking::v1::NetworkPolicy,
-        rbac::v1::{ClusterRole, Role, RoleBinding},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     },
     jiff::civil::Date,
 };
@@ -362,6 +362,15 @@ fn add_document(
                 .role_bindings
                 .push(with_namespace(o, &namespace));
         }
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+            let o: ClusterRoleBinding = parse(&origin, &kind, value)?;
+            m.namespaces
+                .entry(String::new())
+                .or_default()
+                .cluster_role_bindings
+                .get_or_insert_with(Vec::new)
+                .push(o);
+        }
         ("rbac.authorization.k8s.io", "ClusterRole") => {
             let o: ClusterRole = parse(&origin, &kind, value)?;
             // Cluster-wide: visible from every namespace.
@@ -416,10 +425,11 @@ pub fn evaluate(
     today: Date,
     admission: Admission,
 ) -> Result<Vec<SystemReport>, CheckError> {
-    let cluster_roles: Vec<ClusterRole> = manifests
-        .namespaces
-        .get("")
-        .map(|s| s.cluster_roles.clone())
+    let cluster = manifests.namespaces.get("");
+    let cluster_roles: Vec<ClusterRole> =
+        cluster.map(|s| s.cluster_roles.clone()).unwrap_or_default();
+    let cluster_role_bindings: Vec<ClusterRoleBinding> = cluster
+        .and_then(|s| s.cluster_role_bindings.clone())
         .unwrap_or_default();
     let mut reports = Vec::new();
     for (origin, system) in &manifests.systems {
@@ -430,6 +440,7 @@ pub fn evaluate(
             .cloned()
             .unwrap_or_default();
         snapshot.cluster_roles = cluster_roles.clone();
+        snapshot.cluster_role_bindings = Some(cluster_role_bindings.clone());
         // Offline, cert-manager is assumed present: the verdicts are those of a
         // cluster that has it.
         snapshot.certificates.get_or_insert_with(Vec::new);

@@ -147,16 +147,16 @@ pub fn check_log_protection(s: &Scope<'_>) -> Check {
         .iter()
         .chain(&s.system.access.operators)
         .collect();
+    // The built-in roles grant it whether or not their rules are at hand
+    // (offline, manifests rarely carry them): view, and thus edit and
+    // admin, read pods/log.
+    let reads_logs = |role: &k8s_openapi::api::rbac::v1::RoleRef, rules: Option<&[_]>| {
+        (role.kind == "ClusterRole"
+            && ["cluster-admin", "admin", "edit", "view"].contains(&role.name.as_str()))
+            || rules.is_some_and(|r| grants(r, "pods/log", "get"))
+    };
     for binding in &s.snapshot.role_bindings {
-        let role = &binding.role_ref;
-        // The built-in roles grant it whether or not their rules are at
-        // hand (offline, manifests rarely carry them): view, and thus edit
-        // and admin, read pods/log.
-        let builtin = role.kind == "ClusterRole"
-            && ["cluster-admin", "admin", "edit", "view"].contains(&role.name.as_str());
-        let granted =
-            builtin || bound_rules(s, binding).is_some_and(|r| grants(r, "pods/log", "get"));
-        if !granted {
+        if !reads_logs(&binding.role_ref, bound_rules(s, binding)) {
             continue;
         }
         for subject in binding.subjects.iter().flatten() {
@@ -172,6 +172,38 @@ pub fn check_log_protection(s: &Scope<'_>) -> Check {
             }
         }
     }
+    // Cluster-wide bindings read every namespace's logs; the cluster's own
+    // identities (its controllers, nodes, system:masters) are the
+    // cluster's business, not the system's.
+    let cluster_wide = match &s.snapshot.cluster_role_bindings {
+        Some(bindings) => {
+            for binding in bindings {
+                let rules = s
+                    .snapshot
+                    .cluster_roles
+                    .iter()
+                    .find(|r| r.metadata.name.as_deref() == Some(binding.role_ref.name.as_str()))
+                    .map(|r| r.rules.as_deref().unwrap_or_default());
+                if !reads_logs(&binding.role_ref, rules) {
+                    continue;
+                }
+                for subject in binding.subjects.iter().flatten() {
+                    if !control_plane(subject) && !allowed.iter().any(|a| same_subject(a, subject))
+                    {
+                        offences.add(format!(
+                            "ClusterRoleBinding {} lets {} {} read pods/log in every namespace through ClusterRole {}; only the system's admins and operators may",
+                            binding.metadata.name.as_deref().unwrap_or("?"),
+                            subject.kind,
+                            subject.name,
+                            binding.role_ref.name
+                        ));
+                    }
+                }
+            }
+            None
+        }
+        None => Some("ClusterRoleBindings are not visible to the operator (it may not list them)"),
+    };
     let record = match &s.snapshot.decision_record {
         None => "the decision record is kept only by the running operator".to_string(),
         Some(Err(why)) => {
@@ -199,6 +231,9 @@ pub fn check_log_protection(s: &Scope<'_>) -> Check {
     if !offences.is_empty() {
         return offences.verdict(String::new());
     }
+    if let Some(why) = cluster_wide {
+        return Check::unknown(format!("no RoleBinding lets others read pods/log; {why}"));
+    }
     let evidence =
         format!("pods/log is readable only by the system's admins and operators; {record}");
     match shipped {
@@ -207,6 +242,27 @@ pub fn check_log_protection(s: &Scope<'_>) -> Check {
         )),
         Some(Err(why)) => Check::unknown(format!("{evidence}; {why}")),
         None => Check::unknown(evidence),
+    }
+}
+
+/// Kubernetes' own identities, which its bootstrap binds cluster-wide: its
+/// controllers (ServiceAccounts and users of kube-system), the nodes, and
+/// the superuser group. Groups of every account or user are not among them.
+fn control_plane(subject: &k8s_openapi::api::rbac::v1::Subject) -> bool {
+    let name = subject.name.as_str();
+    match subject.kind.as_str() {
+        "ServiceAccount" => subject.namespace.as_deref() == Some("kube-system"),
+        "User" => {
+            name.starts_with("system:kube-")
+                || name.starts_with("system:node:")
+                || name == "system:apiserver"
+                || name.starts_with("system:serviceaccount:kube-system:")
+        }
+        "Group" => matches!(
+            name,
+            "system:masters" | "system:nodes" | "system:serviceaccounts:kube-system"
+        ),
+        _ => false,
     }
 }
 
@@ -781,6 +837,7 @@ mod tests {
         let mut snapshot = Snapshot {
             decision_record: Some(Ok(3)),
             shipping: Some(Ok(delivered())),
+            cluster_role_bindings: Some(vec![]),
             ..Snapshot::default()
         };
         let c = vii2(&snapshot);
@@ -822,6 +879,7 @@ mod tests {
     fn pods_log_for_anyone_but_admins_and_operators_fails_vii2() {
         let mut snapshot = Snapshot {
             decision_record: Some(Ok(3)),
+            cluster_role_bindings: Some(vec![]),
             ..Snapshot::default()
         };
         // The system's admins may; the built-in view role read by an auditor may not.
@@ -864,6 +922,118 @@ mod tests {
             "{}",
             c.evidence
         );
+    }
+
+    fn cluster_binding(
+        name: &str,
+        role: &str,
+        subject: serde_json::Value,
+    ) -> k8s_openapi::api::rbac::v1::ClusterRoleBinding {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [subject],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn cluster_wide_bindings_that_read_pods_log_fail_vii2_but_the_clusters_own_do_not() {
+        let gc_role: k8s_openapi::api::rbac::v1::ClusterRole =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "system:controller:generic-garbage-collector"},
+                "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list", "delete"]}],
+            }))
+            .unwrap();
+        let log_reader: k8s_openapi::api::rbac::v1::ClusterRole =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "log-reader"},
+                "rules": [{"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get"]}],
+            }))
+            .unwrap();
+        // What Kubernetes binds itself (as on the test plane), and the
+        // system's admins through a cluster-wide view.
+        let own = vec![
+            cluster_binding(
+                "cluster-admin",
+                "cluster-admin",
+                serde_json::json!({"kind": "Group", "name": "system:masters", "apiGroup": "rbac.authorization.k8s.io"}),
+            ),
+            cluster_binding(
+                "system:controller:generic-garbage-collector",
+                "system:controller:generic-garbage-collector",
+                serde_json::json!({"kind": "ServiceAccount", "name": "generic-garbage-collector", "namespace": "kube-system"}),
+            ),
+            cluster_binding(
+                "admins-view",
+                "view",
+                serde_json::json!({"kind": "Group", "name": "factory-admins", "apiGroup": "rbac.authorization.k8s.io"}),
+            ),
+        ];
+        let mut snapshot = Snapshot {
+            decision_record: Some(Ok(3)),
+            shipping: Some(Ok(delivered())),
+            cluster_roles: vec![gc_role, log_reader],
+            cluster_role_bindings: Some(own.clone()),
+            ..Snapshot::default()
+        };
+        let c = vii2(&snapshot);
+        assert_eq!(c.verdict, Verdict::Pass, "{}", c.evidence);
+
+        for (binding, says) in [
+            (
+                cluster_binding(
+                    "everyone-views",
+                    "view",
+                    serde_json::json!({"kind": "Group", "name": "system:authenticated", "apiGroup": "rbac.authorization.k8s.io"}),
+                ),
+                "ClusterRoleBinding everyone-views lets Group system:authenticated read pods/log in every namespace through ClusterRole view; only the system's admins and operators may",
+            ),
+            (
+                cluster_binding(
+                    "monitoring",
+                    "log-reader",
+                    serde_json::json!({"kind": "ServiceAccount", "name": "scraper", "namespace": "monitoring"}),
+                ),
+                "ClusterRoleBinding monitoring lets ServiceAccount scraper read pods/log",
+            ),
+            (
+                cluster_binding(
+                    "kube-system-user-lookalike",
+                    "edit",
+                    serde_json::json!({"kind": "User", "name": "system:serviceaccount:tools:ci", "apiGroup": "rbac.authorization.k8s.io"}),
+                ),
+                "lets User system:serviceaccount:tools:ci read pods/log",
+            ),
+        ] {
+            let mut bindings = own.clone();
+            bindings.push(binding);
+            snapshot.cluster_role_bindings = Some(bindings);
+            let c = vii2(&snapshot);
+            assert_eq!(c.verdict, Verdict::Fail, "{}", c.evidence);
+            assert!(
+                c.evidence.contains(says),
+                "{says:?} not in {:?}",
+                c.evidence
+            );
+        }
+        // A cluster role that reads pods but not their logs is fine.
+        let mut bindings = own.clone();
+        bindings.push(cluster_binding(
+            "monitoring",
+            "log-reader",
+            serde_json::json!({"kind": "ServiceAccount", "name": "scraper", "namespace": "monitoring"}),
+        ));
+        snapshot.cluster_role_bindings = Some(bindings);
+        assert_eq!(vii2(&snapshot).verdict, Verdict::Fail);
+        snapshot.cluster_roles[1].rules.as_mut().unwrap()[0].resources = Some(vec!["pods".into()]);
+        assert_eq!(vii2(&snapshot).verdict, Verdict::Pass);
+
+        // Not visible: no pass.
+        snapshot.cluster_role_bindings = None;
+        let c = vii2(&snapshot);
+        assert_eq!(c.verdict, Verdict::Unknown, "{}", c.evidence);
+        assert!(c.evidence.contains("may not list them"), "{}", c.evidence);
     }
 
     #[test]

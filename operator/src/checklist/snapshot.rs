@@ -6,7 +6,7 @@ use k8s_openapi::{
     api::{
         core::v1::{Pod, Service, ServiceAccount},
         networking::v1::NetworkPolicy,
-        rbac::v1::{ClusterRole, Role, RoleBinding},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -27,6 +27,9 @@ pub struct Snapshot {
     pub role_bindings: Vec<RoleBinding>,
     /// Cluster-wide: RoleBindings may refer to them.
     pub cluster_roles: Vec<ClusterRole>,
+    /// Cluster-wide: they grant in every namespace (VII-2 reads them).
+    /// None when the operator may not list them.
+    pub cluster_role_bindings: Option<Vec<ClusterRoleBinding>>,
     pub secrets: Vec<ObjectMeta>,
     /// cert-manager Certificates; None when cert-manager is not installed.
     pub certificates: Option<Vec<Certificate>>,

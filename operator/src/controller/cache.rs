@@ -15,7 +15,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
     core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service, ServiceAccount},
     networking::v1::NetworkPolicy,
-    rbac::v1::{ClusterRole, Role, RoleBinding},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -51,6 +51,8 @@ pub struct Caches {
     pub roles: Indexed<Role>,
     pub role_bindings: Indexed<RoleBinding>,
     pub cluster_roles: Indexed<ClusterRole>,
+    /// None when the operator may not list them (an older chart's RBAC).
+    pub cluster_role_bindings: Option<Indexed<ClusterRoleBinding>>,
     /// Only the ConfigMaps this operator manages (by label).
     pub config_maps: Indexed<ConfigMap>,
     /// Metadata only: secret values never reach the operator.
@@ -351,16 +353,46 @@ impl Caches {
             )
         };
         let role_bindings: Indexed<RoleBinding> = drivers.namespaced("RoleBinding", every.clone());
-        // A ClusterRole matters to a system only through a RoleBinding in its
-        // namespace that refers to it.
+        // A ClusterRoleBinding grants in every namespace: who may read the
+        // pods' logs (VII-2) of every system. They change rarely.
+        let cluster_role_bindings = if may_list(
+            &Api::<ClusterRoleBinding>::all(client.clone()),
+            "ClusterRoleBindings: VII-2 cannot see who reads logs cluster-wide",
+        )
+        .await
+        {
+            let store = drivers.systems.clone();
+            Some(
+                drivers.spawn(
+                    "ClusterRoleBinding",
+                    watcher(
+                        Api::<ClusterRoleBinding>::all(client.clone()),
+                        every.clone(),
+                    )
+                    .modify(slim),
+                    move |_: &ClusterRoleBinding, _| systems_in_namespace(&store, None),
+                ),
+            )
+        } else {
+            None
+        };
+        // A ClusterRole matters to a system through a RoleBinding in its
+        // namespace that refers to it, or any ClusterRoleBinding that does.
         let cluster_roles = {
             let store = drivers.systems.clone();
             let bindings = role_bindings.clone();
+            let cluster_bindings = cluster_role_bindings.clone();
             drivers.spawn(
                 "ClusterRole",
                 watcher(Api::<ClusterRole>::all(client.clone()), every.clone()).modify(slim),
                 move |role: &ClusterRole, _| {
                     let name = role.name_any();
+                    if cluster_bindings
+                        .as_ref()
+                        .is_some_and(|b| b.state().iter().any(|b| b.role_ref.name == name))
+                    {
+                        return systems_in_namespace(&store, None);
+                    }
                     let namespaces: std::collections::BTreeSet<String> = bindings
                         .state()
                         .iter()
@@ -543,6 +575,7 @@ impl Caches {
             roles: drivers.namespaced("Role", every.clone()),
             role_bindings,
             cluster_roles,
+            cluster_role_bindings,
             config_maps: drivers.namespaced("ConfigMap", managed),
             secrets,
             namespaces,
@@ -594,6 +627,11 @@ impl Caches {
                 roles.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
                 roles
             },
+            cluster_role_bindings: self.cluster_role_bindings.as_ref().map(|store| {
+                let mut bindings = owned(store.state());
+                bindings.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+                bindings
+            }),
             secrets: self
                 .secrets
                 .in_namespace(namespace)
