@@ -745,19 +745,57 @@ fn systems_of_child<K: Resource>(systems: &Indexed<IoTSystem>, o: &K) -> Vec<Obj
     }
 }
 
+/// The systems of the namespace a change of `changed` may concern: the
+/// younger ones only, since of two systems selecting a pod the elder keeps it
+/// (`validate::check_pod_ownership`). In a namespace of 100 systems created
+/// one after another, each creation re-ran every earlier one.
 fn siblings_of(systems: &Indexed<IoTSystem>, changed: &IoTSystem) -> Vec<ObjectRef<IoTSystem>> {
     systems
         .in_namespace(&changed.namespace().unwrap_or_default())
         .into_iter()
-        .filter(|s| s.metadata.uid != changed.metadata.uid)
+        .filter(|s| {
+            s.metadata.uid != changed.metadata.uid && super::validate::is_older(changed, s)
+        })
         .map(|s| ObjectRef::from_obj(s.as_ref()))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Indexed, IoTSystem, NodeLabels, ObjectRef, systems_of_child};
+    use super::{Indexed, IoTSystem, NodeLabels, ObjectRef, siblings_of, systems_of_child};
     use k8s_openapi::api::core::v1::ServiceAccount;
+
+    #[test]
+    fn a_system_changed_triggers_only_its_younger_siblings() {
+        let system = |name: &str, created: &str| -> IoTSystem {
+            let mut s: IoTSystem = serde_saphyr::from_str(&format!(
+                "apiVersion: iotposture.dev/v1alpha1
+kind: IoTSystem
+metadata: {{name: {name}, namespace: plant, creationTimestamp: '{created}'}}
+spec:
+  components: [{{name: c, role: Aggregator, selector: {{matchLabels: {{app: x}}}}}}]
+"
+            ))
+            .unwrap();
+            s.metadata.uid = Some(name.into());
+            s
+        };
+        let (a, b, c) = (
+            system("a", "2026-11-30T10:00:00Z"),
+            system("b", "2026-11-30T10:00:01Z"),
+            system("c", "2026-11-30T10:00:01Z"),
+        );
+        let systems = Indexed::of([a.clone(), b.clone(), c.clone()]);
+        let names = |refs: Vec<ObjectRef<IoTSystem>>| {
+            let mut n: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(siblings_of(&systems, &a)), ["b", "c"]);
+        // The same second: the name decides, as it does for the pods.
+        assert_eq!(names(siblings_of(&systems, &b)), ["c"]);
+        assert!(siblings_of(&systems, &c).is_empty());
+    }
 
     #[test]
     fn a_child_of_ours_triggers_its_own_system_only() {

@@ -903,7 +903,7 @@ fn check_pod_ownership(
     Ok(())
 }
 
-fn is_older(a: &IoTSystem, b: &IoTSystem) -> bool {
+pub(crate) fn is_older(a: &IoTSystem, b: &IoTSystem) -> bool {
     let key = |s: &IoTSystem| (s.metadata.creation_timestamp.clone(), s.name_any());
     key(a) < key(b)
 }
