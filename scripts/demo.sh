@@ -271,6 +271,7 @@ for _ in $(seq 1 15); do
   sleep 2
 done
 sed 's/^/  /' <<<"$blocks" | head -3
+[[ -n "$blocks" ]] || echo "  (none found: the WAF's audit records did not reach the store)"
 
 echo
 echo "==> the edge node (IV-1…IV-4, VI-1): what its node agent published (NodePosture, facts only)"
@@ -295,7 +296,8 @@ logsql "$system \"k8s.container.name\":=operator" "$created" | python3 -c 'impor
 rs = [json.loads(l) for l in sys.stdin if l.strip()]
 rs.sort(key=lambda r: json.loads(r["_msg"])["index"])
 print("\n".join(json.dumps(r) for r in rs))' >"$dir/record.jsonl"
-target/debug/iotposture verify --entries "$dir/record.jsonl" --status "$dir/line-1.json" || true
+verified=0
+target/debug/iotposture verify --entries "$dir/record.jsonl" --status "$dir/line-1.json" || verified=$?
 
 cat <<MSG
 
@@ -312,6 +314,8 @@ Everything keeps running. Look around with:
   cat $dir/alerts.log                                          # what Alertmanager delivered
   curl -s --cacert $dir/logs/ca.crt -u plant-logs:\$(cat $dir/logs/password) https://$node_ip:19428/select/logsql/query \\
     --data-urlencode 'query=_time:10m "iotposture.system":="smart-factory/line-1" | limit 5'   # the example's logs
+  curl -s --cacert $dir/logs/ca.crt -u plant-logs:\$(cat $dir/logs/password) https://$node_ip:19428/select/logsql/query \\
+    --data-urlencode 'query=_time:1h "iotposture.system":="smart-factory/line-1" "Inbound Anomaly Score Exceeded" | limit 5'   # the WAF's blocks
 Audit an edge device's root filesystem before it ships (exit 1 when an item fails):
   target/debug/iotposture node-agent --once --host-root /path/to/image-root
 Silence the sensors and watch VII-1 fail and the alert arrive (within a minute or two):
@@ -320,3 +324,16 @@ Try a pod the checklist forbids (the admission webhook refuses it, naming the it
   $bins/kubectl run ssh-gw -n smart-factory --image=iotposture.local/mosquitto:$version --labels=app=mqtt-gateway --port=22
 Stop everything with: make demo-down
 MSG
+
+# The logs, liveness and alert items must be decided, and the record must
+# verify from what the store returned: otherwise the demo did not show them.
+observed=""
+for id in III-1 VII-1 VII-2 VIII-1 VIII-2; do
+  [[ " $undecided " == *" $id "* ]] && observed+=" $id"
+done
+if [[ -n "$observed" || "$verified" != 0 || -z "$blocks" ]]; then
+  [[ -z "$blocks" ]] && echo "error: no WAF block of the example is in the log store" >&2
+  [[ -n "$observed" ]] && echo "error: still undecided:$observed (see their evidence above)" >&2
+  [[ "$verified" != 0 ]] && echo "error: iotposture verify failed (exit $verified) on the entries read back from the store" >&2
+  exit 1
+fi
