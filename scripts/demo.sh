@@ -263,7 +263,9 @@ for _ in $(seq 1 30); do
 done
 python3 -c 'import json,sys
 for l in sys.stdin:
-    r = json.loads(l); print("  %-30s %s" % (r["k8s.container.name"], r["records"]))' <<<"$counts"
+    r = json.loads(l)
+    # Records without a container: the canaries the operator gives the collector.
+    print("  %-30s %s" % (r.get("k8s.container.name") or "(canary)", r["records"]))' <<<"$counts"
 echo "the WAF's blocks (ModSecurity audit records, via the gateway exporter's output):"
 for _ in $(seq 1 15); do
   blocks="$(logsql "_time:1h $system \"Inbound Anomaly Score Exceeded\" | fields _time, k8s.pod.name")"
