@@ -180,7 +180,11 @@ async fn component_logs_reach_the_store_and_iii1_passes_on_delivery_observed() {
             600,
         ))
         .await;
-    assert_eq!(canary[0]["_msg"].as_str(), Some(line.trim_end()), "{canary:?}");
+    assert_eq!(
+        canary[0]["_msg"].as_str(),
+        Some(line.trim_end()),
+        "{canary:?}"
+    );
     let lab = wait_for_item(&systems, "lab", "III-1", Verdict::Fail, "missing-ca").await;
     assert!(lab.contains("no such Secret"), "{lab}");
 

@@ -753,9 +753,7 @@ fn siblings_of(systems: &Indexed<IoTSystem>, changed: &IoTSystem) -> Vec<ObjectR
     systems
         .in_namespace(&changed.namespace().unwrap_or_default())
         .into_iter()
-        .filter(|s| {
-            s.metadata.uid != changed.metadata.uid && super::validate::is_older(changed, s)
-        })
+        .filter(|s| s.metadata.uid != changed.metadata.uid && super::validate::is_older(changed, s))
         .map(|s| ObjectRef::from_obj(s.as_ref()))
         .collect()
 }
