@@ -97,8 +97,20 @@ impl Drop for Server {
 }
 
 fn s_server(cert: &Path, key: &Path, extra: &[&str]) -> Server {
+    // A port found free may be taken before openssl binds it (the plane's
+    // own connections draw from the same range during make test): openssl
+    // then exits, and whatever holds the port would answer instead.
+    for _ in 0..5 {
+        if let Some(server) = try_s_server(cert, key, extra) {
+            return server;
+        }
+    }
+    panic!("openssl s_server did not start on any of 5 ports");
+}
+
+fn try_s_server(cert: &Path, key: &Path, extra: &[&str]) -> Option<Server> {
     let addr = free_addr();
-    let child = Command::new("openssl")
+    let mut child = Command::new("openssl")
         .arg("s_server")
         .arg("-accept")
         .arg(addr.to_string())
@@ -115,10 +127,18 @@ fn s_server(cert: &Path, key: &Path, extra: &[&str]) -> Server {
         .expect("openssl on PATH (make test installs it)");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "openssl s_server did not start");
+        if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Server { child, addr }
+    let mut server = Server { child, addr };
+    match server.child.try_wait() {
+        Ok(None) => Some(server),
+        _ => None,
+    }
 }
 
 fn settings(trust: &Ca) -> Settings {
@@ -200,6 +220,20 @@ async fn old_protocols_and_weak_suites_fail() {
 }
 
 #[tokio::test]
+async fn a_certificate_shown_before_the_handshake_failed_is_still_judged() {
+    let dir = temp_dir();
+    let ca = new_ca("plant CA");
+    let (c, k) = leaf(&dir, "expired", &ca, &[NAME], true);
+    // TLS 1.2 with a client certificate demanded: the server refuses the
+    // probe after it has shown its own certificate.
+    let server = s_server(&c, &k, &["-tls1_2", "-Verify", "1"]);
+    let f = check(&server, NAME, &ca).await;
+    assert!(f.error.is_some(), "{f:?}");
+    assert_eq!(f.expired, Some(true), "{f:?}");
+    assert_eq!(f.chain_valid, Some(false), "{f:?}");
+}
+
+#[tokio::test]
 async fn bad_certificates_fail_for_their_reason() {
     let dir = temp_dir();
     let ca = new_ca("plant CA");
@@ -208,7 +242,7 @@ async fn bad_certificates_fail_for_their_reason() {
     let (c, k) = leaf(&dir, "expired", &ca, &[NAME], true);
     let server = s_server(&c, &k, &[]);
     let f = check(&server, NAME, &ca).await;
-    assert_eq!(f.expired, Some(true));
+    assert_eq!(f.expired, Some(true), "{f:?}");
     assert!(
         f.chain_error
             .as_deref()
@@ -226,7 +260,7 @@ async fn bad_certificates_fail_for_their_reason() {
     let (c, k) = leaf(&dir, "wrong-name", &ca, &["dashboard.plant.svc"], false);
     let server = s_server(&c, &k, &[]);
     let f = check(&server, NAME, &ca).await;
-    assert_eq!(f.name_matches, Some(false));
+    assert_eq!(f.name_matches, Some(false), "{f:?}");
     assert!(
         f.problems()
             .iter()
@@ -237,7 +271,7 @@ async fn bad_certificates_fail_for_their_reason() {
     let (c, k) = leaf(&dir, "untrusted", &stranger, &[NAME], false);
     let server = s_server(&c, &k, &[]);
     let f = check(&server, NAME, &ca).await;
-    assert_eq!(f.chain_valid, Some(false));
+    assert_eq!(f.chain_valid, Some(false), "{f:?}");
     assert!(
         f.chain_error.as_deref().unwrap().contains("UnknownIssuer"),
         "{f:?}"

@@ -302,6 +302,9 @@ pub async fn probe(target: &Target, settings: &Settings) -> Finding {
             finding.error = Some(format!(
                 "no handshake with TLS 1.2 or 1.3 and a strong cipher suite (plaintext, an old protocol or weak suites): {e}"
             ));
+            // A peer that failed the handshake after showing its
+            // certificate has still shown it: report what it was.
+            describe_seen(&recorder, &target.name, &mut finding);
             return finding;
         }
         Ok(Ok(s)) => s,
@@ -311,6 +314,12 @@ pub async fn probe(target: &Target, settings: &Settings) -> Finding {
     finding.cipher_suite = session
         .negotiated_cipher_suite()
         .map(|s| format!("{:?}", s.suite()));
+    describe_seen(&recorder, &target.name, &mut finding);
+    finding
+}
+
+/// The chain the verifier was shown, if it was shown one, into `finding`.
+fn describe_seen(recorder: &Recorder, name: &str, finding: &mut Finding) {
     let seen = recorder
         .seen
         .lock()
@@ -320,10 +329,9 @@ pub async fn probe(target: &Target, settings: &Settings) -> Finding {
         finding.chain_valid = Some(verdict.is_ok());
         finding.chain_error = verdict.err();
         if let Some(ee) = chain.first() {
-            describe_certificate(ee, &target.name, &mut finding);
+            describe_certificate(ee, name, finding);
         }
     }
-    finding
 }
 
 fn describe_certificate(der: &CertificateDer<'_>, name: &str, finding: &mut Finding) {
