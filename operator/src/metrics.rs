@@ -126,6 +126,9 @@ pub struct Metrics {
     pub admission_handovers: Family<HandoverLabels, Counter>,
     /// Failed watch attempts, by kind.
     pub watch_errors: Family<KindLabels, Counter>,
+    /// Systems queued for a reconcile by a change of each kind; the
+    /// operator's own writes seen again on the watch are not counted.
+    pub reconcile_triggers: Family<KindLabels, Counter>,
     /// Devices of each listened sensor component, by state (silent, heard).
     pub sensor_devices: Family<SensorLabels, Gauge>,
     /// Container restarts summed over a component's current pods.
@@ -217,6 +220,12 @@ impl Default for Metrics {
             "Failed watch attempts by kind; each is retried with backoff",
             watch_errors.clone(),
         );
+        let reconcile_triggers = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "reconcile_triggers",
+            "Systems queued for a reconcile by a change of each kind (the operator's own writes coming back on a watch excluded)",
+            reconcile_triggers.clone(),
+        );
         let sensor_devices = Family::<SensorLabels, Gauge>::default();
         registry.register(
             "sensor_devices",
@@ -242,6 +251,7 @@ impl Default for Metrics {
             component_crash_looping,
             component_series: Mutex::new(HashSet::new()),
             watch_errors,
+            reconcile_triggers,
             certificate_expiry,
             tls_handshake_ok,
             admission,
@@ -273,6 +283,15 @@ impl Metrics {
     /// A watch failed (it is retried with backoff).
     pub fn watch_failed(&self, kind: &'static str) {
         self.watch_errors.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// A change of `kind` queued `systems` systems for a reconcile.
+    pub fn triggered(&self, kind: &'static str, systems: usize) {
+        if systems > 0 {
+            self.reconcile_triggers
+                .get_or_create(&KindLabels { kind })
+                .inc_by(systems as u64);
+        }
     }
 
     pub fn write(&self, kind: &'static str, verb: &'static str) {

@@ -427,6 +427,7 @@ where
                 current.push(o);
             }
             Synced::Written(o) => {
+                ctx.caches.own_writes.wrote(kind, &o, system.object_ref());
                 report.applied.push(key);
                 current.push(o);
             }
@@ -495,7 +496,10 @@ pub async fn apply_report(
     );
     match synced.await {
         Synced::Kept(_) => Ok(false),
-        Synced::Written(_) => Ok(true),
+        Synced::Written(o) => {
+            ctx.caches.own_writes.wrote(KIND, &o, system.object_ref());
+            Ok(true)
+        }
         Synced::Failed(e, _) => Err(e),
     }
 }
@@ -503,8 +507,9 @@ pub async fn apply_report(
 /// Makes the admission webhooks review this system's pods: their match
 /// conditions cover its selectors, and its namespace carries their label.
 /// Sends nothing when both are in place already.
-pub async fn admit_for_review(ctx: &Context, namespace: &str) -> Result<(), ApplyError> {
+pub async fn admit_for_review(ctx: &Context, system: &ValidatedSystem) -> Result<(), ApplyError> {
     use crate::webhook::registration::ADMISSION_LABEL;
+    let namespace = system.namespace.as_str();
     let Some(webhooks) = &ctx.webhooks else {
         return Ok(());
     };
@@ -528,7 +533,7 @@ pub async fn admit_for_review(ctx: &Context, namespace: &str) -> Result<(), Appl
         "kind": "Namespace",
         "metadata": {"name": namespace, "labels": {ADMISSION_LABEL: registration.instance}},
     });
-    Api::<Namespace>::all(ctx.client.clone())
+    let labelled = Api::<Namespace>::all(ctx.client.clone())
         .patch(
             namespace,
             &PatchParams::apply(FIELD_MANAGER),
@@ -540,6 +545,9 @@ pub async fn admit_for_review(ctx: &Context, namespace: &str) -> Result<(), Appl
             name: namespace.to_string(),
             source,
         })?;
+    ctx.caches
+        .own_writes
+        .wrote("Namespace", &labelled, system.object_ref());
     Ok(())
 }
 

@@ -73,6 +73,9 @@ pub struct Caches {
     pub prometheus_rules: Option<Indexed<PrometheusRule>>,
     /// The node agents' reports; None when the operator reads none.
     pub edge: Option<EdgeCaches>,
+    /// What the reconciles wrote, so that its echo on a watch does not
+    /// re-run the writer.
+    pub own_writes: Arc<super::own_writes::OwnWrites>,
 }
 
 /// The labels last seen per node, to tell a label change from the status
@@ -132,6 +135,7 @@ struct Drivers {
     metrics: Arc<Metrics>,
     triggers: mpsc::UnboundedSender<ObjectRef<IoTSystem>>,
     systems: Indexed<IoTSystem>,
+    own_writes: Arc<super::own_writes::OwnWrites>,
 }
 
 impl Drivers {
@@ -182,6 +186,7 @@ impl Drivers {
         let health = self.health.clone();
         let metrics = self.metrics.clone();
         let triggers = self.triggers.clone();
+        let own_writes = self.own_writes.clone();
         let events = reflector(writer, events.default_backoff());
         let mut affected = affected;
         // Every system reconciles once the caches have first listed, so the
@@ -197,7 +202,16 @@ impl Drivers {
                     indexing.observe(e);
                 }
                 let refs = match event {
-                    Ok(watcher::Event::Apply(o)) => affected(&o, false),
+                    Ok(watcher::Event::Apply(o)) => {
+                        let mut refs = affected(&o, false);
+                        // The system that wrote this very version judged it.
+                        if let Some(writer) = own_writes.echo_of(kind, &o) {
+                            refs.retain(|r| {
+                                (&r.name, &r.namespace) != (&writer.name, &writer.namespace)
+                            });
+                        }
+                        refs
+                    }
                     Ok(watcher::Event::InitApply(o)) => {
                         // Called anyway: some keep state per object.
                         let refs = affected(&o, false);
@@ -218,6 +232,7 @@ impl Drivers {
                         Vec::new()
                     }
                 };
+                metrics.triggered(kind, refs.len());
                 for r in refs {
                     // The receiver goes only when the controller stops.
                     let _ = triggers.send(r);
@@ -278,6 +293,7 @@ impl Caches {
             metrics,
             triggers: tx,
             systems: systems_index.clone(),
+            own_writes: Default::default(),
         };
         let every = watcher::Config::default();
         let managed = every.clone().labels(&managed_selector());
@@ -556,6 +572,7 @@ impl Caches {
             }
         });
         let caches = Caches {
+            own_writes: drivers.own_writes.clone(),
             edge,
             systems,
             systems_changed,

@@ -20,6 +20,7 @@ pub mod findings;
 pub mod index;
 pub mod leader;
 pub mod listening;
+pub mod own_writes;
 pub mod probing;
 pub mod record;
 pub mod secrets;
@@ -255,7 +256,7 @@ async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, 
             Mode::Enforce => planned.clone(),
             Mode::Audit => DesiredObjects::default(),
         };
-        let labelled = apply::admit_for_review(&ctx, &namespace).await;
+        let labelled = apply::admit_for_review(&ctx, valid).await;
         report = apply::apply_all(&ctx, valid, &to_apply).await;
         report.failed.extend(labelled.err());
         judgement = Some(judge(&ctx, &system, valid, &report, &now).await);

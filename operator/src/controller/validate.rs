@@ -167,6 +167,13 @@ pub struct ValidatedSystem {
     pub edge_nodes: Option<ValidEdgeNodes>,
 }
 
+impl ValidatedSystem {
+    /// The IoTSystem this was validated from.
+    pub fn object_ref(&self) -> kube::runtime::reflector::ObjectRef<IoTSystem> {
+        kube::runtime::reflector::ObjectRef::new(&self.name).within(&self.namespace)
+    }
+}
+
 /// `spec.edgeNodes`, checked: a selector that parses.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidEdgeNodes {
