@@ -582,7 +582,7 @@ impl Caches {
                 let mut seen = super::triggers::PodTriggers::default();
                 drivers.spawn(
                     "Pod",
-                    watcher(drivers.api::<Pod>(), every.clone()).modify(slim),
+                    watcher(drivers.api::<Pod>(), every.clone()).modify(super::slim_pod::slim_pod),
                     move |p: &Pod, deleted| seen.affected(&store, p, deleted),
                 )
             },
@@ -719,7 +719,7 @@ async fn serves(client: &Client, group_version: &str, resource: &str) -> bool {
 /// What no check reads, dropped before an object is cached: the field
 /// managers and kubectl's copy of the last applied object (often the biggest
 /// parts of an object).
-fn slim<K: Resource>(o: &mut K) {
+pub(super) fn slim<K: Resource>(o: &mut K) {
     o.managed_fields_mut().clear();
     if let Some(a) = o.meta_mut().annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");

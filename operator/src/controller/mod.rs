@@ -25,6 +25,7 @@ pub mod probing;
 pub mod record;
 pub mod secrets;
 pub mod shipping;
+pub mod slim_pod;
 pub mod status;
 pub mod triggers;
 pub mod validate;
