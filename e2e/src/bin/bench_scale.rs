@@ -7,8 +7,8 @@
 //! - `baseline_s`: a minimal client server-side applying the same child
 //!   objects at the operator's concurrency: the API server's own limit here;
 //! - the operator's RSS (peak and steady), API requests per reconcile by verb
-//!   (from the audit log), writes per no-op reconcile, convergence after a
-//!   restart;
+//!   (from the audit log), what queued the reconciles (by kind), writes per
+//!   no-op reconcile, convergence after a restart;
 //! - admission p50/p99 of pod creates through the API server at 100
 //!   concurrent requests, with the operator's webhooks, with none, and with
 //!   Kyverno enforcing Pod Security "restricted" (the peer).
@@ -312,9 +312,20 @@ impl Operator {
 
     /// Writes so far by kind and verb.
     fn writes_by_kind(&self) -> BTreeMap<String, f64> {
+        self.by_labels("iotposture_api_writes_total")
+    }
+
+    /// Systems queued for a reconcile so far, by the kind that changed.
+    fn triggers_by_kind(&self) -> BTreeMap<String, f64> {
+        self.by_labels("iotposture_reconcile_triggers_total")
+    }
+
+    /// Each series of a counter family, by its labels.
+    fn by_labels(&self, family: &str) -> BTreeMap<String, f64> {
         let out = self.scrape();
+        let prefix = format!("{family}{{");
         out.lines()
-            .filter_map(|l| l.strip_prefix("iotposture_api_writes_total{"))
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
             .filter_map(|l| {
                 let (labels, value) = l.rsplit_once("} ")?;
                 Some((labels.replace('"', ""), value.parse().ok()?))
@@ -690,17 +701,6 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     wait_pods_running(&client, pods, Duration::from_secs(1800)).await?;
     eprintln!("    {pods} pods Running in {:.1?}", start.elapsed());
 
-    // Baseline: the same children into namespaces of their own.
-    let baseline_systems: Vec<IoTSystem> = systems
-        .iter()
-        .map(|s| {
-            let mut b = s.clone();
-            b.metadata.namespace = Some(format!("base-{}", s.namespace().unwrap_or_default()));
-            b
-        })
-        .collect();
-    let baseline_s = baseline(&client, &baseline_systems).await?.as_secs_f64();
-
     let dir = plane.dir.join("bench");
     std::fs::create_dir_all(&dir)?;
     let (webhook_port, http_port) = (free_port()?, free_port()?);
@@ -739,6 +739,8 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     })
     .await;
     let reconciles = operator.reconciliations() - reconciles_before;
+    // Before the operator's start nothing had triggered: all are this phase's.
+    let triggers_by_kind = operator.triggers_by_kind();
     let verbs = requests_by_verb(plane, mark);
     let per_reconcile: BTreeMap<String, f64> = verbs
         .iter()
@@ -835,6 +837,19 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     );
     operator.kill();
 
+    // Baseline: the same children into namespaces of their own, once the
+    // operator is gone: its cluster-wide caches then hold the scenario's
+    // objects, not a second copy of every child made by the measurement.
+    let baseline_systems: Vec<IoTSystem> = systems
+        .iter()
+        .map(|s| {
+            let mut b = s.clone();
+            b.metadata.namespace = Some(format!("base-{}", s.namespace().unwrap_or_default()));
+            b
+        })
+        .collect();
+    let baseline_s = baseline(&client, &baseline_systems).await?.as_secs_f64();
+
     // The peer: Kyverno enforcing "restricted" on the same pods, same client.
     let kyverno = kyverno_admission(plane, &client, &dir, &scenario.name).await;
     let admission = match kyverno {
@@ -867,6 +882,7 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
         "rss_peak_mib": rss_peak.round(),
         "rss_steady_mib": rss_steady.round(),
         "reconciles": reconciles,
+        "triggers_by_kind": triggers_by_kind,
         "requests_per_reconcile": per_reconcile,
         "writes_per_noop": (writes_per_noop * 100.0).round() / 100.0,
         "restart_converge_s": (restart_converge_s * 10.0).round() / 10.0,
