@@ -79,18 +79,14 @@ demo:
 demo-down:
 	bash scripts/demo.sh down
 
-# Benchmarks (figures to bench/results/*.json; not part of make test).
+# Benchmarks (figures to bench/results/*.json; not part of make test). Builds
+# only what they run: the control plane, kwok and Kyverno, and release binaries.
 .PHONY: bench
 bench:
-	$(CARGO) run --release -q -p iotposture-e2e --bin bench-admission -- bench/results/admission.json
-	$(CARGO) run --release -q -p iotposture-e2e --bin bench-gateway -- bench/results/gateway.json
-	$(MAKE) bench-scale
+	bash scripts/bench.sh
 
 # The operator at scale on a plane with kwok's simulated nodes (bench/scale/);
 # IOTPOSTURE_BENCH_SIZES=10,100 for a shorter run.
 .PHONY: bench-scale
-bench-scale: testplane-bins
-	bash e2e/thirdparty/fetch-crds.sh
-	bash bench/scale/build.sh target/bench/bin
-	$(CARGO) build --release -q -p iotposture --bin iotposture
-	$(CARGO) run --release -q -p iotposture-e2e --bin bench-scale -- bench/results/scale.json docs/scale.svg
+bench-scale:
+	bash scripts/bench.sh scale
