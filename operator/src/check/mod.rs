@@ -290,7 +290,7 @@ fn add_document(
             let w: $kind = parse(&origin, &kind, value)?;
             let template: PodTemplateSpec = $template(w.spec);
             let pod = pod_from_template(&kind, w.metadata.name, Some(namespace.clone()), template);
-            snap(m, &namespace).pods.push(pod);
+            snap(m, &namespace).pods.push(Arc::new(pod));
         }};
     }
     match (group, kind.as_str()) {
@@ -309,7 +309,7 @@ fn add_document(
         ("", "Pod") => {
             let mut pod: Pod = parse(&origin, &kind, value)?;
             pod.metadata.namespace = Some(namespace.clone());
-            snap(m, &namespace).pods.push(pod);
+            snap(m, &namespace).pods.push(Arc::new(pod));
         }
         ("apps", "Deployment") => workload!(Deployment, |s: DeploymentSpec| s.template),
         ("apps", "StatefulSet") => workload!(StatefulSet, |s: StatefulSetSpec| s.template),
@@ -329,13 +329,13 @@ fn add_document(
             let o: Service = parse(&origin, &kind, value)?;
             snap(m, &namespace)
                 .services
-                .push(with_namespace(o, &namespace));
+                .push(Arc::new(with_namespace(o, &namespace)));
         }
         ("", "ServiceAccount") => {
             let o: ServiceAccount = parse(&origin, &kind, value)?;
             snap(m, &namespace)
                 .service_accounts
-                .push(with_namespace(o, &namespace));
+                .push(Arc::new(with_namespace(o, &namespace)));
         }
         ("", "Secret") => {
             // Metadata only, as in the cluster: values are never read.
@@ -348,19 +348,19 @@ fn add_document(
             let o: NetworkPolicy = parse(&origin, &kind, value)?;
             snap(m, &namespace)
                 .network_policies
-                .push(with_namespace(o, &namespace));
+                .push(Arc::new(with_namespace(o, &namespace)));
         }
         ("rbac.authorization.k8s.io", "Role") => {
             let o: Role = parse(&origin, &kind, value)?;
             snap(m, &namespace)
                 .roles
-                .push(with_namespace(o, &namespace));
+                .push(Arc::new(with_namespace(o, &namespace)));
         }
         ("rbac.authorization.k8s.io", "RoleBinding") => {
             let o: RoleBinding = parse(&origin, &kind, value)?;
             snap(m, &namespace)
                 .role_bindings
-                .push(with_namespace(o, &namespace));
+                .push(Arc::new(with_namespace(o, &namespace)));
         }
         ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
             let o: ClusterRoleBinding = parse(&origin, &kind, value)?;
@@ -369,7 +369,7 @@ fn add_document(
                 .or_default()
                 .cluster_role_bindings
                 .get_or_insert_with(Vec::new)
-                .push(o);
+                .push(Arc::new(o));
         }
         ("rbac.authorization.k8s.io", "ClusterRole") => {
             let o: ClusterRole = parse(&origin, &kind, value)?;
@@ -378,7 +378,7 @@ fn add_document(
                 .entry(String::new())
                 .or_default()
                 .cluster_roles
-                .push(o);
+                .push(Arc::new(o));
         }
         _ => m.ignored += 1,
     }
@@ -402,7 +402,7 @@ pub enum Admission {
 }
 
 /// What the mutating webhook makes of each component pod of an Enforce system.
-fn admit(pods: &mut [Pod], system: &ValidatedSystem) {
+fn admit(pods: &mut [Arc<Pod>], system: &ValidatedSystem) {
     let images = Images {
         gateway: crate::gateway::DEFAULT_GATEWAY_IMAGE.into(),
         exporter: crate::gateway::DEFAULT_EXPORTER_IMAGE.into(),
@@ -414,6 +414,7 @@ fn admit(pods: &mut [Pod], system: &ValidatedSystem) {
             .iter()
             .find(|c| Selector::try_from(c.selector.clone()).is_ok_and(|sel| sel.matches(&labels)));
         if let Some(component) = component {
+            let pod = Arc::make_mut(pod);
             inject_gateway(pod, system, component, &images);
             *pod = harden_pod(pod, system, component).pod;
         }
@@ -426,9 +427,9 @@ pub fn evaluate(
     admission: Admission,
 ) -> Result<Vec<SystemReport>, CheckError> {
     let cluster = manifests.namespaces.get("");
-    let cluster_roles: Vec<ClusterRole> =
+    let cluster_roles: Vec<Arc<ClusterRole>> =
         cluster.map(|s| s.cluster_roles.clone()).unwrap_or_default();
-    let cluster_role_bindings: Vec<ClusterRoleBinding> = cluster
+    let cluster_role_bindings: Vec<Arc<ClusterRoleBinding>> = cluster
         .and_then(|s| s.cluster_role_bindings.clone())
         .unwrap_or_default();
     let mut reports = Vec::new();
@@ -444,7 +445,7 @@ pub fn evaluate(
         // Offline, cert-manager is assumed present: the verdicts are those of a
         // cluster that has it.
         snapshot.certificates.get_or_insert_with(Vec::new);
-        let pods: Vec<Arc<Pod>> = snapshot.pods.iter().cloned().map(Arc::new).collect();
+        let pods: Vec<Arc<Pod>> = snapshot.pods.clone();
         let siblings: Vec<Arc<IoTSystem>> = manifests
             .systems
             .iter()

@@ -464,6 +464,7 @@ fn secs(d: Duration) -> String {
 mod tests {
     use std::{
         collections::BTreeMap,
+        sync::Arc,
         time::{Duration, SystemTime},
     };
 
@@ -626,7 +627,7 @@ mod tests {
         }))
         .unwrap();
         let mut snapshot = heard(since(300), &[("press-1", 1)]);
-        snapshot.pods = vec![pod];
+        snapshot.pods = vec![Arc::new(pod)];
         let c = vii1(&snapshot);
         assert_eq!(c.verdict, Verdict::Fail);
         assert!(
@@ -635,7 +636,7 @@ mod tests {
             "{}",
             c.evidence
         );
-        let pods: Vec<_> = snapshot.pods.iter().collect();
+        let pods: Vec<_> = snapshot.pods.iter().map(|p| p.as_ref()).collect();
         assert_eq!(
             pod_health(&pods),
             crate::metrics::PodHealth {
@@ -866,12 +867,13 @@ mod tests {
         role_kind: &str,
         role: &str,
         subject: (&str, &str),
-    ) -> k8s_openapi::api::rbac::v1::RoleBinding {
+    ) -> Arc<k8s_openapi::api::rbac::v1::RoleBinding> {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "namespace": "plant"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
             "subjects": [{"kind": subject.0, "name": subject.1, "apiGroup": "rbac.authorization.k8s.io"}],
         }))
+        .map(Arc::new)
         .unwrap()
     }
 
@@ -910,10 +912,15 @@ mod tests {
                 "metadata": {"name": "log-reader", "namespace": "plant"},
                 "rules": [{"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}],
             }))
+            .map(Arc::new)
             .unwrap(),
         ];
         assert_eq!(vii2(&snapshot).verdict, Verdict::Fail);
-        snapshot.roles[0].rules.as_mut().unwrap()[0].resources = Some(vec!["pods".into()]);
+        Arc::make_mut(&mut snapshot.roles[0])
+            .rules
+            .as_mut()
+            .unwrap()[0]
+            .resources = Some(vec!["pods".into()]);
         let c = vii2(&snapshot);
         assert_eq!(c.verdict, Verdict::Unknown, "{}", c.evidence);
         assert!(c.evidence.contains("signed Merkle log"), "{}", c.evidence);
@@ -928,12 +935,13 @@ mod tests {
         name: &str,
         role: &str,
         subject: serde_json::Value,
-    ) -> k8s_openapi::api::rbac::v1::ClusterRoleBinding {
+    ) -> Arc<k8s_openapi::api::rbac::v1::ClusterRoleBinding> {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": name},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
             "subjects": [subject],
         }))
+        .map(Arc::new)
         .unwrap()
     }
 
@@ -973,7 +981,7 @@ mod tests {
         let mut snapshot = Snapshot {
             decision_record: Some(Ok(3)),
             shipping: Some(Ok(delivered())),
-            cluster_roles: vec![gc_role, log_reader],
+            cluster_roles: vec![Arc::new(gc_role), Arc::new(log_reader)],
             cluster_role_bindings: Some(own.clone()),
             ..Snapshot::default()
         };
@@ -1026,7 +1034,11 @@ mod tests {
         ));
         snapshot.cluster_role_bindings = Some(bindings);
         assert_eq!(vii2(&snapshot).verdict, Verdict::Fail);
-        snapshot.cluster_roles[1].rules.as_mut().unwrap()[0].resources = Some(vec!["pods".into()]);
+        Arc::make_mut(&mut snapshot.cluster_roles[1])
+            .rules
+            .as_mut()
+            .unwrap()[0]
+            .resources = Some(vec!["pods".into()]);
         assert_eq!(vii2(&snapshot).verdict, Verdict::Pass);
 
         // Not visible: no pass.

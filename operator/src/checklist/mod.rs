@@ -112,6 +112,7 @@ pub fn component_pods<'a>(
                     .pods
                     .iter()
                     .filter(|p| sel.matches(p.metadata.labels.as_ref().unwrap_or(&empty)))
+                    .map(|p| p.as_ref())
                     .collect(),
                 Err(_) => Vec::new(),
             };

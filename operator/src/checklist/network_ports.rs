@@ -34,7 +34,7 @@ pub fn services_of<'a>(s: &'a Scope<'_>) -> Vec<(&'a Service, (&'a ValidComponen
                 .map(|p| (c.component, *p))
         });
         if let Some(hit) = hit {
-            out.push((service, hit));
+            out.push((service.as_ref(), hit));
         }
     }
     out

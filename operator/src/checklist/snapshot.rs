@@ -11,6 +11,8 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
+use std::sync::Arc;
+
 use crate::api::certmanager::certificate::Certificate;
 use crate::build::{
     DesiredObjects,
@@ -19,20 +21,20 @@ use crate::build::{
 
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    pub pods: Vec<Pod>,
-    pub services: Vec<Service>,
-    pub network_policies: Vec<NetworkPolicy>,
-    pub service_accounts: Vec<ServiceAccount>,
-    pub roles: Vec<Role>,
-    pub role_bindings: Vec<RoleBinding>,
+    pub pods: Vec<Arc<Pod>>,
+    pub services: Vec<Arc<Service>>,
+    pub network_policies: Vec<Arc<NetworkPolicy>>,
+    pub service_accounts: Vec<Arc<ServiceAccount>>,
+    pub roles: Vec<Arc<Role>>,
+    pub role_bindings: Vec<Arc<RoleBinding>>,
     /// Cluster-wide: RoleBindings may refer to them.
-    pub cluster_roles: Vec<ClusterRole>,
+    pub cluster_roles: Vec<Arc<ClusterRole>>,
     /// Cluster-wide: they grant in every namespace (VII-2 reads them).
     /// None when the operator may not list them.
-    pub cluster_role_bindings: Option<Vec<ClusterRoleBinding>>,
+    pub cluster_role_bindings: Option<Vec<Arc<ClusterRoleBinding>>>,
     pub secrets: Vec<ObjectMeta>,
     /// cert-manager Certificates; None when cert-manager is not installed.
-    pub certificates: Option<Vec<Certificate>>,
+    pub certificates: Option<Vec<Arc<Certificate>>>,
     /// What the TLS probe saw at the system's TLS ports; None when not probed.
     pub tls_probes: Option<Vec<crate::controller::probing::ProbedPort>>,
     /// What the HTTP probe saw at the system's web ports; None when not probed.
@@ -76,13 +78,13 @@ impl Snapshot {
             })
         };
         fn replace<K: kube::Resource<DynamicType = ()> + Clone>(
-            existing: &mut Vec<K>,
+            existing: &mut Vec<Arc<K>>,
             desired: &[K],
             ours: &dyn Fn(&ObjectMeta) -> bool,
         ) {
             let names: Vec<_> = desired.iter().map(|d| d.meta().name.clone()).collect();
             existing.retain(|e| !ours(e.meta()) && !names.contains(&e.meta().name));
-            existing.extend(desired.iter().cloned());
+            existing.extend(desired.iter().cloned().map(Arc::new));
         }
         replace(&mut self.service_accounts, service_accounts, &ours);
         replace(&mut self.roles, roles, &ours);

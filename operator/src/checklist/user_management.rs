@@ -197,6 +197,7 @@ fn find_binding<'a>(s: &'a Scope<'_>, name: &str) -> Option<&'a RoleBinding> {
         .role_bindings
         .iter()
         .find(|b| b.metadata.name.as_deref() == Some(name))
+        .map(|b| b.as_ref())
 }
 
 pub(crate) fn grants(rules: &[PolicyRule], resource: &str, verb: &str) -> bool {

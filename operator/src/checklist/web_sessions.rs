@@ -8,10 +8,14 @@ use crate::{
     build::certificate::{certificate_name, service_names},
 };
 
-pub fn find_certificate<'a>(certs: &'a [Certificate], name: &str) -> Option<&'a Certificate> {
+pub fn find_certificate<'a>(
+    certs: &'a [std::sync::Arc<Certificate>],
+    name: &str,
+) -> Option<&'a Certificate> {
     certs
         .iter()
         .find(|c| c.metadata.name.as_deref() == Some(name))
+        .map(|c| c.as_ref())
 }
 
 /// Ready condition of a Certificate: Some(true/false) once cert-manager said so.

@@ -631,21 +631,23 @@ impl Caches {
         }
     }
 
+    /// The namespace's objects as the caches hold them: shared, not copied
+    /// (a reconcile in a namespace of 100 systems used to copy 2,000 objects).
     pub fn snapshot(&self, namespace: &str) -> Snapshot {
         Snapshot {
-            pods: owned(self.pods.in_namespace(namespace)),
-            services: owned(self.services.in_namespace(namespace)),
-            network_policies: owned(self.network_policies.in_namespace(namespace)),
-            service_accounts: owned(self.service_accounts.in_namespace(namespace)),
-            roles: owned(self.roles.in_namespace(namespace)),
-            role_bindings: owned(self.role_bindings.in_namespace(namespace)),
+            pods: self.pods.in_namespace(namespace),
+            services: self.services.in_namespace(namespace),
+            network_policies: self.network_policies.in_namespace(namespace),
+            service_accounts: self.service_accounts.in_namespace(namespace),
+            roles: self.roles.in_namespace(namespace),
+            role_bindings: self.role_bindings.in_namespace(namespace),
             cluster_roles: {
-                let mut roles = owned(self.cluster_roles.state());
+                let mut roles = self.cluster_roles.state();
                 roles.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
                 roles
             },
             cluster_role_bindings: self.cluster_role_bindings.as_ref().map(|store| {
-                let mut bindings = owned(store.state());
+                let mut bindings = store.state();
                 bindings.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
                 bindings
             }),
@@ -658,7 +660,7 @@ impl Caches {
             certificates: self
                 .certificates
                 .as_ref()
-                .map(|store| owned(store.in_namespace(namespace))),
+                .map(|store| store.in_namespace(namespace)),
             tls_probes: None,
             http_probes: None,
             heartbeats: None,
@@ -682,10 +684,6 @@ impl Caches {
             .get(&ObjectRef::new(name).within(namespace))
             .is_some_and(|s| s.metadata.uid.as_deref() == uid)
     }
-}
-
-fn owned<K: Clone>(items: Vec<Arc<K>>) -> Vec<K> {
-    items.into_iter().map(|a| a.as_ref().clone()).collect()
 }
 
 /// Whether the operator may list `api`'s kind: an operator newer than its

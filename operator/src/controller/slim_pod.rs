@@ -248,7 +248,9 @@ spec:
             assert!(!whole.systems.is_empty());
             let mut slimmed = load();
             for snapshot in slimmed.namespaces.values_mut() {
-                snapshot.pods.iter_mut().for_each(slim_pod);
+                for pod in snapshot.pods.iter_mut() {
+                    slim_pod(std::sync::Arc::make_mut(pod));
+                }
             }
             let judge = |m: &Manifests| {
                 serde_json::to_value(evaluate(m, date(2026, 11, 26), Admission::AsWritten).unwrap())
