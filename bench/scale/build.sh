@@ -12,6 +12,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 out="${1:-$root/target/bench/bin}"
 mkdir -p "$out"
+out="$(cd "$out" && pwd)" # go install wants an absolute GOBIN
 
 KWOK_VERSION=v0.8.0
 
