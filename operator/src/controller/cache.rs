@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::index::Indexed;
+use super::{index::Indexed, own_writes};
 use crate::{
     api::{
         IoTSystem, certmanager::certificate::Certificate,
@@ -203,14 +203,32 @@ impl Drivers {
                 }
                 let refs = match event {
                     Ok(watcher::Event::Apply(o)) => {
-                        let mut refs = affected(&o, false);
+                        let refs = affected(&o, false);
                         // The system that wrote this very version judged it.
-                        if let Some(writer) = own_writes.echo_of(kind, &o) {
-                            refs.retain(|r| {
-                                (&r.name, &r.namespace) != (&writer.name, &writer.namespace)
-                            });
+                        match own_writes.echo_of(kind, &o) {
+                            Some(writer) => without(refs, &writer),
+                            None if refs.is_empty() || !may_be_our_write(kind, &o) => refs,
+                            None => match own_writes::version_key(kind, &o) {
+                                None => refs,
+                                Some((key, seen)) => {
+                                    // Its write's answer may not be recorded yet.
+                                    let (own, metrics, triggers) =
+                                        (own_writes.clone(), metrics.clone(), triggers.clone());
+                                    tokio::spawn(async move {
+                                        tokio::time::sleep(own_writes::ECHO_GRACE).await;
+                                        let refs = match own.echo_of_version(&key, &seen) {
+                                            Some(writer) => without(refs, &writer),
+                                            None => refs,
+                                        };
+                                        metrics.triggered(kind, refs.len());
+                                        for r in refs {
+                                            let _ = triggers.send(r);
+                                        }
+                                    });
+                                    Vec::new()
+                                }
+                            },
                         }
-                        refs
                     }
                     Ok(watcher::Event::InitApply(o)) => {
                         // Called anyway: some keep state per object.
@@ -724,6 +742,25 @@ pub(super) fn slim<K: Resource>(o: &mut K) {
     }
 }
 
+/// `refs` but the system that wrote the change.
+fn without(
+    mut refs: Vec<ObjectRef<IoTSystem>>,
+    writer: &ObjectRef<IoTSystem>,
+) -> Vec<ObjectRef<IoTSystem>> {
+    refs.retain(|r| (&r.name, &r.namespace) != (&writer.name, &writer.namespace));
+    refs
+}
+
+/// Whether a reconcile may have written this object: one of our children,
+/// or a namespace (the admission label).
+fn may_be_our_write<K: Resource>(kind: &str, o: &K) -> bool {
+    kind == "Namespace"
+        || o.labels()
+            .get(crate::build::meta::MANAGED_BY_LABEL)
+            .map(String::as_str)
+            == Some(crate::build::meta::MANAGED_BY)
+}
+
 /// The systems of a namespace (all systems for cluster-scoped objects).
 fn systems_in_namespace(
     systems: &Indexed<IoTSystem>,
@@ -775,7 +812,10 @@ fn siblings_of(systems: &Indexed<IoTSystem>, changed: &IoTSystem) -> Vec<ObjectR
 
 #[cfg(test)]
 mod tests {
-    use super::{Indexed, IoTSystem, NodeLabels, ObjectRef, siblings_of, systems_of_child};
+    use super::{
+        Indexed, IoTSystem, NodeLabels, ObjectRef, may_be_our_write, siblings_of, systems_of_child,
+        without,
+    };
     use k8s_openapi::api::core::v1::ServiceAccount;
 
     #[test]
@@ -855,6 +895,29 @@ spec:
             )
             .is_empty(),
             "a child of a deleted system concerns none"
+        );
+    }
+
+    #[test]
+    fn only_our_children_and_namespaces_wait_for_their_write_and_the_writer_is_dropped() {
+        let mut account = ServiceAccount::default();
+        assert!(!may_be_our_write("ServiceAccount", &account));
+        account.metadata.labels = Some(
+            [(
+                "app.kubernetes.io/managed-by".to_string(),
+                "iotposture".to_string(),
+            )]
+            .into(),
+        );
+        assert!(may_be_our_write("ServiceAccount", &account));
+        assert!(may_be_our_write("Namespace", &ServiceAccount::default()));
+
+        let a = ObjectRef::<IoTSystem>::new("a").within("plant");
+        let b = ObjectRef::<IoTSystem>::new("b").within("plant");
+        let other_a = ObjectRef::<IoTSystem>::new("a").within("mill");
+        assert_eq!(
+            without(vec![a.clone(), b.clone(), other_a.clone()], &a),
+            vec![b, other_a]
         );
     }
 
