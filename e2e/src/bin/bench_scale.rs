@@ -1023,13 +1023,28 @@ fn keep_other_scenarios(out: &str, mut results: Vec<Value>) -> Vec<Value> {
     results
 }
 
+/// The commit measured, with "-dirty" when the code differs from it.
 fn commit() -> String {
-    Command::new("git")
+    let head = Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .current_dir(root())
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let clean = Command::new("git")
+        .args([
+            "diff",
+            "--quiet",
+            "HEAD",
+            "--",
+            "operator",
+            "e2e",
+            "Cargo.lock",
+        ])
+        .current_dir(root())
+        .status()
+        .is_ok_and(|s| s.success());
+    if clean { head } else { format!("{head}-dirty") }
 }
 
 fn today() -> String {
