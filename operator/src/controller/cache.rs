@@ -75,7 +75,7 @@ pub struct Caches {
     pub edge: Option<EdgeCaches>,
     /// What the reconciles wrote, so that its echo on a watch does not
     /// re-run the writer.
-    pub own_writes: Arc<super::own_writes::OwnWrites>,
+    pub own_writes: Arc<own_writes::OwnWrites>,
 }
 
 /// The labels last seen per node, to tell a label change from the status
@@ -135,7 +135,7 @@ struct Drivers {
     metrics: Arc<Metrics>,
     triggers: mpsc::UnboundedSender<ObjectRef<IoTSystem>>,
     systems: Indexed<IoTSystem>,
-    own_writes: Arc<super::own_writes::OwnWrites>,
+    own_writes: Arc<own_writes::OwnWrites>,
 }
 
 impl Drivers {
@@ -204,14 +204,13 @@ impl Drivers {
                 let refs = match event {
                     Ok(watcher::Event::Apply(o)) => {
                         let refs = affected(&o, false);
-                        // The system that wrote this very version judged it.
                         match own_writes.echo_of(kind, &o) {
+                            // The system that wrote this very version judged it.
                             Some(writer) => without(refs, &writer),
                             None if refs.is_empty() || !may_be_our_write(kind, &o) => refs,
+                            // Its write's answer may not be recorded yet.
                             None => match own_writes::version_key(kind, &o) {
-                                None => refs,
                                 Some((key, seen)) => {
-                                    // Its write's answer may not be recorded yet.
                                     let (own, metrics, triggers) =
                                         (own_writes.clone(), metrics.clone(), triggers.clone());
                                     tokio::spawn(async move {
@@ -220,13 +219,11 @@ impl Drivers {
                                             Some(writer) => without(refs, &writer),
                                             None => refs,
                                         };
-                                        metrics.triggered(kind, refs.len());
-                                        for r in refs {
-                                            let _ = triggers.send(r);
-                                        }
+                                        send(&metrics, &triggers, kind, refs);
                                     });
                                     Vec::new()
                                 }
+                                None => refs,
                             },
                         }
                     }
@@ -250,11 +247,7 @@ impl Drivers {
                         Vec::new()
                     }
                 };
-                metrics.triggered(kind, refs.len());
-                for r in refs {
-                    // The receiver goes only when the controller stops.
-                    let _ = triggers.send(r);
-                }
+                send(&metrics, &triggers, kind, refs);
             }
         });
         index
@@ -739,6 +732,20 @@ pub(super) fn slim<K: Resource>(o: &mut K) {
     o.managed_fields_mut().clear();
     if let Some(a) = o.meta_mut().annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Queues `refs` for a reconcile, counted under the kind that changed.
+fn send(
+    metrics: &Metrics,
+    triggers: &mpsc::UnboundedSender<ObjectRef<IoTSystem>>,
+    kind: &'static str,
+    refs: Vec<ObjectRef<IoTSystem>>,
+) {
+    metrics.triggered(kind, refs.len());
+    for r in refs {
+        // The receiver goes only when the controller stops.
+        let _ = triggers.send(r);
     }
 }
 
