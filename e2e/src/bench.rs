@@ -77,3 +77,23 @@ pub fn memory_of(pid: u32) -> (f64, f64) {
     };
     (field("VmHWM:"), field("VmRSS:"))
 }
+
+/// CPU time (user + system, seconds) the process has used so far; 0 when it
+/// is gone.
+pub fn cpu_seconds_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which may hold spaces: state is the
+    // first, utime the 12th and stime the 13th.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // USER_HZ is 100 on every Linux architecture the project builds for.
+    (ticks(11) + ticks(12)) / 100.0
+}

@@ -105,6 +105,16 @@ impl Plane {
         all
     }
 
+    /// Each running process of the plane by name (etcd, kube-apiserver, …),
+    /// as recorded at its start.
+    pub fn process_ids(&self) -> Vec<(&'static str, u32)> {
+        let pids = fs::read_to_string(self.pid_file()).unwrap_or_default();
+        self.processes()
+            .into_iter()
+            .zip(pids.split_whitespace().filter_map(|p| p.parse().ok()))
+            .collect()
+    }
+
     fn bin_path(&self, bin: &str) -> PathBuf {
         match &self.simulated_nodes {
             Some(dir) if bin == "kwok" => dir.join(bin),

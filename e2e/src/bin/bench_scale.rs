@@ -633,6 +633,32 @@ async fn kyverno_admission(
     Ok((latency?, rss))
 }
 
+/// CPU seconds used so far by each process of the plane, and by the
+/// operator when given.
+fn cpu_now(plane: &Plane, operator: Option<u32>) -> BTreeMap<String, f64> {
+    plane
+        .process_ids()
+        .into_iter()
+        .map(|(name, pid)| (name.to_string(), pid))
+        .chain(operator.map(|pid| ("iotposture".to_string(), pid)))
+        .map(|(name, pid)| (name, iotposture_e2e::bench::cpu_seconds_of(pid)))
+        .collect()
+}
+
+/// CPU seconds each process used between two `cpu_now` readings.
+fn cpu_used(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(name, t)| {
+            let used = t - before.get(name).copied().unwrap_or(0.0);
+            (name.clone(), (used * 10.0).round() / 10.0)
+        })
+        .collect()
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -719,6 +745,7 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     let sampler = sample_rss(operator.pid(), stop.clone());
     let mark = audit_mark(plane);
     let reconciles_before = operator.reconciliations();
+    let cpu_before = cpu_now(plane, Some(operator.pid()));
 
     let start = Instant::now();
     let systems_api = |ns: &str| Api::<IoTSystem>::namespaced(client.clone(), ns);
@@ -732,7 +759,11 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     .await?;
     let waited = wait_converged(&client, scenario.systems, Duration::from_secs(1800)).await?;
     let converge_s = start.elapsed().as_secs_f64();
-    eprintln!("    converged in {converge_s:.1} s (watch saw it at {waited:.1?})");
+    // Where the machine's two cores went while converging.
+    let converge_cpu_s = cpu_used(&cpu_before, &cpu_now(plane, Some(operator.pid())));
+    eprintln!(
+        "    converged in {converge_s:.1} s (watch saw it at {waited:.1?}); CPU s {converge_cpu_s:?}"
+    );
     // Let the tail of the work (PolicyReports, the record) finish.
     let writes_after = settle(Duration::from_secs(5), Duration::from_secs(120), || {
         operator.writes()
@@ -848,7 +879,10 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
             b
         })
         .collect();
+    let cpu_before = cpu_now(plane, None);
     let baseline_s = baseline(&client, &baseline_systems).await?.as_secs_f64();
+    let baseline_cpu_s = cpu_used(&cpu_before, &cpu_now(plane, None));
+    eprintln!("    baseline CPU s {baseline_cpu_s:?}");
 
     // The peer: Kyverno enforcing "restricted" on the same pods, same client.
     let kyverno = kyverno_admission(plane, &client, &dir, &scenario.name).await;
@@ -879,6 +913,8 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
         "converge_s": (converge_s * 10.0).round() / 10.0,
         "baseline_s": (baseline_s * 10.0).round() / 10.0,
         "ratio": ((converge_s / baseline_s) * 100.0).round() / 100.0,
+        "converge_cpu_s": converge_cpu_s,
+        "baseline_cpu_s": baseline_cpu_s,
         "rss_peak_mib": rss_peak.round(),
         "rss_steady_mib": rss_steady.round(),
         "reconciles": reconciles,
