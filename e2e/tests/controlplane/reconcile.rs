@@ -1,7 +1,13 @@
 //! The operator creates, keeps and prunes a system's objects on the real API server.
 use std::collections::BTreeSet;
 
-use iotposture::api::{IoTSystem, Mode, certmanager::certificate::Certificate};
+use iotposture::{
+    api::{
+        IoTSystem, Mode, certmanager::certificate::Certificate,
+        monitoring::prometheusrule::PrometheusRule,
+    },
+    build::policy_report,
+};
 use iotposture_e2e::{RunningOperator, TestNamespace, wait_until};
 use k8s_openapi::api::{
     core::v1::ServiceAccount,
@@ -10,7 +16,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 
@@ -103,7 +109,7 @@ async fn creates_restores_and_prunes_children() {
     );
     // The plane serves the Prometheus Operator's CRD: the alert rules are a
     // PrometheusRule, not a rules-file ConfigMap.
-    let rules: Api<iotposture::api::monitoring::prometheusrule::PrometheusRule> = ns.api();
+    let rules: Api<PrometheusRule> = ns.api();
     assert_eq!(
         names(&rules, "factory").await,
         set(&["factory-alert-rules"])
@@ -326,8 +332,10 @@ async fn audit_mode_plans_without_applying() {
 
 #[tokio::test]
 async fn someone_elses_objects_of_the_same_names_are_left_alone() {
-    // One kind whose cache holds every object (ServiceAccounts) and one whose
-    // cache holds only labelled ones (ConfigMaps): neither is taken over.
+    // One kind whose cache holds every object (ServiceAccounts) and those
+    // whose caches hold only labelled ones (ConfigMaps, PrometheusRules,
+    // PolicyReports: made by a create, which never touches an existing
+    // object): none is taken over.
     let ns = TestNamespace::new("not-ours").await;
     let accounts: Api<ServiceAccount> = ns.api();
     let configs: Api<k8s_openapi::api::core::v1::ConfigMap> = ns.api();
@@ -349,6 +357,21 @@ async fn someone_elses_objects_of_the_same_names_are_left_alone() {
         .create(&PostParams::default(), &config)
         .await
         .unwrap();
+    let rules: Api<PrometheusRule> = ns.api();
+    let rule: PrometheusRule = serde_json::from_value(json!({
+        "metadata": {"name": "factory-alert-rules"},
+        "spec": {"groups": [{"name": "plant", "rules": []}]},
+    }))
+    .unwrap();
+    rules.create(&PostParams::default(), &rule).await.unwrap();
+    let reports: Api<DynamicObject> =
+        Api::namespaced_with(ns.client.clone(), &ns.name, &policy_report::api_resource());
+    let mut report = DynamicObject::new("iotposture-factory", &policy_report::api_resource());
+    report.data = json!({"summary": {"pass": 7}});
+    reports
+        .create(&PostParams::default(), &report)
+        .await
+        .unwrap();
 
     let operator = RunningOperator::start(&ns).await;
     let systems: Api<IoTSystem> = ns.api();
@@ -363,10 +386,29 @@ async fn someone_elses_objects_of_the_same_names_are_left_alone() {
         ready
             .message
             .contains("ConfigMap \"factory-dashboard-gateway\" already exists and does not belong")
-            && ready.message.contains("(and 1 more failures)"),
+            && ready.message.contains("(and 2 more failures)"),
         "{}",
         ready.message
     );
+    // The PolicyReport is written after the status: once its conflict has
+    // failed a reconcile, the operator has tried to make it.
+    let text = wait_until("the PolicyReport's conflict", || async {
+        let text = operator.metrics.encode();
+        (text.contains(r#"iotposture_api_writes_total{kind="PolicyReport",verb="create"}"#)
+            && text.contains(r#"iotposture_reconcile_errors_total{reason="NameConflict"}"#))
+        .then_some(text)
+    })
+    .await;
+    assert!(
+        !text.contains(r#"kind="PolicyReport",verb="update""#),
+        "{text}"
+    );
+    let report = reports.get("iotposture-factory").await.unwrap();
+    assert!(report.owner_references().is_empty() && report.labels().is_empty());
+    assert_eq!(report.data["summary"], json!({"pass": 7}));
+    let rule = rules.get("factory-alert-rules").await.unwrap();
+    assert!(rule.owner_references().is_empty() && rule.labels().is_empty());
+    assert_eq!(rule.spec.groups.unwrap_or_default()[0].name, "plant");
 
     let account = accounts.get("factory-gateway").await.unwrap();
     assert!(account.owner_references().is_empty());

@@ -212,9 +212,11 @@ enum Synced<K> {
 /// about objects missing from it.
 ///
 /// Where the cache takes every object of the kind and its watch is unbroken,
-/// a missing object is new: one apply. Otherwise (a conflict, a broken
-/// watch, a label-selected cache that cannot see an unlabelled object of
-/// the name) the server's copy is read first (`read_current`).
+/// a missing object is new: one apply. Missing from a label-selected cache,
+/// it is created (a create never touches an existing object). Where that
+/// meets an existing object, or the watch is broken, the server's copy is
+/// read (`read_current`) and judged: ours is kept or restored, someone
+/// else's left alone.
 async fn sync_object<K>(
     api: &Api<K>,
     metrics: &Metrics,
@@ -234,30 +236,28 @@ where
         source,
     };
     let Some(current) = cached else {
-        if coverage == Coverage::Whole {
-            // Missing from a cache of every such object, it is new (or ours,
-            // written and not seen yet): one apply, as a bare client would.
-            // Without force, a foreign object made meanwhile that differs
-            // conflicts rather than being taken over, and is looked at below.
-            metrics.write(kind, "apply");
-            match api
-                .patch(
-                    &name,
-                    &PatchParams::apply(FIELD_MANAGER),
-                    &Patch::Apply(object),
-                )
-                .await
-            {
-                Ok(written) => return Synced::Written(written),
-                Err(source) if !is_conflict(&source) => {
-                    return Synced::Failed(failed_apply(source), None);
+        // Missing from a cache of every such object, it is new (or ours,
+        // written and not seen yet); missing from a label-selected one, it
+        // may exist unlabelled. Either way one request makes a new one, as a
+        // bare client would, and an existing one comes back as a conflict
+        // and is looked at below: never taken over if it is someone else's.
+        match coverage {
+            Coverage::Whole => match make(api, metrics, kind, object, Make::Apply).await {
+                Err(source) if is_conflict(&source) => {}
+                done => {
+                    return done
+                        .map_or_else(|e| Synced::Failed(failed_apply(e), None), Synced::Written);
                 }
-                Err(_) => {}
-            }
+            },
+            Coverage::Selected => match make(api, metrics, kind, object, Make::Create).await {
+                Err(source) if is_already_there(&source) => {}
+                done => {
+                    return done
+                        .map_or_else(|e| Synced::Failed(failed_apply(e), None), Synced::Written);
+                }
+            },
+            Coverage::Lagging => {}
         }
-        // An object missing from our cache may still exist (unlabelled, out
-        // of a label-selected cache): never take over someone else's object
-        // of the same name.
         return match read_current(api, &name, coverage).await {
             Err(source) => Synced::Failed(failed_apply(source), None),
             Ok(Some(existing)) if !is_owned_by(&existing, owner_uid) => Synced::Failed(
@@ -268,16 +268,14 @@ where
                 Some(existing),
             ),
             Ok(Some(existing)) => replace_if_drifted(api, metrics, kind, object, existing).await,
+            // Gone meanwhile, or never there. A label-selected kind is only
+            // ever created: the operator needs no `patch` on it.
             Ok(None) => {
-                metrics.write(kind, "apply");
-                let created = api
-                    .patch(
-                        &name,
-                        &PatchParams::apply(FIELD_MANAGER).force(),
-                        &Patch::Apply(object),
-                    )
-                    .await;
-                match created {
+                let how = match coverage {
+                    Coverage::Selected => Make::Create,
+                    Coverage::Whole | Coverage::Lagging => Make::ForceApply,
+                };
+                match make(api, metrics, kind, object, how).await {
                     Ok(created) => Synced::Written(created),
                     Err(source) => Synced::Failed(failed_apply(source), None),
                 }
@@ -300,6 +298,47 @@ where
             }
         }
         other => other,
+    }
+}
+
+/// How `make` writes an object the cache does not hold.
+enum Make {
+    /// Server-side apply without force: a conflicting object made meanwhile
+    /// is refused (409), not taken over.
+    Apply,
+    /// Server-side apply that takes every field: only once the name was
+    /// seen to be free.
+    ForceApply,
+    /// A create, which never touches an existing object (409 AlreadyExists).
+    Create,
+}
+
+async fn make<K>(
+    api: &Api<K>,
+    metrics: &Metrics,
+    kind: &'static str,
+    object: &K,
+    how: Make,
+) -> kube::Result<K>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let name = object.name_any();
+    match how {
+        Make::Apply | Make::ForceApply => {
+            metrics.write(kind, "apply");
+            let mut params = PatchParams::apply(FIELD_MANAGER);
+            params.force = matches!(how, Make::ForceApply);
+            api.patch(&name, &params, &Patch::Apply(object)).await
+        }
+        Make::Create => {
+            metrics.write(kind, "create");
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            };
+            api.create(&params, object).await
+        }
     }
 }
 
@@ -381,6 +420,11 @@ where
 
 fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(status) if status.code == 409)
+}
+
+/// A create refused because an object of the name exists.
+fn is_already_there(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 409 && status.reason == "AlreadyExists")
 }
 
 async fn sync_kind<K>(

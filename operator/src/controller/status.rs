@@ -247,9 +247,10 @@ fn condition(
 /// Writes the status `desired` computes from what the object already says,
 /// unless it says that already. Returns whether it wrote. The cached copy
 /// may lag behind (a watch reconnecting after the API server restarted):
-/// before writing, the server's copy is read once and the status computed
-/// again from it, so nothing already written (a transition time included)
-/// is written again.
+/// the write holds only if the object is still the version the cache gave
+/// (its resourceVersion as a precondition). Otherwise the server's copy is
+/// read once and the status computed again from it, so nothing already
+/// written (a transition time included) is written again.
 pub async fn write_if_changed(
     api: &Api<IoTSystem>,
     system: &IoTSystem,
@@ -258,6 +259,24 @@ pub async fn write_if_changed(
     let status = desired(system);
     if system.status.as_ref() == Some(&status) {
         return Ok(false);
+    }
+    if let Some(version) = system.metadata.resource_version.as_deref() {
+        let patch = json!({
+            "metadata": {"resourceVersion": version},
+            "status": merge_body(&status),
+        });
+        match api
+            .patch_status(
+                &system.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
     }
     let fresh = api.get_status(&system.name_any()).await?;
     let status = if fresh.metadata.uid == system.metadata.uid && fresh.status != system.status {
