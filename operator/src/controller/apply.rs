@@ -241,22 +241,20 @@ where
         // may exist unlabelled. Either way one request makes a new one, as a
         // bare client would, and an existing one comes back as a conflict
         // and is looked at below: never taken over if it is someone else's.
-        match coverage {
-            Coverage::Whole => match make(api, metrics, kind, object, Make::Apply).await {
-                Err(source) if is_conflict(&source) => {}
+        // What a first write is, and the refusal that says the name is taken.
+        let first: Option<(Make, IsTaken)> = match coverage {
+            Coverage::Whole => Some((Make::Apply, is_conflict)),
+            Coverage::Selected => Some((Make::Create, is_already_there)),
+            Coverage::Lagging => None,
+        };
+        if let Some((how, taken)) = first {
+            match make(api, metrics, kind, object, how).await {
+                Err(source) if taken(&source) => {}
                 done => {
                     return done
                         .map_or_else(|e| Synced::Failed(failed_apply(e), None), Synced::Written);
                 }
-            },
-            Coverage::Selected => match make(api, metrics, kind, object, Make::Create).await {
-                Err(source) if is_already_there(&source) => {}
-                done => {
-                    return done
-                        .map_or_else(|e| Synced::Failed(failed_apply(e), None), Synced::Written);
-                }
-            },
-            Coverage::Lagging => {}
+            }
         }
         return match read_current(api, &name, coverage).await {
             Err(source) => Synced::Failed(failed_apply(source), None),
@@ -300,6 +298,9 @@ where
         other => other,
     }
 }
+
+/// Whether a refused write says an object of the name exists.
+type IsTaken = fn(&kube::Error) -> bool;
 
 /// How `make` writes an object the cache does not hold.
 enum Make {
