@@ -339,7 +339,9 @@ leaderElection: {{leaderElect: false}}
                 "--audit-log-format=json".into(),
                 // Rotated files are read too (AuditLog::entries_since); large, so rarely.
                 "--audit-log-maxsize=1000".into(),
-                "--profiling=false".into(),
+                // A benchmark's plane serves /debug/pprof, to see where the
+                // API server's time goes (IOTPOSTURE_BENCH_PROFILE).
+                format!("--profiling={}", self.simulated_nodes.is_some()),
             ],
             "kube-scheduler" => vec![
                 format!("--config={}", self.dir.join("scheduler.yaml").display()),

@@ -659,6 +659,31 @@ fn cpu_used(
         .collect()
 }
 
+/// With IOTPOSTURE_BENCH_PROFILE=<seconds>, a CPU profile of the API
+/// server over the next that many seconds, into `dir/apiserver-<scenario>-<phase>.pprof`
+/// (read with `go tool pprof -top target/testplane/bin/kube-apiserver <file>`):
+/// where the API server's time goes while the operator converges, against
+/// the baseline doing the same writes.
+fn profile_api_server(plane: &Plane, dir: &Path, phase: &str) -> Option<Child> {
+    let seconds: u32 = std::env::var("IOTPOSTURE_BENCH_PROFILE")
+        .ok()?
+        .parse()
+        .ok()?;
+    let file = std::fs::File::create(dir.join(format!("apiserver-{phase}.pprof"))).ok()?;
+    Command::new(plane.bin_dir.join("kubectl"))
+        .arg(format!("--kubeconfig={}", plane.kubeconfig().display()))
+        .args([
+            "get",
+            "--raw",
+            &format!("/debug/pprof/profile?seconds={seconds}"),
+            &format!("--request-timeout={}s", seconds + 30),
+        ])
+        .stdout(file)
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -746,6 +771,7 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     let mark = audit_mark(plane);
     let reconciles_before = operator.reconciliations();
     let cpu_before = cpu_now(plane, Some(operator.pid()));
+    let profiling = profile_api_server(plane, &dir, &format!("{}-converge", scenario.name));
 
     let start = Instant::now();
     let systems_api = |ns: &str| Api::<IoTSystem>::namespaced(client.clone(), ns);
@@ -879,8 +905,15 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
             b
         })
         .collect();
+    if let Some(mut p) = profiling {
+        let _ = p.wait();
+    }
     let cpu_before = cpu_now(plane, None);
+    let profiling = profile_api_server(plane, &dir, &format!("{}-baseline", scenario.name));
     let baseline_s = baseline(&client, &baseline_systems).await?.as_secs_f64();
+    if let Some(mut p) = profiling {
+        let _ = p.wait();
+    }
     let baseline_cpu_s = cpu_used(&cpu_before, &cpu_now(plane, None));
     eprintln!("    baseline CPU s {baseline_cpu_s:?}");
 
