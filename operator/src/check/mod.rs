@@ -445,7 +445,15 @@ pub fn evaluate(
         // Offline, cert-manager is assumed present: the verdicts are those of a
         // cluster that has it.
         snapshot.certificates.get_or_insert_with(Vec::new);
-        let pods: Vec<Arc<Pod>> = snapshot.pods.clone();
+        let pods: Vec<_> = snapshot
+            .pods
+            .iter()
+            .map(|p| {
+                Arc::new(crate::controller::slim_pod::CachedPod::new(
+                    p.as_ref().clone(),
+                ))
+            })
+            .collect();
         let siblings: Vec<Arc<IoTSystem>> = manifests
             .systems
             .iter()

@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::{index::Indexed, own_writes};
+use super::{index::Indexed, own_writes, slim_pod::CachedPod, validate::ValidatedSystem};
 use crate::{
     api::{
         IoTSystem, certmanager::certificate::Certificate,
@@ -44,7 +44,8 @@ pub struct Caches {
     /// Counts the systems cache's changes: for whoever derives state from
     /// all systems (the webhooks' match conditions).
     pub systems_changed: tokio::sync::watch::Receiver<u64>,
-    pub pods: Indexed<Pod>,
+    /// Metadata decoded, spec and status packed (`CachedPod`).
+    pub pods: Indexed<CachedPod>,
     pub services: Indexed<Service>,
     pub network_policies: Indexed<NetworkPolicy>,
     pub service_accounts: Indexed<ServiceAccount>,
@@ -593,8 +594,8 @@ impl Caches {
                 let mut seen = super::triggers::PodTriggers::default();
                 drivers.spawn(
                     "Pod",
-                    watcher(drivers.api::<Pod>(), every.clone()).modify(super::slim_pod::slim_pod),
-                    move |p: &Pod, deleted| seen.affected(&store, p, deleted),
+                    watcher(drivers.api::<CachedPod>(), every.clone()),
+                    move |p: &CachedPod, deleted| seen.affected(&store, p, deleted),
                 )
             },
             services: drivers.namespaced("Service", every.clone()),
@@ -642,11 +643,18 @@ impl Caches {
         }
     }
 
-    /// The namespace's objects as the caches hold them: shared, not copied
-    /// (a reconcile in a namespace of 100 systems used to copy 2,000 objects).
-    pub fn snapshot(&self, namespace: &str) -> Snapshot {
+    /// The system's namespace's objects as the caches hold them: shared,
+    /// not copied (a reconcile in a namespace of 100 systems used to copy
+    /// 2,000 objects). Of the pods, only those a component selects, decoded
+    /// (no check reads any other).
+    pub fn snapshot(&self, system: &ValidatedSystem) -> Snapshot {
+        let namespace = system.namespace.as_str();
         Snapshot {
-            pods: self.pods.in_namespace(namespace),
+            pods: self
+                .pods_of(system)
+                .iter()
+                .map(|p| Arc::new(p.pod()))
+                .collect(),
             services: self.services.in_namespace(namespace),
             network_policies: self.network_policies.in_namespace(namespace),
             service_accounts: self.service_accounts.in_namespace(namespace),
@@ -680,6 +688,25 @@ impl Caches {
             shipping: None,
             edge_nodes: None,
         }
+    }
+
+    /// The cached pods some component of `system` selects.
+    pub fn pods_of(&self, system: &ValidatedSystem) -> Vec<Arc<CachedPod>> {
+        let selectors: Vec<kube::core::Selector> = system
+            .components
+            .iter()
+            .filter_map(|c| c.selector.clone().try_into().ok())
+            .collect();
+        let empty = std::collections::BTreeMap::new();
+        let mut pods = self.pods.in_namespace(&system.namespace);
+        pods.retain(|p| {
+            let labels = p.metadata.labels.as_ref().unwrap_or(&empty);
+            selectors.iter().any(|s| {
+                use kube::core::SelectorExt;
+                s.matches(labels)
+            })
+        });
+        pods
     }
 
     /// Whether the namespace is being deleted: nothing should be written there.

@@ -166,7 +166,7 @@ async fn judge(
 ) -> Judgement {
     let mut snapshot = ctx
         .caches
-        .snapshot(&valid.namespace)
+        .snapshot(valid)
         .with_desired(&valid.name, &applied.current);
     let findings = ctx
         .probes

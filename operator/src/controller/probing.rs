@@ -309,7 +309,8 @@ fn ready_pod_ips(
         .in_namespace(&system.namespace)
         .iter()
         .filter(|p| selector.matches(p.metadata.labels.as_ref().unwrap_or(&empty)))
-        .filter(|p| is_ready(p))
+        .map(|p| p.pod())
+        .filter(is_ready)
         .filter_map(|p| p.status.as_ref()?.pod_ip.as_deref()?.parse().ok())
         .collect()
 }

@@ -33,7 +33,6 @@ use k8s_openapi::api::{
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
-    core::{Selector, SelectorExt},
     runtime::reflector::ObjectRef,
 };
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
@@ -294,19 +293,9 @@ async fn read_material(
 
 /// Names of the pods the system's components select.
 fn system_pods(caches: &Caches, system: &ValidatedSystem) -> Vec<String> {
-    let pods = caches.pods.in_namespace(&system.namespace);
-    let selectors: Vec<Selector> = system
-        .components
+    let mut names: Vec<String> = caches
+        .pods_of(system)
         .iter()
-        .filter_map(|c| Selector::try_from(c.selector.clone()).ok())
-        .collect();
-    let empty = BTreeMap::new();
-    let mut names: Vec<String> = pods
-        .iter()
-        .filter(|p| {
-            let labels = p.metadata.labels.as_ref().unwrap_or(&empty);
-            selectors.iter().any(|s| s.matches(labels))
-        })
         .filter_map(|p| p.metadata.name.clone())
         .collect();
     names.sort();

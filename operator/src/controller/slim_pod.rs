@@ -1,9 +1,10 @@
 //! What the pod cache keeps of a pod. Pods are most of what the operator
 //! holds (at 10,000 pods, 18.5 KB each as `k8s_openapi` decodes a
 //! Deployment's pod), so everything no check, trigger or probe reads is
-//! dropped before the pod is cached: 11 KB are left. A check that starts reading a
-//! field dropped here must keep it here too: the test at the end judges the
-//! fixtures' pods both whole and slimmed and wants the same verdicts.
+//! dropped before the pod is cached, and what is left is packed
+//! (`CachedPod`). A check that starts reading a field dropped here must keep
+//! it here too: the test at the end judges the fixtures' pods both whole and
+//! as the cache gives them back, and wants the same verdicts.
 //!
 //! Kept: metadata (but the field managers and kubectl's last applied copy),
 //! the spec but for scheduling and termination settings, the volumes that
@@ -11,9 +12,102 @@
 //! IP, readiness and each container's restarts, readiness and waiting
 //! reason (`triggers::fingerprint`, probing, VIII-1).
 
-use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodStatus, Volume,
+use std::borrow::Cow;
+
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::core::v1::{
+        ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodSpec,
+        PodStatus, Volume,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A pod as the pod cache holds it. Slimmed, a `Pod` was still 8 KB in
+/// memory (at 10,000 pods, half of all the operator cached), most of it the
+/// inline size of k8s-openapi's spec and status types whose fields are nearly
+/// all empty; their JSON is a fraction of that. So the metadata stays
+/// decoded (selectors, ownership, triggers and names read it for every pod
+/// of a namespace) and the slimmed spec and status are kept as JSON,
+/// decoded only for the pods a reconcile judges or probes.
+#[derive(Clone, Debug)]
+pub struct CachedPod {
+    pub metadata: ObjectMeta,
+    /// The slimmed spec and status (`Body`) as JSON.
+    body: Box<[u8]>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Body {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spec: Option<PodSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<PodStatus>,
+}
+
+impl CachedPod {
+    pub fn new(mut pod: Pod) -> Self {
+        slim_pod(&mut pod);
+        let body = Body {
+            spec: pod.spec,
+            status: pod.status,
+        };
+        Self {
+            metadata: pod.metadata,
+            // Serializing k8s-openapi's own types cannot fail.
+            body: serde_json::to_vec(&body).unwrap_or_default().into(),
+        }
+    }
+
+    /// The pod as slimmed: what every check reads of it.
+    pub fn pod(&self) -> Pod {
+        // Written by `new` from the same types: it reads back.
+        let body: Body = serde_json::from_slice(&self.body).unwrap_or_default();
+        Pod {
+            metadata: self.metadata.clone(),
+            spec: body.spec,
+            status: body.status,
+        }
+    }
+
+    /// The slimmed spec and status as stored: equal bytes, equal pods.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+/// Decoded from the API server's JSON as a whole `Pod`, then packed: the
+/// watch never holds more than one whole pod at a time.
+impl<'de> Deserialize<'de> for CachedPod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Pod::deserialize(d).map(CachedPod::new)
+    }
+}
+
+impl kube::Resource for CachedPod {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("Pod")
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("v1")
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("pods")
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 pub fn slim_pod(pod: &mut Pod) {
     super::cache::slim(pod);
@@ -229,6 +323,24 @@ spec:
         assert!(waiting.message.is_none() && c.last_state.is_none() && c.image_id.is_empty());
     }
 
+    #[test]
+    fn the_cache_decodes_a_pod_to_its_slimmed_form_and_gives_it_back() {
+        use kube::Resource;
+        let json =
+            serde_json::to_vec(&serde_saphyr::from_str::<serde_json::Value>(POD).unwrap()).unwrap();
+        let cached: CachedPod = serde_json::from_slice(&json).unwrap();
+        let mut slimmed: Pod = serde_saphyr::from_str(POD).unwrap();
+        slim_pod(&mut slimmed);
+        assert_eq!(cached.pod(), slimmed);
+        assert!(cached.metadata.managed_fields.is_none_or(|m| m.is_empty()));
+        assert_eq!(
+            CachedPod::url_path(&(), Some("plant")),
+            Pod::url_path(&(), Some("plant"))
+        );
+        assert_eq!(CachedPod::api_version(&()), "v1");
+        assert_eq!(CachedPod::kind(&()), "Pod");
+    }
+
     /// Every fixture judged with its pods whole and slimmed: a check that
     /// reads something `slim_pod` drops shows up here.
     #[test]
@@ -249,7 +361,8 @@ spec:
             let mut slimmed = load();
             for snapshot in slimmed.namespaces.values_mut() {
                 for pod in snapshot.pods.iter_mut() {
-                    slim_pod(std::sync::Arc::make_mut(pod));
+                    // As the cache holds it and hands it to the checks.
+                    *pod = std::sync::Arc::new(CachedPod::new(pod.as_ref().clone()).pod());
                 }
             }
             let judge = |m: &Manifests| {

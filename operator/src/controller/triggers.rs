@@ -14,7 +14,6 @@ use std::{
 };
 
 use futures::Stream;
-use k8s_openapi::api::core::v1::Pod;
 use kube::{
     ResourceExt,
     core::{Selector, SelectorExt},
@@ -22,7 +21,7 @@ use kube::{
 };
 use tokio::{sync::mpsc, time::Instant};
 
-use super::index::Indexed;
+use super::{index::Indexed, slim_pod::CachedPod};
 use crate::api::IoTSystem;
 
 /// The systems in `pod`'s namespace with a component whose selector takes
@@ -44,37 +43,17 @@ fn taking(
         .collect()
 }
 
-/// What the checks read of a pod, hashed: labels, annotations, spec,
-/// deletion, phase, IP, readiness and each container's restarts, readiness
-/// and waiting reason. Other status updates (heartbeats, timestamps) change
-/// nothing a verdict rests on.
-fn fingerprint(pod: &Pod) -> u64 {
+/// What the checks read of a pod, hashed: labels, annotations, deletion,
+/// and the spec and status as the cache keeps them (`slim_pod`: of the
+/// status, phase, IP, readiness and each container's restarts, readiness
+/// and waiting reason). Other status updates (heartbeats, timestamps)
+/// change nothing a verdict rests on.
+fn fingerprint(pod: &CachedPod) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     pod.labels().hash(&mut h);
     pod.annotations().hash(&mut h);
-    serde_json::to_vec(&pod.spec)
-        .unwrap_or_default()
-        .hash(&mut h);
     pod.metadata.deletion_timestamp.is_some().hash(&mut h);
-    if let Some(status) = &pod.status {
-        status.phase.hash(&mut h);
-        status.pod_ip.hash(&mut h);
-        for c in status.conditions.iter().flatten() {
-            if c.type_ == "Ready" {
-                c.status.hash(&mut h);
-            }
-        }
-        for c in status.container_statuses.iter().flatten() {
-            c.name.hash(&mut h);
-            c.restart_count.hash(&mut h);
-            c.ready.hash(&mut h);
-            c.state
-                .as_ref()
-                .and_then(|s| s.waiting.as_ref())
-                .and_then(|w| w.reason.as_deref())
-                .hash(&mut h);
-        }
-    }
+    pod.body().hash(&mut h);
     h.finish()
 }
 
@@ -92,7 +71,7 @@ impl PodTriggers {
     pub fn affected(
         &mut self,
         systems: &Indexed<IoTSystem>,
-        pod: &Pod,
+        pod: &CachedPod,
         deleted: bool,
     ) -> Vec<ObjectRef<IoTSystem>> {
         let namespace = pod.namespace().unwrap_or_default();
@@ -183,7 +162,8 @@ spec:
         }))
     }
 
-    fn pod(app: &str, restarts: i32, heartbeat: u32) -> Pod {
+    /// Decoded as the watch decodes it.
+    fn pod(app: &str, restarts: i32, heartbeat: u32) -> CachedPod {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "namespace": "plant", "labels": {"app": app}},
             "spec": {"containers": [{"name": "c", "image": "i:1"}]},

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::{core::v1::Pod, rbac::v1::Subject as RbacSubject},
+    api::rbac::v1::Subject as RbacSubject,
     apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference},
 };
 use kube::{
@@ -338,8 +338,8 @@ pub struct ValidAccess {
 
 /// What validation needs to know about the rest of the namespace.
 pub struct Neighbourhood<'a> {
-    /// Pods in the system's namespace (metadata only).
-    pub pods: &'a [std::sync::Arc<Pod>],
+    /// Pods in the system's namespace (only their metadata is read).
+    pub pods: &'a [std::sync::Arc<super::slim_pod::CachedPod>],
     /// The other IoTSystems in the system's namespace.
     pub systems: &'a [std::sync::Arc<IoTSystem>],
 }
@@ -940,8 +940,8 @@ mod tests {
         s
     }
 
-    fn pod(name: &str, labels: &[(&str, &str)]) -> Arc<Pod> {
-        let mut p = Pod::default();
+    fn pod(name: &str, labels: &[(&str, &str)]) -> Arc<crate::controller::slim_pod::CachedPod> {
+        let mut p = k8s_openapi::api::core::v1::Pod::default();
         p.metadata.name = Some(name.into());
         p.metadata.labels = Some(
             labels
@@ -949,7 +949,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         );
-        Arc::new(p)
+        Arc::new(crate::controller::slim_pod::CachedPod::new(p))
     }
 
     const FACTORY: &str = r#"
