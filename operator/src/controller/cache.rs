@@ -19,7 +19,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    core::{DynamicObject, PartialObjectMeta},
+    core::{DynamicObject, PartialObjectMeta, Selector, SelectorExt},
     runtime::{WatchStreamExt, reflector, reflector::ObjectRef, watcher},
 };
 use serde::de::DeserializeOwned;
@@ -692,7 +692,7 @@ impl Caches {
 
     /// The cached pods some component of `system` selects.
     pub fn pods_of(&self, system: &ValidatedSystem) -> Vec<Arc<CachedPod>> {
-        let selectors: Vec<kube::core::Selector> = system
+        let selectors: Vec<Selector> = system
             .components
             .iter()
             .filter_map(|c| c.selector.clone().try_into().ok())
@@ -701,10 +701,7 @@ impl Caches {
         let mut pods = self.pods.in_namespace(&system.namespace);
         pods.retain(|p| {
             let labels = p.metadata.labels.as_ref().unwrap_or(&empty);
-            selectors.iter().any(|s| {
-                use kube::core::SelectorExt;
-                s.matches(labels)
-            })
+            selectors.iter().any(|s| s.matches(labels))
         });
         pods
     }

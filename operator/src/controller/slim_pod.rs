@@ -109,7 +109,8 @@ impl kube::Resource for CachedPod {
     }
 }
 
-pub fn slim_pod(pod: &mut Pod) {
+/// Drops what no check, trigger or probe reads (`CachedPod::new` packs the rest).
+fn slim_pod(pod: &mut Pod) {
     super::cache::slim(pod);
     if let Some(status) = pod.status.take() {
         pod.status = Some(slim_status(status));
