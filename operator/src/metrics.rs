@@ -83,6 +83,17 @@ pub struct AdmissionLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub webhook: &'static str,
+}
+
+/// Upper bounds of the admission duration buckets: answers take well under
+/// a millisecond when nothing holds them up.
+const ADMISSION_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 /// What became of a refusal handed to the decision record.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandoverLabels {
@@ -120,6 +131,9 @@ pub struct Metrics {
     pub tls_handshake_ok: Family<EndpointLabels, Gauge>,
     /// Admission requests by webhook and outcome.
     pub admission: Family<AdmissionLabels, Counter>,
+    /// Time from an admission request read to its answer, by webhook: the
+    /// operator's own part of the API server's webhook call.
+    pub admission_duration: Family<WebhookLabels, Histogram>,
     /// Admission refusals and warnings handed to the decision record:
     /// queued, repeated (within 10 minutes, not again), dropped (queue
     /// full), failed (the Event was not created).
@@ -208,6 +222,14 @@ impl Default for Metrics {
             "Admission requests by webhook (mutate, validate) and outcome",
             admission.clone(),
         );
+        let admission_duration = Family::<WebhookLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(ADMISSION_BUCKETS)
+        });
+        registry.register(
+            "admission_duration_seconds",
+            "Time from an admission request read to its answer, by webhook",
+            admission_duration.clone(),
+        );
         let admission_handovers = Family::<HandoverLabels, Counter>::default();
         registry.register(
             "admission_handovers",
@@ -255,6 +277,7 @@ impl Default for Metrics {
             certificate_expiry,
             tls_handshake_ok,
             admission,
+            admission_duration,
             admission_handovers,
             item_verdict,
             compliance_ratio,
@@ -547,6 +570,32 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+
+    /// Records how long answering a request to `webhook` took when the guard drops.
+    pub fn admission_started(&self, webhook: &'static str) -> AdmissionTimer<'_> {
+        AdmissionTimer {
+            metrics: self,
+            webhook,
+            start: Instant::now(),
+        }
+    }
+}
+
+pub struct AdmissionTimer<'a> {
+    metrics: &'a Metrics,
+    webhook: &'static str,
+    start: Instant,
+}
+
+impl Drop for AdmissionTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .admission_duration
+            .get_or_create(&WebhookLabels {
+                webhook: self.webhook,
+            })
+            .observe(self.start.elapsed().as_secs_f64());
     }
 }
 

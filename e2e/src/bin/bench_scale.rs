@@ -610,6 +610,97 @@ async fn admission(client: &Client, namespace: &str, app: &str, tag: &str) -> Re
     })
 }
 
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// CPU milliseconds each process spent per admitted create.
+fn cpu_per_create(used: &BTreeMap<String, f64>, creates: usize) -> Value {
+    used.iter()
+        .map(|(name, s)| (name.clone(), json!(round2(s * 1e3 / creates.max(1) as f64))))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// The API server's time waiting on the operator's pod webhooks so far:
+/// (seconds, calls), from its own histogram.
+fn webhook_calls(plane: &Plane) -> (f64, f64) {
+    let out = Command::new(plane.bin_dir.join("kubectl"))
+        .arg(format!("--kubeconfig={}", plane.kubeconfig().display()))
+        .args(["get", "--raw", "/metrics"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let family = "apiserver_admission_webhook_admission_duration_seconds";
+    let mut total = (0.0, 0.0);
+    for line in out.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if !series.contains(r#"name="pods."#) || !series.contains(".iotposture.dev\"") {
+            continue;
+        }
+        let value: f64 = value.parse().unwrap_or(0.0);
+        if series.starts_with(&format!("{family}_sum{{")) {
+            total.0 += value;
+        } else if series.starts_with(&format!("{family}_count{{")) {
+            total.1 += value;
+        }
+    }
+    total
+}
+
+/// p50 and p99 of one webhook's answers between two scrapes of the
+/// operator's `admission_duration_seconds` buckets.
+fn handler_latency(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    webhook: &str,
+) -> Value {
+    let mut buckets: Vec<(f64, f64)> = after
+        .iter()
+        .filter_map(|(labels, count)| {
+            let mut le = None;
+            let mut hook = None;
+            for pair in labels.split(',') {
+                match pair.split_once('=') {
+                    Some(("le", v)) => le = v.parse::<f64>().ok(),
+                    Some(("webhook", v)) => hook = Some(v),
+                    _ => {}
+                }
+            }
+            let delta = count - before.get(labels).copied().unwrap_or(0.0);
+            (hook == Some(webhook)).then_some((le?, delta))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let ms = |q| histogram_quantile(q, &buckets).map(|s| round2(s * 1e3));
+    json!({"p50_ms": ms(0.5), "p99_ms": ms(0.99)})
+}
+
+/// The `q` quantile of cumulative histogram buckets (upper bound, count),
+/// interpolated within its bucket as Prometheus' histogram_quantile does;
+/// the highest finite bound when it falls in the +Inf bucket.
+fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(bound, count) in buckets {
+        if count >= rank {
+            if bound.is_infinite() {
+                return Some(lower.0);
+            }
+            let within = (rank - lower.1) / (count - lower.1).max(f64::MIN_POSITIVE);
+            return Some(lower.0 + (bound - lower.0) * within);
+        }
+        lower = (bound, count);
+    }
+    Some(lower.0)
+}
+
 /// Pod creates through Kyverno in a namespace of their own; its RSS after.
 async fn kyverno_admission(
     plane: &Plane,
@@ -850,13 +941,43 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     eprintln!("    no-op: {noop_writes} writes in {noop_reconciles} reconciles");
 
     // Admission while the cluster is full: with the webhooks, and without.
+    // Beside the end-to-end times: how long the operator took to answer
+    // (its own histogram), how long the API server waited on each call,
+    // and the API server's CPU per create, which bounds the throughput of
+    // 100 clients on 2 cores and so their latency.
+    let handlers_before = operator.by_labels("iotposture_admission_duration_seconds_bucket");
+    let calls_before = webhook_calls(plane);
+    let cpu_before = cpu_now(plane, Some(operator.pid()));
     let with_webhooks =
         admission(&client, &scenario.namespace_of(0), "sys-0-sensor", "adm").await?;
+    let cpu_with = cpu_used(&cpu_before, &cpu_now(plane, Some(operator.pid())));
+    let calls = webhook_calls(plane);
+    let handlers = operator.by_labels("iotposture_admission_duration_seconds_bucket");
+    let mut ours = serde_json::to_value(&with_webhooks)?;
+    ours["handler_ms"] = json!({
+        "mutate": handler_latency(&handlers_before, &handlers, "mutate"),
+        "validate": handler_latency(&handlers_before, &handlers, "validate"),
+    });
+    ours["api_server_wait_per_call_ms"] = json!(round2(
+        (calls.0 - calls_before.0) / (calls.1 - calls_before.1).max(1.0) * 1e3
+    ));
+    ours["cpu_ms_per_create"] = cpu_per_create(&cpu_with, with_webhooks.requests);
     create_namespaces(&client, vec![format!("{}-plain", scenario.name)]).await?;
+    let cpu_before = cpu_now(plane, None);
     let without = admission(&client, &format!("{}-plain", scenario.name), "plain", "adm").await?;
+    let cpu_without = cpu_used(&cpu_before, &cpu_now(plane, None));
+    let mut none = serde_json::to_value(&without)?;
+    none["cpu_ms_per_create"] = cpu_per_create(&cpu_without, without.requests);
     eprintln!(
-        "    admission p50/p99: iotposture {}/{} ms, none {}/{} ms",
-        with_webhooks.p50_ms, with_webhooks.p99_ms, without.p50_ms, without.p99_ms
+        "    admission p50/p99: iotposture {}/{} ms (answers {}; the API server waited {} ms a call), none {}/{} ms; CPU ms per create: {} against {}",
+        with_webhooks.p50_ms,
+        with_webhooks.p99_ms,
+        ours["handler_ms"],
+        ours["api_server_wait_per_call_ms"],
+        without.p50_ms,
+        without.p99_ms,
+        ours["cpu_ms_per_create"],
+        none["cpu_ms_per_create"],
     );
 
     // Restart: a new process lists everything and reconciles every system.
@@ -925,7 +1046,7 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
                 "    admission p50/p99: kyverno {}/{} ms (RSS {rss:.0} MiB)",
                 latency.p50_ms, latency.p99_ms
             );
-            json!({"iotposture": with_webhooks, "none": without,
+            json!({"iotposture": ours, "none": none,
                    "kyverno": {"p50_ms": latency.p50_ms, "p99_ms": latency.p99_ms,
                                "requests": latency.requests, "failed": latency.failed,
                                "rss_mib": rss.round(),
@@ -933,7 +1054,7 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
         }
         Err(e) => {
             eprintln!("    kyverno did not run: {e:#}");
-            json!({"iotposture": with_webhooks, "none": without,
+            json!({"iotposture": ours, "none": none,
                    "kyverno": {"error": format!("{e:#}")}})
         }
     };
@@ -1249,4 +1370,50 @@ async fn main() -> Result<()> {
     )?;
     println!("wrote {plot_out}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket_as_prometheus_does() {
+        let buckets = [
+            (0.001, 50.0),
+            (0.005, 90.0),
+            (0.01, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
+        // Rank 50 is the top of the first bucket; rank 70 halfway into the second.
+        assert_eq!(histogram_quantile(0.5, &buckets), Some(0.001));
+        assert!((histogram_quantile(0.7, &buckets).unwrap() - 0.003).abs() < 1e-12);
+        assert!((histogram_quantile(0.99, &buckets).unwrap() - 0.0095).abs() < 1e-12);
+        // Past the last finite bound, that bound; nothing observed, nothing.
+        let overflow = [(0.001, 1.0), (f64::INFINITY, 10.0)];
+        assert_eq!(histogram_quantile(0.99, &overflow), Some(0.001));
+        assert_eq!(
+            histogram_quantile(0.5, &[(0.001, 0.0), (f64::INFINITY, 0.0)]),
+            None
+        );
+    }
+
+    #[test]
+    fn a_webhooks_latency_counts_only_its_own_answers_in_the_phase() {
+        let series = |mutate: [f64; 3], validate: [f64; 3]| {
+            let mut m = BTreeMap::new();
+            for (hook, counts) in [("mutate", mutate), ("validate", validate)] {
+                for (le, c) in ["0.001", "0.01", "+Inf"].iter().zip(counts) {
+                    m.insert(format!("le={le},webhook={hook}"), c);
+                }
+            }
+            m
+        };
+        // Before the phase, 100 slow answers; in it, 100 fast ones.
+        let before = series([0.0, 0.0, 100.0], [0.0, 0.0, 0.0]);
+        let after = series([100.0, 100.0, 200.0], [0.0, 10.0, 10.0]);
+        let mutate = handler_latency(&before, &after, "mutate");
+        assert_eq!(mutate["p50_ms"], json!(0.5));
+        let validate = handler_latency(&before, &after, "validate");
+        assert_eq!(validate["p50_ms"], json!(5.5));
+    }
 }

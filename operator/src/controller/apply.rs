@@ -560,7 +560,7 @@ pub async fn admit_for_review(ctx: &Context, system: &ValidatedSystem) -> Result
     };
     let version = *ctx.caches.systems_changed.borrow();
     webhooks
-        .cover(&ctx.caches.systems, version)
+        .cover(&ctx.caches.systems, &ctx.caches.systems_changed, version)
         .await
         .map_err(|e| ApplyError::Webhooks(e.to_string()))?;
     let registration = &webhooks.registration;

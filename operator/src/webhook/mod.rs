@@ -144,8 +144,10 @@ pub struct Registrar {
     client: Client,
     pub registration: Registration,
     published: tokio::sync::Mutex<Published>,
-    /// The systems version last covered, plus one (0: none).
+    /// The newest systems version covered, plus one (0: none).
     covered: std::sync::atomic::AtomicU64,
+    /// Held while covering, so publications do not queue one per change.
+    covering: tokio::sync::Mutex<()>,
 }
 
 struct Published {
@@ -164,6 +166,7 @@ impl Registrar {
                 filter: None,
             }),
             covered: Default::default(),
+            covering: Default::default(),
         }
     }
 
@@ -192,25 +195,35 @@ impl Registrar {
     }
 
     /// Makes the match conditions cover the pods of every system in
-    /// `systems`, as of `version` of their `systems_changed` count (read
-    /// before the systems, so they are at least that new). A version already
-    /// covered costs nothing: every reconcile asks, and rebuilding the
-    /// filter from 1,000 systems each time added up.
+    /// `systems`, as of `version` of their `changes` count (read before the
+    /// systems, so they are at least that new). A version already covered
+    /// costs nothing: every reconcile asks, and rebuilding the filter from
+    /// 1,000 systems each time added up.
     pub async fn cover(
         &self,
         systems: &crate::controller::index::Indexed<IoTSystem>,
+        changes: &tokio::sync::watch::Receiver<u64>,
         version: u64,
     ) -> Result<(), Error> {
-        // 0 is "none yet": versions are stored plus one.
-        if self.covered.load(std::sync::atomic::Ordering::Acquire) == version.wrapping_add(1) {
+        use std::sync::atomic::Ordering;
+        // Stored plus one: 0 is "none yet".
+        let covered = |v: u64| self.covered.load(Ordering::Acquire) > v;
+        if covered(version) {
             return Ok(());
         }
+        // One publication at a time, of the newest systems: those that
+        // waited mostly find themselves covered by it. Each publication
+        // makes the API server compile every match condition again; a
+        // burst of 1,000 new systems made one per change.
+        let _turn = self.covering.lock().await;
+        if covered(version) {
+            return Ok(());
+        }
+        let latest = *changes.borrow();
         self.publish(None, ComponentFilter::of(&systems.state()))
             .await?;
-        self.covered.store(
-            version.wrapping_add(1),
-            std::sync::atomic::Ordering::Release,
-        );
+        self.covered
+            .fetch_max(latest.saturating_add(1), Ordering::AcqRel);
         Ok(())
     }
 }
@@ -243,7 +256,8 @@ pub async fn run(
     let systems = state.systems.clone();
     let client = state.client.clone();
     let mut systems_changed = systems_changed;
-    let mut server = AbortOnDrop(tokio::spawn(serve(listener, tls.clone(), state)));
+    let mut server =
+        AbortOnDrop(on_own_thread(serve(listener, tls.clone(), state)).map_err(Error::Listen)?);
 
     // With a shared certificate every replica serves what the Secret holds,
     // and is ready once it holds one and the caches are filled.
@@ -346,7 +360,7 @@ pub async fn run(
                 // Let a burst of changes settle into one update.
                 tokio::time::sleep(FILTER_SETTLE).await;
                 let version = *systems_changed.borrow_and_update();
-                if let Err(e) = registrar.cover(&systems, version).await {
+                if let Err(e) = registrar.cover(&systems, &systems_changed, version).await {
                     warn!(error = %e, "updating the webhooks' match conditions failed; retrying on the next change");
                 }
             }
@@ -362,6 +376,36 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Runs `serve` on a runtime of its own thread and returns a handle on the
+/// main runtime: it finishes when `serve` does, and aborting it stops
+/// `serve`. Reconciles judge thousands of pods on the main runtime's
+/// workers; an admission call queued behind them waited seconds.
+fn on_own_thread(
+    serve: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("webhooks".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                tokio::select! {
+                    _ = serve => {},
+                    _ = stopped => {},
+                }
+            });
+            drop(done);
+        })?;
+    Ok(tokio::spawn(async move {
+        // Dropped with this task, `stop` ends the thread's runtime.
+        let _stop = stop;
+        let _ = finished.await;
+    }))
 }
 
 /// Server-side applies both webhook configurations with `ca_pem` as
@@ -531,6 +575,7 @@ fn not_ready(state: &WebhookState, webhook: &'static str) -> Option<Response> {
 }
 
 async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
+    let _timer = state.metrics.admission_started("mutate");
     if let Some(r) = not_ready(&state, "mutate") {
         return r;
     }
@@ -600,6 +645,7 @@ async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
 }
 
 async fn validate(State(state): State<WebhookState>, body: Bytes) -> Response {
+    let _timer = state.metrics.admission_started("validate");
     if let Some(r) = not_ready(&state, "validate") {
         return r;
     }
@@ -672,6 +718,7 @@ async fn validate(State(state): State<WebhookState>, body: Bytes) -> Response {
 /// that access themselves.
 async fn validate_system(State(state): State<WebhookState>, body: Bytes) -> Response {
     const WEBHOOK: &str = "iotsystem";
+    let _timer = state.metrics.admission_started(WEBHOOK);
     // Needs no cache: it judges the request alone, so it serves from the start.
     let request = match parse(&body) {
         Ok(r) => r,
@@ -910,6 +957,54 @@ mod properties {
             client: Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap()))
                 .unwrap(),
             handovers: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_server_thread_ends_with_its_handle_either_way() {
+        // Finishing: the handle completes, from another runtime's thread.
+        let (tx, rx) = tokio::sync::oneshot::channel::<std::thread::ThreadId>();
+        let handle = on_own_thread(async move {
+            let _ = tx.send(std::thread::current().id());
+        })
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), handle)
+            .await
+            .expect("the handle completes when the future does")
+            .unwrap();
+        assert_ne!(rx.await.unwrap(), std::thread::current().id());
+
+        // Aborted: the future is dropped on its thread.
+        let (dropped_tx, dropped) = tokio::sync::oneshot::channel::<()>();
+        let handle = on_own_thread(async move {
+            let _guard = dropped_tx;
+            std::future::pending::<()>().await
+        })
+        .unwrap();
+        drop(AbortOnDrop(handle));
+        tokio::time::timeout(Duration::from_secs(5), dropped)
+            .await
+            .expect("aborting the handle drops the served future")
+            .unwrap_err();
+    }
+
+    #[tokio::test]
+    async fn each_answer_is_timed_under_its_own_webhook() {
+        let state = state();
+        let pod = json!({"metadata": {"name": "p", "labels": {"app": "dashboard"}},
+            "spec": {"containers": [{"name": "ui", "image": "registry.example.com/ui:1.0"}]}});
+        let body = Bytes::from(review("Pod", &pod, "CREATE"));
+        mutate(State(state.clone()), body.clone()).await;
+        mutate(State(state.clone()), body.clone()).await;
+        validate(State(state.clone()), body.clone()).await;
+        // Even a body that is not a review is an answer, and timed.
+        validate_system(State(state.clone()), Bytes::from_static(b"{")).await;
+        let text = state.metrics.encode();
+        for (webhook, answers) in [("mutate", 2), ("validate", 1), ("iotsystem", 1)] {
+            let line = format!(
+                "iotposture_admission_duration_seconds_count{{webhook=\"{webhook}\"}} {answers}"
+            );
+            assert!(text.contains(&line), "no `{line}` in\n{text}");
         }
     }
 
