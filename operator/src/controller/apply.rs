@@ -25,6 +25,7 @@ use serde_json::Value;
 use super::{
     Context, FIELD_MANAGER,
     index::{Coverage, Indexed},
+    packed::Packed,
 };
 use crate::{
     build::{DesiredObjects, meta::SYSTEM_LABEL},
@@ -431,12 +432,13 @@ fn is_already_there(e: &kube::Error) -> bool {
 async fn sync_kind<K>(
     ctx: &Context,
     system: &ValidatedSystem,
-    cache: &Indexed<K>,
+    cache: &Indexed<Packed<K>>,
     desired: &[K],
     report: &mut ApplyReport,
 ) -> Vec<K>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Default
         + Clone
         + Debug
         + Serialize
@@ -452,7 +454,9 @@ where
 
     for object in desired {
         let name = object.name_any();
-        let cached = cache.get(&ObjectRef::new(&name).within(&system.namespace));
+        let cached = cache
+            .get(&ObjectRef::new(&name).within(&system.namespace))
+            .map(|p| Arc::new(p.unpack()));
         let key = ObjectKey {
             kind,
             name: name.clone(),
@@ -500,7 +504,7 @@ where
             }
             Err(source) => {
                 report.failed.push(ApplyError::Prune { kind, name, source });
-                current.push(stale.as_ref().clone());
+                current.push(stale.unpack());
             }
         }
     }

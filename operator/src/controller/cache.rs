@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::packed::Packed;
 use super::{index::Indexed, own_writes, slim_pod::CachedPod, validate::ValidatedSystem};
 use crate::{
     api::{
@@ -47,15 +48,16 @@ pub struct Caches {
     /// Metadata decoded, spec and status packed (`CachedPod`).
     pub pods: Indexed<CachedPod>,
     pub services: Indexed<Service>,
-    pub network_policies: Indexed<NetworkPolicy>,
-    pub service_accounts: Indexed<ServiceAccount>,
-    pub roles: Indexed<Role>,
-    pub role_bindings: Indexed<RoleBinding>,
+    // The kinds the operator writes, packed (`Packed`).
+    pub network_policies: Indexed<Packed<NetworkPolicy>>,
+    pub service_accounts: Indexed<Packed<ServiceAccount>>,
+    pub roles: Indexed<Packed<Role>>,
+    pub role_bindings: Indexed<Packed<RoleBinding>>,
     pub cluster_roles: Indexed<ClusterRole>,
     /// None when the operator may not list them (an older chart's RBAC).
     pub cluster_role_bindings: Option<Indexed<ClusterRoleBinding>>,
     /// Only the ConfigMaps this operator manages (by label).
-    pub config_maps: Indexed<ConfigMap>,
+    pub config_maps: Indexed<Packed<ConfigMap>>,
     /// Metadata only: secret values never reach the operator.
     pub secrets: Indexed<PartialObjectMeta<Secret>>,
     /// Metadata only: labels (admission) and termination.
@@ -63,7 +65,7 @@ pub struct Caches {
     /// Our PolicyReports; None when the cluster has no PolicyReport CRD.
     pub policy_reports: Option<Indexed<DynamicObject>>,
     /// cert-manager Certificates; None when cert-manager is not installed.
-    pub certificates: Option<Indexed<Certificate>>,
+    pub certificates: Option<Indexed<Packed<Certificate>>>,
     /// Admission refusals and warnings the webhook replicas handed over for
     /// the decision record (labelled Events only).
     /// None when the operator may not list Events (an older chart's RBAC):
@@ -71,7 +73,7 @@ pub struct Caches {
     pub handovers: Option<Indexed<k8s_openapi::api::events::v1::Event>>,
     /// Our PrometheusRules; None when the Prometheus Operator's CRD is not
     /// served, and the alert rules go into ConfigMaps instead.
-    pub prometheus_rules: Option<Indexed<PrometheusRule>>,
+    pub prometheus_rules: Option<Indexed<Packed<PrometheusRule>>>,
     /// The node agents' reports; None when the operator reads none.
     pub edge: Option<EdgeCaches>,
     /// What the reconciles wrote, so that its echo on a watch does not
@@ -380,7 +382,8 @@ impl Caches {
                 },
             )
         };
-        let role_bindings: Indexed<RoleBinding> = drivers.namespaced("RoleBinding", every.clone());
+        let role_bindings: Indexed<Packed<RoleBinding>> =
+            drivers.namespaced("RoleBinding", every.clone());
         // A ClusterRoleBinding grants in every namespace: who may read the
         // pods' logs (VII-2) of every system. They change rarely.
         let cluster_role_bindings = if may_list(
@@ -424,7 +427,11 @@ impl Caches {
                     let namespaces: std::collections::BTreeSet<String> = bindings
                         .state()
                         .iter()
-                        .filter(|b| b.role_ref.kind == "ClusterRole" && b.role_ref.name == name)
+                        .filter(|b| {
+                            // Rare (a ClusterRole changed): decoding each binding is fine.
+                            let role = b.unpack().role_ref;
+                            role.kind == "ClusterRole" && role.name == name
+                        })
                         .filter_map(|b| b.namespace())
                         .collect();
                     namespaces
@@ -464,7 +471,7 @@ impl Caches {
         };
         // Certificates only where cert-manager's CRDs are installed.
         let certificates = if serves(&client, "cert-manager.io/v1", "certificates").await {
-            Some(drivers.namespaced::<Certificate>("Certificate", every.clone()))
+            Some(drivers.namespaced::<Packed<Certificate>>("Certificate", every.clone()))
         } else {
             warn!(
                 "cert-manager is not installed: no Certificates are made; items III-9 and VI-4 report Unknown"
@@ -510,7 +517,7 @@ impl Caches {
             )
             .await
         {
-            Some(drivers.namespaced::<PrometheusRule>("PrometheusRule", managed.clone()))
+            Some(drivers.namespaced::<Packed<PrometheusRule>>("PrometheusRule", managed.clone()))
         } else {
             info!(
                 "the Prometheus Operator's PrometheusRule CRD is not served: alert rules go into ConfigMaps <system>-alert-rules"
@@ -656,10 +663,10 @@ impl Caches {
                 .map(|p| Arc::new(p.pod()))
                 .collect(),
             services: self.services.in_namespace(namespace),
-            network_policies: self.network_policies.in_namespace(namespace),
-            service_accounts: self.service_accounts.in_namespace(namespace),
-            roles: self.roles.in_namespace(namespace),
-            role_bindings: self.role_bindings.in_namespace(namespace),
+            network_policies: self.network_policies.unpacked_in_namespace(namespace),
+            service_accounts: self.service_accounts.unpacked_in_namespace(namespace),
+            roles: self.roles.unpacked_in_namespace(namespace),
+            role_bindings: self.role_bindings.unpacked_in_namespace(namespace),
             cluster_roles: {
                 let mut roles = self.cluster_roles.state();
                 roles.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -679,7 +686,7 @@ impl Caches {
             certificates: self
                 .certificates
                 .as_ref()
-                .map(|store| store.in_namespace(namespace)),
+                .map(|store| store.unpacked_in_namespace(namespace)),
             tls_probes: None,
             http_probes: None,
             heartbeats: None,

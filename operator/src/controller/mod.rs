@@ -21,6 +21,7 @@ pub mod index;
 pub mod leader;
 pub mod listening;
 pub mod own_writes;
+pub mod packed;
 pub mod probing;
 pub mod record;
 pub mod secrets;
