@@ -15,6 +15,8 @@ pub struct Health {
     state: Mutex<State>,
     /// Turns true once, when every expected watch has listed.
     listed: watch::Sender<bool>,
+    /// Turns true once, when the process is asked to stop.
+    stopping: watch::Sender<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +43,7 @@ impl Default for Health {
         Self {
             state: Mutex::new(State::default()),
             listed: watch::Sender::new(false),
+            stopping: watch::Sender::new(false),
         }
     }
 }
@@ -72,6 +75,12 @@ impl Health {
 
     pub fn set_terminating(&self) {
         self.state().terminating = true;
+        self.stopping.send_replace(true);
+    }
+
+    /// A receiver that turns true with `set_terminating`.
+    pub fn terminating(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     pub fn set_webhooks(&self, webhooks: WebhookState) {

@@ -120,7 +120,9 @@ async fn main() -> anyhow::Result<()> {
         client: kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse()?))?,
         handovers: None,
     };
-    tokio::spawn(webhook::serve(listener, slot, state));
+    // Never asked to stop: the sender is kept for the whole run.
+    let (_keep_serving, draining) = tokio::sync::watch::channel(false);
+    tokio::spawn(webhook::serve(listener, slot, state, draining));
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.chain[1].clone())?;

@@ -131,6 +131,9 @@ pub type TlsSlot = Arc<RwLock<Arc<rustls::ServerConfig>>>;
 /// bound against a flood of resets.
 const MAX_RESET_STREAMS: usize = 1024;
 
+/// How long a connection opened while the process stops is served before
+/// it too is closed.
+const LATE_CONNECTION_GRACE: Duration = Duration::from_secs(1);
 /// How long to wait before registering again after a failure.
 const REGISTER_RETRY: Duration = Duration::from_secs(5);
 /// How long systems may keep changing before the match conditions follow.
@@ -256,8 +259,10 @@ pub async fn run(
     let systems = state.systems.clone();
     let client = state.client.clone();
     let mut systems_changed = systems_changed;
-    let mut server =
-        AbortOnDrop(on_own_thread(serve(listener, tls.clone(), state)).map_err(Error::Listen)?);
+    let mut server = AbortOnDrop(
+        on_own_thread(serve(listener, tls.clone(), state, health.terminating()))
+            .map_err(Error::Listen)?,
+    );
 
     // With a shared certificate every replica serves what the Secret holds,
     // and is ready once it holds one and the caches are filled.
@@ -480,8 +485,16 @@ fn same_webhooks<K: serde::Serialize + kube::Resource>(current: &K, desired: &K)
 /// its own task so a slow client never holds up the others.
 /// Connections live in a set owned by this future: when the server stops,
 /// kept-alive connections stop with it, rather than answer for a server that
-/// is gone.
-pub async fn serve(listener: tokio::net::TcpListener, tls: TlsSlot, state: WebhookState) {
+/// is gone. Once `draining` turns true (the process was asked to stop), each
+/// connection finishes the calls under way and closes (HTTP/2 GOAWAY): the
+/// API server keeps its connections to a replica, and one cut when the
+/// replica exits failed the calls in flight on it.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: TlsSlot,
+    state: WebhookState,
+    draining: tokio::sync::watch::Receiver<bool>,
+) {
     let app = router(state);
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -497,6 +510,7 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: TlsSlot, state: Webho
         };
         let config = tls.read().unwrap_or_else(|e| e.into_inner()).clone();
         let app = app.clone();
+        let mut draining = draining.clone();
         connections.spawn(async move {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             let Ok(Ok(stream)) =
@@ -513,9 +527,26 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: TlsSlot, state: Webho
             builder
                 .http2()
                 .max_pending_accept_reset_streams(Some(MAX_RESET_STREAMS));
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            let late = *draining.borrow();
+            let stop = async {
+                if draining.wait_for(|d| *d).await.is_err() {
+                    // No sender: nothing will ask this process to stop.
+                    std::future::pending::<()>().await;
+                }
+                if late {
+                    // Opened after the stop began: its first calls are
+                    // already on their way.
+                    tokio::time::sleep(LATE_CONNECTION_GRACE).await;
+                }
+            };
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = stop => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
         });
     }
 }
@@ -958,6 +989,73 @@ mod properties {
                 .unwrap(),
             handovers: None,
         }
+    }
+
+    /// A kept-alive connection to `serve` at `addr`, and its driver's handle,
+    /// which finishes when the server closes the connection.
+    async fn kept_alive(
+        addr: SocketAddr,
+        cert: &certs::ServingCert,
+    ) -> (
+        hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.chain[1].clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        (send, tokio::spawn(async move { drop(connection.await) }))
+    }
+
+    #[tokio::test]
+    async fn asked_to_stop_it_closes_kept_alive_connections_and_still_answers() {
+        let cert = certs::ServingCert::issue(&["127.0.0.1".into()], SystemTime::now()).unwrap();
+        let tls: TlsSlot = Arc::new(RwLock::new(Arc::new(cert.server_config().unwrap())));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, draining) = tokio::sync::watch::channel(false);
+        let _server = AbortOnDrop(tokio::spawn(serve(listener, tls, state(), draining)));
+        let healthz = || {
+            hyper::Request::get("/healthz")
+                .header("host", "127.0.0.1")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap()
+        };
+
+        let (mut send, mut closed) = kept_alive(addr, &cert).await;
+        assert_eq!(send.send_request(healthz()).await.unwrap().status(), 200);
+        // Kept alive while the process runs.
+        tokio::time::timeout(Duration::from_millis(300), &mut closed)
+            .await
+            .expect_err("an idle connection stays open");
+
+        stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(5), closed)
+            .await
+            .expect("the server closes the connection once asked to stop")
+            .unwrap();
+        // Calls on a new connection are still answered meanwhile, and that
+        // connection is closed in its turn.
+        let (mut send, closed) = kept_alive(addr, &cert).await;
+        assert_eq!(send.send_request(healthz()).await.unwrap().status(), 200);
+        tokio::time::timeout(Duration::from_secs(5), closed)
+            .await
+            .expect("a connection opened while stopping is closed after its grace")
+            .unwrap();
     }
 
     #[tokio::test]
