@@ -485,17 +485,35 @@ fn same_webhooks<K: serde::Serialize + kube::Resource>(current: &K, desired: &K)
 /// its own task so a slow client never holds up the others.
 /// Connections live in a set owned by this future: when the server stops,
 /// kept-alive connections stop with it, rather than answer for a server that
-/// is gone. Once `draining` turns true (the process was asked to stop), each
-/// connection finishes the calls under way and closes (HTTP/2 GOAWAY): the
-/// API server keeps its connections to a replica, and one cut when the
-/// replica exits failed the calls in flight on it.
+/// is gone. Once `draining` turns true (the process was asked to stop), the
+/// clients are told to go elsewhere: the API server keeps its connections to
+/// a replica, and one cut when the replica exits failed the calls on it.
+/// HTTP/2 connections finish their calls and close (GOAWAY), and every
+/// answer then says `Connection: close`, which ends an HTTP/1.1 connection
+/// (what the API server uses for Service webhooks) after its next call.
+/// An idle HTTP/1.1 connection is not closed: the client may be writing a
+/// call into it at that moment, and fails it ("broken pipe").
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: TlsSlot,
     state: WebhookState,
     draining: tokio::sync::watch::Receiver<bool>,
 ) {
-    let app = router(state);
+    let closing = draining.clone();
+    let app = router(state).layer(axum::middleware::map_response(
+        move |mut response: Response| {
+            let close = *closing.borrow();
+            async move {
+                if close {
+                    response.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                }
+                response
+            }
+        },
+    ));
     let mut connections = tokio::task::JoinSet::new();
     loop {
         // Reap finished connections as they go.
@@ -518,6 +536,7 @@ pub async fn serve(
             else {
                 return;
             };
+            let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let service = TowerToHyperService::new(app);
             let mut builder = auto::Builder::new(TokioExecutor::new());
             // The API server resets each call it stops waiting for (its
@@ -529,6 +548,11 @@ pub async fn serve(
                 .max_pending_accept_reset_streams(Some(MAX_RESET_STREAMS));
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
+            if !http2 {
+                // `Connection: close` on its next answer ends it.
+                let _ = connection.await;
+                return;
+            }
             let late = *draining.borrow();
             let stop = async {
                 if draining.wait_for(|d| *d).await.is_err() {
@@ -991,71 +1015,109 @@ mod properties {
         }
     }
 
-    /// A kept-alive connection to `serve` at `addr`, and its driver's handle,
-    /// which finishes when the server closes the connection.
-    async fn kept_alive(
+    /// A TLS connection to `serve` at `addr` offering `alpn`.
+    async fn connect(
         addr: SocketAddr,
         cert: &certs::ServingCert,
-    ) -> (
-        hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
-        tokio::task::JoinHandle<()>,
-    ) {
+        alpn: &[u8],
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.chain[1].clone()).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+        client.alpn_protocols = vec![alpn.to_vec()];
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(client))
+        tokio_rustls::TlsConnector::from(Arc::new(client))
             .connect(name, tcp)
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    type Empty = http_body_util::Empty<Bytes>;
+
+    fn healthz() -> hyper::Request<Empty> {
+        hyper::Request::get("https://127.0.0.1/healthz")
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    /// A kept-alive HTTP/1.1 connection, and a handle that finishes when
+    /// the server closes it.
+    async fn http1(
+        addr: SocketAddr,
+        cert: &certs::ServingCert,
+    ) -> (
+        hyper::client::conn::http1::SendRequest<Empty>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let stream = connect(addr, cert, b"http/1.1").await;
         let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .unwrap();
         (send, tokio::spawn(async move { drop(connection.await) }))
     }
 
+    /// The same over HTTP/2.
+    async fn http2(
+        addr: SocketAddr,
+        cert: &certs::ServingCert,
+    ) -> (
+        hyper::client::conn::http2::SendRequest<Empty>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let stream = connect(addr, cert, b"h2").await;
+        let (send, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        (send, tokio::spawn(async move { drop(connection.await) }))
+    }
+
+    async fn closes_within(closed: &mut tokio::task::JoinHandle<()>, within: Duration) -> bool {
+        tokio::time::timeout(within, closed).await.is_ok()
+    }
+
     #[tokio::test]
-    async fn asked_to_stop_it_closes_kept_alive_connections_and_still_answers() {
+    async fn asked_to_stop_it_sends_its_clients_elsewhere_without_cutting_a_call() {
         let cert = certs::ServingCert::issue(&["127.0.0.1".into()], SystemTime::now()).unwrap();
         let tls: TlsSlot = Arc::new(RwLock::new(Arc::new(cert.server_config().unwrap())));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, draining) = tokio::sync::watch::channel(false);
         let _server = AbortOnDrop(tokio::spawn(serve(listener, tls, state(), draining)));
-        let healthz = || {
-            hyper::Request::get("/healthz")
-                .header("host", "127.0.0.1")
-                .body(http_body_util::Empty::<Bytes>::new())
-                .unwrap()
-        };
+        let short = Duration::from_millis(300);
 
-        let (mut send, mut closed) = kept_alive(addr, &cert).await;
-        assert_eq!(send.send_request(healthz()).await.unwrap().status(), 200);
-        // Kept alive while the process runs.
-        tokio::time::timeout(Duration::from_millis(300), &mut closed)
-            .await
-            .expect_err("an idle connection stays open");
+        let (mut one, mut one_closed) = http1(addr, &cert).await;
+        let answer = one.send_request(healthz()).await.unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.headers().get("connection"), None);
+        let (mut two, mut two_closed) = http2(addr, &cert).await;
+        assert_eq!(two.send_request(healthz()).await.unwrap().status(), 200);
+        // Both kept alive while the process runs.
+        assert!(!closes_within(&mut one_closed, short).await);
+        assert!(!closes_within(&mut two_closed, short).await);
 
         stop.send_replace(true);
-        tokio::time::timeout(Duration::from_secs(5), closed)
-            .await
-            .expect("the server closes the connection once asked to stop")
-            .unwrap();
-        // Calls on a new connection are still answered meanwhile, and that
-        // connection is closed in its turn.
-        let (mut send, closed) = kept_alive(addr, &cert).await;
-        assert_eq!(send.send_request(healthz()).await.unwrap().status(), 200);
-        tokio::time::timeout(Duration::from_secs(5), closed)
-            .await
-            .expect("a connection opened while stopping is closed after its grace")
-            .unwrap();
+        // HTTP/2: GOAWAY, the connection closes.
+        assert!(closes_within(&mut two_closed, Duration::from_secs(5)).await);
+        // HTTP/1.1: idle, it stays (closing it could cut a call being
+        // written); its next answer says close, and then it closes.
+        assert!(!closes_within(&mut one_closed, short).await);
+        let answer = one.send_request(healthz()).await.unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.headers().get("connection").unwrap(), "close");
+        assert!(closes_within(&mut one_closed, Duration::from_secs(5)).await);
+
+        // A connection opened while stopping is answered, then closed in turn.
+        let (mut late, mut late_closed) = http2(addr, &cert).await;
+        assert_eq!(late.send_request(healthz()).await.unwrap().status(), 200);
+        assert!(closes_within(&mut late_closed, Duration::from_secs(5)).await);
     }
 
     #[tokio::test]
