@@ -562,9 +562,8 @@ pub async fn admit_for_review(ctx: &Context, system: &ValidatedSystem) -> Result
     let Some(webhooks) = &ctx.webhooks else {
         return Ok(());
     };
-    let version = *ctx.caches.systems_changed.borrow();
     webhooks
-        .cover(&ctx.caches.systems, &ctx.caches.systems_changed, version)
+        .cover(&ctx.caches.systems, &ctx.caches.systems_changed)
         .await
         .map_err(|e| ApplyError::Webhooks(e.to_string()))?;
     let registration = &webhooks.registration;

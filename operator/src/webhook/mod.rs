@@ -198,17 +198,17 @@ impl Registrar {
     }
 
     /// Makes the match conditions cover the pods of every system in
-    /// `systems`, as of `version` of their `changes` count (read before the
-    /// systems, so they are at least that new). A version already covered
+    /// `systems`, as of their `changes` count now (read before the systems,
+    /// so they are at least that new). A version already covered
     /// costs nothing: every reconcile asks, and rebuilding the filter from
     /// 1,000 systems each time added up.
     pub async fn cover(
         &self,
         systems: &crate::controller::index::Indexed<IoTSystem>,
         changes: &tokio::sync::watch::Receiver<u64>,
-        version: u64,
     ) -> Result<(), Error> {
         use std::sync::atomic::Ordering;
+        let version = *changes.borrow();
         // Stored plus one: 0 is "none yet".
         let covered = |v: u64| self.covered.load(Ordering::Acquire) > v;
         if covered(version) {
@@ -364,8 +364,8 @@ pub async fn run(
                 }
                 // Let a burst of changes settle into one update.
                 tokio::time::sleep(FILTER_SETTLE).await;
-                let version = *systems_changed.borrow_and_update();
-                if let Err(e) = registrar.cover(&systems, &systems_changed, version).await {
+                systems_changed.mark_unchanged();
+                if let Err(e) = registrar.cover(&systems, &systems_changed).await {
                     warn!(error = %e, "updating the webhooks' match conditions failed; retrying on the next change");
                 }
             }
