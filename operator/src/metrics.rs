@@ -1,10 +1,11 @@
-//! Prometheus metrics. Every label value comes from a fixed set (error reasons,
-//! kind names, verbs), never from object names, so series stay bounded.
+//! Prometheus metrics. Label values come from fixed sets (error reasons, kind
+//! names, verbs) or name the cluster's IoTSystems and their components, whose
+//! series are capped by MAX_SYSTEMS, so series stay bounded.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Instant,
@@ -16,30 +17,14 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{
-    api::{ItemStatus, Verdict},
-    checklist::catalog,
-};
+use crate::api::ItemStatus;
+
+mod checklist;
+use checklist::ChecklistSeries;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub reason: &'static str,
-}
-
-/// Per system and item. Systems are the operator's own objects, so the count is
-/// bounded by the cluster's IoTSystems, and capped by MAX_SYSTEMS besides.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VerdictLabels {
-    pub namespace: String,
-    pub system: String,
-    pub item: &'static str,
-    pub verdict: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SystemLabels {
-    pub namespace: String,
-    pub system: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -120,10 +105,10 @@ pub struct Metrics {
     /// nothing to change adds none.
     pub api_writes: Family<WriteLabels, Counter>,
     writes_total: AtomicU64,
-    /// 1 for the current verdict of each item of each system.
-    pub item_verdict: Family<VerdictLabels, Gauge>,
-    /// Items that pass or are attested over the items that apply.
-    pub compliance_ratio: Family<SystemLabels, Gauge<f64, AtomicU64>>,
+    /// The verdict of each item of each system, and each system's compliance
+    /// ratio. Systems are the operator's own objects, so their number is
+    /// bounded by the cluster's IoTSystems, and capped by MAX_SYSTEMS besides.
+    checklist: Arc<ChecklistSeries>,
     pub systems_without_series: Gauge,
     /// notAfter of the certificate each TLS port presented (Unix seconds).
     pub certificate_expiry: Family<EndpointLabels, Gauge>,
@@ -153,8 +138,6 @@ pub struct Metrics {
     component_series: Mutex<HashSet<ComponentLabels>>,
     /// Endpoint series exported, to remove them with their system.
     endpoint_series: Mutex<HashSet<EndpointLabels>>,
-    /// The label sets currently exported per system, to remove them on change.
-    exported: Mutex<HashMap<(String, String), Vec<VerdictLabels>>>,
 }
 
 impl Default for Metrics {
@@ -186,19 +169,9 @@ impl Default for Metrics {
             "Write requests sent to the API server, by kind and verb",
             api_writes.clone(),
         );
-        let item_verdict = Family::<VerdictLabels, Gauge>::default();
-        let compliance_ratio = Family::<SystemLabels, Gauge<f64, AtomicU64>>::default();
+        let checklist = Arc::new(ChecklistSeries::default());
+        registry.register_collector(Box::new(checklist.clone()));
         let systems_without_series = Gauge::default();
-        registry.register(
-            "checklist_item_verdict",
-            "1 for the current verdict of a checklist item of an IoTSystem",
-            item_verdict.clone(),
-        );
-        registry.register(
-            "checklist_compliance_ratio",
-            "Checklist items that pass or are attested, over the items that apply",
-            compliance_ratio.clone(),
-        );
         registry.register(
             "checklist_systems_without_series",
             "IoTSystems beyond the per-system series limit",
@@ -279,10 +252,8 @@ impl Default for Metrics {
             admission,
             admission_duration,
             admission_handovers,
-            item_verdict,
-            compliance_ratio,
+            checklist,
             systems_without_series,
-            exported: Mutex::new(HashMap::new()),
             endpoint_series: Mutex::new(HashSet::new()),
             reconciliations,
             reconcile_errors,
@@ -337,51 +308,9 @@ impl Metrics {
 
     /// Exports the verdicts of one system, replacing what it had.
     pub fn record_verdicts(&self, namespace: &str, system: &str, items: &[ItemStatus]) {
-        let key = (namespace.to_string(), system.to_string());
-        let mut exported = self.exported.lock().unwrap_or_else(|e| e.into_inner());
-        if !exported.contains_key(&key) && exported.len() >= MAX_SYSTEMS {
+        if !self.checklist.record(namespace, system, items, MAX_SYSTEMS) {
             self.systems_without_series.inc();
-            return;
         }
-        let labels: Vec<VerdictLabels> = items
-            .iter()
-            .filter_map(|i| {
-                Some(VerdictLabels {
-                    namespace: namespace.to_string(),
-                    system: system.to_string(),
-                    item: catalog::item(&i.id)?.id,
-                    verdict: i.verdict.as_str(),
-                })
-            })
-            .collect();
-        for old in exported.get(&key).into_iter().flatten() {
-            if !labels.contains(old) {
-                self.item_verdict.remove(old);
-            }
-        }
-        for l in &labels {
-            self.item_verdict.get_or_create(l).set(1);
-        }
-        let applicable = items
-            .iter()
-            .filter(|i| i.verdict != Verdict::NotApplicable)
-            .count();
-        let good = items
-            .iter()
-            .filter(|i| matches!(i.verdict, Verdict::Pass | Verdict::Attested))
-            .count();
-        let ratio = if applicable == 0 {
-            1.0
-        } else {
-            good as f64 / applicable as f64
-        };
-        self.compliance_ratio
-            .get_or_create(&SystemLabels {
-                namespace: namespace.to_string(),
-                system: system.to_string(),
-            })
-            .set(ratio);
-        exported.insert(key, labels);
     }
 
     /// Sets a TLS port's handshake and expiry series (expiry cleared without a certificate).
@@ -550,20 +479,7 @@ impl Metrics {
                 }
                 keep
             });
-        let mut exported = self.exported.lock().unwrap_or_else(|e| e.into_inner());
-        exported.retain(|key, labels| {
-            if live(key) {
-                return true;
-            }
-            for l in labels.iter() {
-                self.item_verdict.remove(l);
-            }
-            self.compliance_ratio.remove(&SystemLabels {
-                namespace: key.0.clone(),
-                system: key.1.clone(),
-            });
-            false
-        });
+        self.checklist.retain(live);
     }
 
     pub fn encode(&self) -> String {
