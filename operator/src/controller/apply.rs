@@ -489,7 +489,7 @@ where
 
     let wanted: BTreeSet<String> = desired.iter().map(|o| o.name_any()).collect();
     for stale in cache.in_namespace(&system.namespace) {
-        let ours = stale.labels().get(SYSTEM_LABEL) == Some(&system.name)
+        let ours = stale.labels().get(SYSTEM_LABEL) == Some(system.name.as_str())
             && is_owned_by(stale.as_ref(), owner_uid);
         let name = stale.name_any();
         if !ours || wanted.contains(&name) || stale.meta().deletion_timestamp.is_some() {

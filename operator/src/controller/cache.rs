@@ -26,8 +26,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::packed::Packed;
 use super::{index::Indexed, own_writes, slim_pod::CachedPod, validate::ValidatedSystem};
+use super::{labels::Labelled, packed::Packed};
 use crate::{
     api::{
         IoTSystem, certmanager::certificate::Certificate,
@@ -163,7 +163,7 @@ impl Drivers {
         affected: impl FnMut(&K, bool) -> Vec<ObjectRef<IoTSystem>> + Send + 'static,
     ) -> Indexed<K>
     where
-        K: Resource + Clone + Debug + Send + Sync + 'static,
+        K: Resource + Labelled + Clone + Debug + Send + Sync + 'static,
         K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
         S: Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
     {
@@ -181,7 +181,7 @@ impl Drivers {
         affected: impl FnMut(&K, bool) -> Vec<ObjectRef<IoTSystem>> + Send + 'static,
     ) -> Indexed<K>
     where
-        K: Resource + Clone + Debug + Send + Sync + 'static,
+        K: Resource + Labelled + Clone + Debug + Send + Sync + 'static,
         K::DynamicType: Eq + Hash + Clone + Send + Sync,
         S: Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
     {
@@ -260,6 +260,7 @@ impl Drivers {
     fn namespaced<K>(&self, kind: &'static str, config: watcher::Config) -> Indexed<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Labelled
             + Clone
             + Debug
             + DeserializeOwned
@@ -322,7 +323,9 @@ impl Caches {
                 "IoTSystem",
                 systems_writer,
                 systems_index,
-                watcher(drivers.api::<IoTSystem>(), every.clone()),
+                // Without the field managers: a status write's entry alone
+                // decoded to kilobytes, per system.
+                watcher(drivers.api::<IoTSystem>(), every.clone()).modify(slim),
                 move |s: &IoTSystem, deleted| {
                     // Most of a system's events are its own status writes:
                     // only its spec, labels, annotations or deletion matter.
@@ -704,11 +707,10 @@ impl Caches {
             .iter()
             .filter_map(|c| c.selector.clone().try_into().ok())
             .collect();
-        let empty = std::collections::BTreeMap::new();
         let mut pods = self.pods.in_namespace(&system.namespace);
         pods.retain(|p| {
-            let labels = p.metadata.labels.as_ref().unwrap_or(&empty);
-            selectors.iter().any(|s| s.matches(labels))
+            let labels = p.labels().to_map().unwrap_or_default();
+            selectors.iter().any(|s| s.matches(&labels))
         });
         pods
     }
@@ -760,7 +762,7 @@ async fn serves(client: &Client, group_version: &str, resource: &str) -> bool {
 /// managers and kubectl's copy of the last applied object (often the biggest
 /// parts of an object).
 pub(super) fn slim<K: Resource>(o: &mut K) {
-    o.managed_fields_mut().clear();
+    o.meta_mut().managed_fields = None;
     if let Some(a) = o.meta_mut().annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
@@ -791,12 +793,9 @@ fn without(
 
 /// Whether a reconcile may have written this object: one of our children,
 /// or a namespace (the admission label).
-fn may_be_our_write<K: Resource>(kind: &str, o: &K) -> bool {
+fn may_be_our_write<K: Labelled>(kind: &str, o: &K) -> bool {
     kind == "Namespace"
-        || o.labels()
-            .get(crate::build::meta::MANAGED_BY_LABEL)
-            .map(String::as_str)
-            == Some(crate::build::meta::MANAGED_BY)
+        || o.label(crate::build::meta::MANAGED_BY_LABEL) == Some(crate::build::meta::MANAGED_BY)
 }
 
 /// The systems of a namespace (all systems for cluster-scoped objects).
@@ -818,12 +817,12 @@ fn systems_in_namespace(
 /// in a namespace of 100 systems, each child written re-ran all 100 (37
 /// reconciles per system to converge). Others' objects, unlabelled, may
 /// concern any system of their namespace.
-fn systems_of_child<K: Resource>(systems: &Indexed<IoTSystem>, o: &K) -> Vec<ObjectRef<IoTSystem>> {
+fn systems_of_child<K: Resource + Labelled>(
+    systems: &Indexed<IoTSystem>,
+    o: &K,
+) -> Vec<ObjectRef<IoTSystem>> {
     let namespace = o.meta().namespace.as_deref();
-    match (
-        namespace,
-        o.meta().labels.as_ref().and_then(|l| l.get(SYSTEM_LABEL)),
-    ) {
+    match (namespace, o.label(SYSTEM_LABEL)) {
         (Some(ns), Some(system)) => {
             let r = ObjectRef::new(system).within(ns);
             match systems.get(&r) {
@@ -851,8 +850,8 @@ fn siblings_of(systems: &Indexed<IoTSystem>, changed: &IoTSystem) -> Vec<ObjectR
 #[cfg(test)]
 mod tests {
     use super::{
-        Indexed, IoTSystem, NodeLabels, ObjectRef, may_be_our_write, siblings_of, systems_of_child,
-        without,
+        Indexed, IoTSystem, Namespace, NodeLabels, ObjectRef, Packed, PartialObjectMeta,
+        may_be_our_write, siblings_of, systems_of_child, without,
     };
     use k8s_openapi::api::core::v1::ServiceAccount;
 
@@ -903,7 +902,8 @@ spec:
             s.metadata.uid = Some(name.into());
             s
         }));
-        let account = |labels: serde_json::Value| -> ServiceAccount {
+        // As the cache holds it: labels kept outside `ObjectMeta`.
+        let account = |labels: serde_json::Value| -> Packed<ServiceAccount> {
             serde_json::from_value(serde_json::json!({
                 "metadata": {"name": "x", "namespace": "plant", "labels": labels}
             }))
@@ -938,17 +938,18 @@ spec:
 
     #[test]
     fn only_our_children_and_namespaces_wait_for_their_write_and_the_writer_is_dropped() {
-        let mut account = ServiceAccount::default();
-        assert!(!may_be_our_write("ServiceAccount", &account));
-        account.metadata.labels = Some(
-            [(
-                "app.kubernetes.io/managed-by".to_string(),
-                "iotposture".to_string(),
-            )]
-            .into(),
-        );
-        assert!(may_be_our_write("ServiceAccount", &account));
-        assert!(may_be_our_write("Namespace", &ServiceAccount::default()));
+        let account = |labels: serde_json::Value| -> Packed<ServiceAccount> {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "x", "labels": labels}}))
+                .unwrap()
+        };
+        assert!(!may_be_our_write(
+            "ServiceAccount",
+            &account(serde_json::json!({}))
+        ));
+        let ours = account(serde_json::json!({"app.kubernetes.io/managed-by": "iotposture"}));
+        assert!(may_be_our_write("ServiceAccount", &ours));
+        let namespace: PartialObjectMeta<Namespace> = Default::default();
+        assert!(may_be_our_write("Namespace", &namespace));
 
         let a = ObjectRef::<IoTSystem>::new("a").within("plant");
         let b = ObjectRef::<IoTSystem>::new("b").within("plant");

@@ -18,6 +18,7 @@ pub mod cache;
 pub mod edge_nodes;
 pub mod findings;
 pub mod index;
+pub mod labels;
 pub mod leader;
 pub mod listening;
 pub mod own_writes;

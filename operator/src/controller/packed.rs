@@ -4,6 +4,8 @@
 //! mostly the inline size of k8s-openapi's types whose fields are nearly all
 //! empty; at 1,000 systems these caches held 80 MiB. A reconcile decodes
 //! only the objects of its own namespace (`Packed::unpack`), a few dozen.
+//! Labels and annotations are kept apart, each in one allocation
+//! (`labels::StringMap`): read them with `Packed::labels` or `Labelled`.
 
 use std::{borrow::Cow, marker::PhantomData, sync::Arc};
 
@@ -12,10 +14,14 @@ use kube::Resource;
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
 
 use super::index::Indexed;
+use super::labels::{Labelled, StringMap};
 
 /// An object of kind `K` as its cache holds it.
 pub struct Packed<K> {
+    /// Without managed fields, labels and annotations.
     metadata: ObjectMeta,
+    labels: StringMap,
+    annotations: StringMap,
     /// The object but its metadata, as JSON.
     body: Box<[u8]>,
     kind: PhantomData<fn() -> K>,
@@ -25,6 +31,8 @@ impl<K> Clone for Packed<K> {
     fn clone(&self) -> Self {
         Self {
             metadata: self.metadata.clone(),
+            labels: self.labels.clone(),
+            annotations: self.annotations.clone(),
             body: self.body.clone(),
             kind: PhantomData,
         }
@@ -35,15 +43,38 @@ impl<K> std::fmt::Debug for Packed<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Packed")
             .field("metadata", &self.metadata)
+            .field("labels", &self.labels)
+            .field("annotations", &self.annotations)
             .field("body", &String::from_utf8_lossy(&self.body))
             .finish()
     }
 }
 
+impl<K> Packed<K> {
+    /// Inherent, so that `packed.labels()` never resolves to
+    /// `ResourceExt::labels`, which finds none in `metadata`.
+    pub fn labels(&self) -> &StringMap {
+        &self.labels
+    }
+
+    pub fn annotations(&self) -> &StringMap {
+        &self.annotations
+    }
+}
+
+impl<K> Labelled for Packed<K> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key)
+    }
+}
+
 impl<K: Resource + Serialize + DeserializeOwned + Default> Packed<K> {
     pub fn new(mut object: K) -> Self {
-        let metadata = std::mem::take(object.meta_mut());
+        super::cache::slim(&mut object);
+        let mut metadata = std::mem::take(object.meta_mut());
         Self {
+            labels: StringMap::new(metadata.labels.take()),
+            annotations: StringMap::new(metadata.annotations.take()),
             metadata,
             // Serializing k8s-openapi's and kopium's types cannot fail.
             body: serde_json::to_vec(&object).unwrap_or_default().into(),
@@ -55,7 +86,11 @@ impl<K: Resource + Serialize + DeserializeOwned + Default> Packed<K> {
     pub fn unpack(&self) -> K {
         // Written by `new` from the same type: it reads back.
         let mut object: K = serde_json::from_slice(&self.body).unwrap_or_default();
-        *object.meta_mut() = self.metadata.clone();
+        *object.meta_mut() = ObjectMeta {
+            labels: self.labels.to_map(),
+            annotations: self.annotations.to_map(),
+            ..self.metadata.clone()
+        };
         object
     }
 }
@@ -117,6 +152,7 @@ mod tests {
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": "sensor-ingress", "namespace": "plant", "uid": "u-1",
             "labels": {"app.kubernetes.io/managed-by": "iotposture"},
+            "annotations": {"note": "kept"},
             "ownerReferences": [{"apiVersion": "iotposture.dev/v1alpha1", "kind": "IoTSystem",
                 "name": "factory", "uid": "s-1", "controller": true}]},
         "spec": {"podSelector": {"matchLabels": {"app": "sensor"}}, "policyTypes": ["Ingress"],
@@ -129,11 +165,31 @@ mod tests {
         let whole: NetworkPolicy = serde_json::from_str(POLICY).unwrap();
         let packed: Packed<NetworkPolicy> = serde_json::from_str(POLICY).unwrap();
         assert_eq!(packed.name_any(), "sensor-ingress");
-        assert_eq!(packed.labels(), whole.labels());
+        assert_eq!(packed.labels().to_map().as_ref(), Some(whole.labels()));
+        assert_eq!(
+            packed.label("app.kubernetes.io/managed-by"),
+            Some("iotposture")
+        );
+        assert_eq!(packed.annotations().get("note"), Some("kept"));
         assert_eq!(packed.owner_references(), whole.owner_references());
         assert_eq!(packed.unpack(), whole);
-        // The metadata is kept once, decoded, not again in the body.
+        // The metadata is kept once, not again in the body, and its maps
+        // apart: `ObjectMeta`'s were most of a small object's size.
         assert!(!String::from_utf8_lossy(&packed.body).contains("sensor-ingress"));
+        assert_eq!(packed.meta().labels, None);
+        assert_eq!(packed.meta().annotations, None);
+    }
+
+    #[test]
+    fn field_managers_and_the_last_applied_copy_are_not_kept() {
+        let mut whole: NetworkPolicy = serde_json::from_str(POLICY).unwrap();
+        whole.metadata.managed_fields = Some(vec![Default::default()]);
+        whole.metadata.annotations.as_mut().unwrap().insert(
+            "kubectl.kubernetes.io/last-applied-configuration".into(),
+            "{}".into(),
+        );
+        let back = Packed::new(whole).unpack();
+        assert_eq!(back, serde_json::from_str::<NetworkPolicy>(POLICY).unwrap());
     }
 
     #[test]

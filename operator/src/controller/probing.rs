@@ -11,7 +11,7 @@
 //! port's CA, and only from a Secret labelled for it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex, RwLock},
     time::Duration,
@@ -19,11 +19,7 @@ use std::{
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::{
-    Api, Client,
-    core::{Selector, SelectorExt},
-    runtime::reflector::ObjectRef,
-};
+use kube::{Api, Client, core::Selector, runtime::reflector::ObjectRef};
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -303,12 +299,11 @@ fn ready_pod_ips(
     let Ok(selector) = Selector::try_from(component.selector.clone()) else {
         return Vec::new();
     };
-    let empty = BTreeMap::new();
     caches
         .pods
         .in_namespace(&system.namespace)
         .iter()
-        .filter(|p| selector.matches(p.metadata.labels.as_ref().unwrap_or(&empty)))
+        .filter(|p| p.labels().matched_by(&selector))
         .map(|p| p.pod())
         .filter(is_ready)
         .filter_map(|p| p.status.as_ref()?.pod_ip.as_deref()?.parse().ok())

@@ -296,7 +296,7 @@ fn system_pods(caches: &Caches, system: &ValidatedSystem) -> Vec<String> {
     let mut names: Vec<String> = caches
         .pods_of(system)
         .iter()
-        .filter_map(|p| p.metadata.name.clone())
+        .map(|p| p.name_any())
         .collect();
     names.sort();
     names

@@ -24,6 +24,8 @@ use k8s_openapi::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::labels::{Labelled, StringMap};
+
 /// A pod as the pod cache holds it. Slimmed, a `Pod` was still 8 KB in
 /// memory (at 10,000 pods, half of all the operator cached), most of it the
 /// inline size of k8s-openapi's spec and status types whose fields are nearly
@@ -31,9 +33,15 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// decoded (selectors, ownership, triggers and names read it for every pod
 /// of a namespace) and the slimmed spec and status are kept as JSON,
 /// decoded only for the pods a reconcile judges or probes.
+///
+/// Labels and annotations are kept apart (`labels::StringMap`), each in one
+/// allocation; read them with `CachedPod::labels` or `Labelled`.
 #[derive(Clone, Debug)]
 pub struct CachedPod {
-    pub metadata: ObjectMeta,
+    /// Without managed fields, labels and annotations.
+    metadata: ObjectMeta,
+    labels: StringMap,
+    annotations: StringMap,
     /// The slimmed spec and status (`Body`) as JSON.
     body: Box<[u8]>,
 }
@@ -53,8 +61,11 @@ impl CachedPod {
             spec: pod.spec,
             status: pod.status,
         };
+        let mut metadata = pod.metadata;
         Self {
-            metadata: pod.metadata,
+            labels: StringMap::new(metadata.labels.take()),
+            annotations: StringMap::new(metadata.annotations.take()),
+            metadata,
             // Serializing k8s-openapi's own types cannot fail.
             body: serde_json::to_vec(&body).unwrap_or_default().into(),
         }
@@ -65,7 +76,11 @@ impl CachedPod {
         // Written by `new` from the same types: it reads back.
         let body: Body = serde_json::from_slice(&self.body).unwrap_or_default();
         Pod {
-            metadata: self.metadata.clone(),
+            metadata: ObjectMeta {
+                labels: self.labels.to_map(),
+                annotations: self.annotations.to_map(),
+                ..self.metadata.clone()
+            },
             spec: body.spec,
             status: body.status,
         }
@@ -74,6 +89,22 @@ impl CachedPod {
     /// The slimmed spec and status as stored: equal bytes, equal pods.
     pub fn body(&self) -> &[u8] {
         &self.body
+    }
+
+    /// Inherent, so that `pod.labels()` never resolves to
+    /// `ResourceExt::labels`, which finds none in `metadata`.
+    pub fn labels(&self) -> &StringMap {
+        &self.labels
+    }
+
+    pub fn annotations(&self) -> &StringMap {
+        &self.annotations
+    }
+}
+
+impl Labelled for CachedPod {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key)
     }
 }
 
@@ -333,7 +364,17 @@ spec:
         let mut slimmed: Pod = serde_saphyr::from_str(POD).unwrap();
         slim_pod(&mut slimmed);
         assert_eq!(cached.pod(), slimmed);
-        assert!(cached.metadata.managed_fields.is_none_or(|m| m.is_empty()));
+        assert!(
+            cached
+                .metadata
+                .managed_fields
+                .as_ref()
+                .is_none_or(|m| m.is_empty())
+        );
+        assert_eq!(cached.labels().get("app"), Some("sensor"));
+        assert_eq!(cached.label("app"), Some("sensor"));
+        // Kept apart, in one allocation each.
+        assert_eq!(cached.metadata.labels, None);
         assert_eq!(
             CachedPod::url_path(&(), Some("plant")),
             Pod::url_path(&(), Some("plant"))

@@ -15,7 +15,7 @@ use std::{
 
 use futures::Stream;
 use kube::{
-    ResourceExt,
+    Resource, ResourceExt,
     core::{Selector, SelectorExt},
     runtime::reflector::ObjectRef,
 };
@@ -52,14 +52,15 @@ fn fingerprint(pod: &CachedPod) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     pod.labels().hash(&mut h);
     pod.annotations().hash(&mut h);
-    pod.metadata.deletion_timestamp.is_some().hash(&mut h);
+    pod.meta().deletion_timestamp.is_some().hash(&mut h);
     pod.body().hash(&mut h);
     h.finish()
 }
 
-/// What the checks last saw of a pod (its fingerprint), and which systems
-/// took it.
-type Seen = (u64, Vec<ObjectRef<IoTSystem>>);
+/// What the checks last saw of a pod (its fingerprint), and the names of
+/// the systems of its namespace that took it (names only: an `ObjectRef`
+/// per pod was four more strings, kept for every pod of the cluster).
+type Seen = (u64, Box<[Box<str>]>);
 
 /// Per pod (namespace, name): what was last seen of it.
 #[derive(Default)]
@@ -76,24 +77,31 @@ impl PodTriggers {
     ) -> Vec<ObjectRef<IoTSystem>> {
         let namespace = pod.namespace().unwrap_or_default();
         let key = (namespace.clone(), pod.name_any());
+        let refs = |names: Box<[Box<str>]>| {
+            names
+                .iter()
+                .map(|n| ObjectRef::new(n).within(&namespace))
+                .collect::<Vec<_>>()
+        };
         if deleted {
             return self
                 .0
                 .remove(&key)
-                .map(|(_, took)| took)
+                .map(|(_, took)| refs(took))
                 .unwrap_or_default();
         }
         let print = fingerprint(pod);
         if self.0.get(&key).is_some_and(|(p, _)| *p == print) {
             return Vec::new();
         }
-        let now = taking(systems, &namespace, pod.labels());
+        let labels = pod.labels().to_map().unwrap_or_default();
+        let mut all = taking(systems, &namespace, &labels);
+        let names = all.iter().map(|r| r.name.as_str().into()).collect();
         let before = self
             .0
-            .insert(key, (print, now.clone()))
-            .map(|(_, took)| took)
+            .insert(key, (print, names))
+            .map(|(_, took)| refs(took))
             .unwrap_or_default();
-        let mut all = now;
         for r in before {
             if !all.contains(&r) {
                 all.push(r);
@@ -190,10 +198,13 @@ spec:
         // A restart is read (VII-1, the restart metrics).
         assert_eq!(names(t.affected(&store, &pod("x", 1, 2), false)), ["a"]);
         // Relabelled: the system it left and the one it joined.
-        assert_eq!(
-            names(t.affected(&store, &pod("y", 1, 2), false)),
-            ["a", "b"]
+        let relabelled = t.affected(&store, &pod("y", 1, 2), false);
+        assert!(
+            relabelled
+                .iter()
+                .all(|r| r.namespace.as_deref() == Some("plant"))
         );
+        assert_eq!(names(relabelled), ["a", "b"]);
         assert_eq!(names(t.affected(&store, &pod("y", 1, 2), true)), ["b"]);
         // A pod no system takes wakes none.
         assert!(t.affected(&store, &pod("z", 0, 0), false).is_empty());

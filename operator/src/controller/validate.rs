@@ -4,8 +4,6 @@
 //! other objects: pods claimed twice, selectors that take another system's pods,
 //! subjects that must never be bound.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::{
     api::rbac::v1::Subject as RbacSubject,
     apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference},
@@ -882,10 +880,9 @@ fn check_pod_ownership(
         })
         .collect();
 
-    let empty = BTreeMap::new();
     for pod in around.pods {
-        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-        let mut matched = ours.iter().filter(|(_, sel)| sel.matches(labels));
+        let labels = pod.labels().to_map().unwrap_or_default();
+        let mut matched = ours.iter().filter(|(_, sel)| sel.matches(&labels));
         let Some((first, _)) = matched.next() else {
             continue;
         };
@@ -898,7 +895,7 @@ fn check_pod_ownership(
         }
         if let Some((other, _)) = elders
             .iter()
-            .find(|(_, sels)| sels.iter().any(|s| s.matches(labels)))
+            .find(|(_, sels)| sels.iter().any(|s| s.matches(&labels)))
         {
             return Err(ValidationError::SelectorConflict {
                 component: first.to_string(),
