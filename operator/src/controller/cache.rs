@@ -17,10 +17,11 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
     rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::{DynamicObject, PartialObjectMeta, Selector, SelectorExt},
-    runtime::{WatchStreamExt, reflector, reflector::ObjectRef, watcher},
+    runtime::{WatchStreamExt, reflector, reflector::ObjectRef, reflector::Store, watcher},
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -42,6 +43,10 @@ use crate::{
 #[derive(Clone)]
 pub struct Caches {
     pub systems: Indexed<IoTSystem>,
+    /// Each system's identity (name, namespace, uid), as kube's `Controller`
+    /// needs a `Store` to schedule reconciles by; the systems themselves
+    /// are cached once, in `systems`.
+    pub roster: Store<Roster>,
     /// Counts the systems cache's changes: for whoever derives state from
     /// all systems (the webhooks' match conditions).
     pub systems_changed: tokio::sync::watch::Receiver<u64>,
@@ -123,6 +128,9 @@ pub struct EdgeCaches {
     pub nodes: Indexed<PartialObjectMeta<Node>>,
 }
 
+/// An IoTSystem's identity in the controller's roster.
+pub type Roster = PartialObjectMeta<IoTSystem>;
+
 /// Systems to reconcile, from every cache's changes.
 pub type Triggers = mpsc::UnboundedReceiver<ObjectRef<IoTSystem>>;
 
@@ -154,7 +162,7 @@ impl Drivers {
         }
     }
 
-    /// Drives `events` into a new store; every change triggers the systems
+    /// Drives `events` into a new cache; every change triggers the systems
     /// that `affected` names.
     fn spawn<K, S>(
         &self,
@@ -167,15 +175,12 @@ impl Drivers {
         K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
         S: Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
     {
-        let writer = reflector::store::Writer::default();
-        let index = Indexed::new(writer.as_reader(), Default::default());
-        self.spawn_into(kind, writer, index, events, affected)
+        self.spawn_into(kind, Indexed::new(Default::default()), events, affected)
     }
 
     fn spawn_into<K, S>(
         &self,
         kind: &'static str,
-        writer: reflector::store::Writer<K>,
         index: Indexed<K>,
         events: S,
         affected: impl FnMut(&K, bool) -> Vec<ObjectRef<IoTSystem>> + Send + 'static,
@@ -190,7 +195,7 @@ impl Drivers {
         let metrics = self.metrics.clone();
         let triggers = self.triggers.clone();
         let own_writes = self.own_writes.clone();
-        let events = reflector(writer, events.default_backoff());
+        let events = events.default_backoff();
         let mut affected = affected;
         // Every system reconciles once the caches have first listed, so the
         // objects of that first list need not trigger it again (at 10,000
@@ -201,18 +206,18 @@ impl Drivers {
         tokio::spawn(async move {
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
-                if let Ok(e) = &event {
-                    indexing.observe(e);
-                }
+                // Cached first: `affected` may read this very cache.
+                let event = event.map(|e| indexing.apply(e));
                 let refs = match event {
                     Ok(watcher::Event::Apply(o)) => {
-                        let refs = affected(&o, false);
-                        match own_writes.echo_of(kind, &o) {
+                        let o: &K = &o;
+                        let refs = affected(o, false);
+                        match own_writes.echo_of(kind, o) {
                             // The system that wrote this very version judged it.
                             Some(writer) => without(refs, &writer),
-                            None if refs.is_empty() || !may_be_our_write(kind, &o) => refs,
+                            None if refs.is_empty() || !may_be_our_write(kind, o) => refs,
                             // Its write's answer may not be recorded yet.
-                            None => match own_writes::version_key(kind, &o) {
+                            None => match own_writes::version_key(kind, o) {
                                 Some((key, seen)) => {
                                     let (own, metrics, triggers) =
                                         (own_writes.clone(), metrics.clone(), triggers.clone());
@@ -299,8 +304,7 @@ impl Caches {
         edge: Option<EdgeOptions>,
     ) -> (Caches, Triggers) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let systems_writer = reflector::store::Writer::<IoTSystem>::default();
-        let systems_index = Indexed::new(systems_writer.as_reader(), ());
+        let systems_index = Indexed::new(());
         let drivers = Drivers {
             client: client.clone(),
             namespace,
@@ -316,12 +320,16 @@ impl Caches {
         // A system's change also re-runs its siblings: a selector conflict
         // may have been settled.
         let (changed_tx, systems_changed) = tokio::sync::watch::channel(0u64);
+        let mut roster = reflector::store::Writer::<Roster>::default();
+        let roster_reader = roster.as_reader();
+        // Ready at once: the controller holds reconciles until its store is,
+        // and systems enter it one by one, each before its first trigger.
+        roster.apply_watcher_event(&watcher::Event::InitDone);
         let systems = {
             let store = drivers.systems.clone();
             let mut seen: std::collections::HashMap<(String, String), u64> = Default::default();
             drivers.spawn_into(
                 "IoTSystem",
-                systems_writer,
                 systems_index,
                 // Without the field managers: a status write's entry alone
                 // decoded to kilobytes, per system.
@@ -347,6 +355,20 @@ impl Caches {
                         return Vec::new();
                     }
                     changed_tx.send_modify(|n| *n = n.wrapping_add(1));
+                    let identity = Roster {
+                        metadata: ObjectMeta {
+                            name: Some(name.clone()),
+                            namespace: Some(namespace.clone()),
+                            uid: s.metadata.uid.clone(),
+                            ..ObjectMeta::default()
+                        },
+                        types: None,
+                        _phantom: std::marker::PhantomData,
+                    };
+                    roster.apply_watcher_event(&match deleted {
+                        true => watcher::Event::Delete(identity),
+                        false => watcher::Event::Apply(identity),
+                    });
                     if deleted {
                         on_system_gone(&namespace, &name);
                     }
@@ -453,11 +475,9 @@ impl Caches {
                 None => Api::<DynamicObject>::all_with(client.clone(), &resource),
             };
             let store = drivers.systems.clone();
-            let writer = reflector::store::Writer::new(resource.clone());
-            let index = Indexed::new(writer.as_reader(), resource);
+            let index = Indexed::new(resource);
             Some(drivers.spawn_into(
                 "PolicyReport",
-                writer,
                 index,
                 // Bodies dropped: the digest annotation stands for them.
                 watcher(api, managed.clone()).modify(|r| {
@@ -594,6 +614,7 @@ impl Caches {
             }
         });
         let caches = Caches {
+            roster: roster_reader,
             own_writes: drivers.own_writes.clone(),
             edge,
             systems,

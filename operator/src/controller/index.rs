@@ -1,45 +1,41 @@
-//! A watch cache with its objects' names by namespace.
+//! A watch cache, its objects by namespace and name.
 //!
-//! A reconcile reads one namespace, but a `Store` can only hand out every
-//! object it holds: at 1,000 systems and 10,000 pods, copying whole stores
-//! to filter them was most of the operator's time. The index holds names
-//! only (the objects stay in the store, once), sorted, so a namespace's
-//! objects come out in the same order in every process.
+//! A reconcile reads one namespace, but kube's `Store` can only hand out
+//! every object it holds: at 1,000 systems and 10,000 pods, copying whole
+//! stores to filter them was most of the operator's time. And it keys each
+//! object by an `ObjectRef` (name, namespace, uid and resourceVersion
+//! again, four more strings per object). So the cache is ours: per
+//! namespace, the objects sorted by name, so a namespace's objects come out
+//! in the same order in every process.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     hash::Hash,
-    ops::Deref,
     sync::{Arc, PoisonError, RwLock},
 };
 
 use kube::{
     Resource, ResourceExt,
-    runtime::{
-        reflector::{self, ObjectRef, Store},
-        watcher,
-    },
+    runtime::{reflector::ObjectRef, watcher},
 };
 
-/// Names only: an `ObjectRef` per object (name, namespace, uid and
-/// resourceVersion again) took 26 MiB at 1,000 systems; lookups build one.
-type ByNamespace = HashMap<String, BTreeSet<String>>;
+/// Namespace ("" for cluster-scoped objects), then name.
+type ByNamespace<K> = HashMap<String, BTreeMap<String, Arc<K>>>;
 
-struct Names {
-    live: ByNamespace,
-    /// Filled during a (re)list and swapped in when it is done, as the
-    /// store does: a relist drops what was deleted meanwhile.
-    relisting: Option<ByNamespace>,
+struct Objects<K> {
+    live: ByNamespace<K>,
+    /// Filled during a (re)list and swapped in when it is done: a relist
+    /// drops what was deleted meanwhile.
+    relisting: Option<ByNamespace<K>>,
 }
 
-/// A `Store` (reached through `Deref`) and its namespace index.
+/// The objects a watch has seen, by namespace.
 pub struct Indexed<K: Resource + 'static>
 where
     K::DynamicType: Eq + Hash + Clone,
 {
-    store: Store<K>,
+    objects: Arc<RwLock<Objects<K>>>,
     dyntype: K::DynamicType,
-    names: Arc<RwLock<Names>>,
     /// Whether the watch behind it takes every object of its kind (no
     /// label or field selector): then what it lacks does not exist, but
     /// for changes it has not seen yet.
@@ -55,24 +51,11 @@ where
 {
     fn clone(&self) -> Self {
         Self {
-            store: self.store.clone(),
+            objects: self.objects.clone(),
             dyntype: self.dyntype.clone(),
-            names: self.names.clone(),
             complete: self.complete,
             current: self.current.clone(),
         }
-    }
-}
-
-impl<K> Deref for Indexed<K>
-where
-    K: Resource + 'static,
-    K::DynamicType: Eq + Hash + Clone,
-{
-    type Target = Store<K>;
-
-    fn deref(&self) -> &Store<K> {
-        &self.store
     }
 }
 
@@ -94,16 +77,14 @@ where
     K: Resource + Clone + 'static,
     K::DynamicType: Eq + Hash + Clone,
 {
-    /// An index over `store`; `observe` must see every event the store's
-    /// writer applies, after it applied it.
-    pub fn new(store: Store<K>, dyntype: K::DynamicType) -> Self {
+    /// An empty cache, filled by `apply`.
+    pub fn new(dyntype: K::DynamicType) -> Self {
         Self {
-            store,
-            dyntype,
-            names: Arc::new(RwLock::new(Names {
+            objects: Arc::new(RwLock::new(Objects {
                 live: HashMap::new(),
                 relisting: None,
             })),
+            dyntype,
             complete: false,
             current: Default::default(),
         }
@@ -136,79 +117,99 @@ where
 
     /// The objects of `namespace` ("" for cluster-scoped ones), by name.
     pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
-        let names = self.names.read().unwrap_or_else(PoisonError::into_inner);
-        names
+        let objects = self.objects.read().unwrap_or_else(PoisonError::into_inner);
+        objects
             .live
             .get(namespace)
             .into_iter()
-            .flatten()
-            .filter_map(|name| {
-                let r = ObjectRef::new_with(name, self.dyntype.clone());
-                self.store.get(&match namespace {
-                    "" => r,
-                    ns => r.within(ns),
-                })
-            })
+            .flat_map(|by_name| by_name.values().cloned())
             .collect()
     }
 
-    /// A store holding `objects`, indexed, with no watch behind it (for what
-    /// reads caches outside the controller: tests, benchmarks).
+    /// The object `r` names, if cached.
+    pub fn get(&self, r: &ObjectRef<K>) -> Option<Arc<K>> {
+        let objects = self.objects.read().unwrap_or_else(PoisonError::into_inner);
+        objects
+            .live
+            .get(r.namespace.as_deref().unwrap_or_default())?
+            .get(&r.name)
+            .cloned()
+    }
+
+    /// Every object cached.
+    pub fn state(&self) -> Vec<Arc<K>> {
+        let objects = self.objects.read().unwrap_or_else(PoisonError::into_inner);
+        objects
+            .live
+            .values()
+            .flat_map(|by_name| by_name.values().cloned())
+            .collect()
+    }
+
+    /// A cache holding `objects`, with no watch behind it (for what reads
+    /// caches outside the controller: tests, benchmarks).
     pub fn of(objects: impl IntoIterator<Item = K>) -> Self
     where
         K::DynamicType: Default,
     {
-        let mut writer = reflector::store::Writer::default();
-        let index = Self::new(writer.as_reader(), Default::default());
+        let index = Self::new(Default::default());
         for o in objects {
-            let event = watcher::Event::Apply(o);
-            writer.apply_watcher_event(&event);
-            index.observe(&event);
+            index.apply(watcher::Event::Apply(o));
         }
-        index.observe(&watcher::Event::InitDone);
+        index.apply(watcher::Event::InitDone);
         index
     }
 
-    /// Keeps the index in step with a watch event.
-    pub fn observe(&self, event: &watcher::Event<K>) {
-        let mut names = self.names.write().unwrap_or_else(PoisonError::into_inner);
+    /// Takes in a watch event; gives it back with the object as now shared
+    /// by the cache (nothing is copied).
+    pub fn apply(&self, event: watcher::Event<K>) -> watcher::Event<Arc<K>> {
+        let mut objects = self.objects.write().unwrap_or_else(PoisonError::into_inner);
         let key = |o: &K| (o.namespace().unwrap_or_default(), o.name_any());
         match event {
             watcher::Event::Apply(o) => {
-                let (ns, name) = key(o);
-                names.live.entry(ns).or_default().insert(name);
+                let (ns, name) = key(&o);
+                let o = Arc::new(o);
+                objects.live.entry(ns).or_default().insert(name, o.clone());
                 // A watch resumed after an error (no relist) replays what
                 // it missed, in order, from here on.
                 self.current
                     .store(true, std::sync::atomic::Ordering::Release);
+                watcher::Event::Apply(o)
             }
             watcher::Event::Delete(o) => {
-                let (ns, name) = key(o);
-                if let Some(by_name) = names.live.get_mut(&ns) {
+                let (ns, name) = key(&o);
+                if let Some(by_name) = objects.live.get_mut(&ns) {
                     by_name.remove(&name);
                     if by_name.is_empty() {
-                        names.live.remove(&ns);
+                        objects.live.remove(&ns);
                     }
                 }
                 self.current
                     .store(true, std::sync::atomic::Ordering::Release);
+                watcher::Event::Delete(Arc::new(o))
             }
-            watcher::Event::Init => names.relisting = Some(HashMap::new()),
+            watcher::Event::Init => {
+                objects.relisting = Some(HashMap::new());
+                watcher::Event::Init
+            }
             watcher::Event::InitApply(o) => {
-                let (ns, name) = key(o);
-                names
+                let (ns, name) = key(&o);
+                let o = Arc::new(o);
+                objects
                     .relisting
                     .get_or_insert_with(HashMap::new)
                     .entry(ns)
                     .or_default()
-                    .insert(name);
+                    .insert(name, o.clone());
+                watcher::Event::InitApply(o)
             }
             watcher::Event::InitDone => {
-                if let Some(listed) = names.relisting.take() {
-                    names.live = listed;
+                if let Some(listed) = objects.relisting.take() {
+                    objects.live = listed;
                 }
                 self.current
                     .store(true, std::sync::atomic::Ordering::Release);
+                watcher::Event::InitDone
             }
         }
     }
@@ -218,7 +219,6 @@ where
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ConfigMap;
-    use kube::runtime::reflector;
 
     fn cm(ns: &str, name: &str) -> ConfigMap {
         let mut c = ConfigMap::default();
@@ -227,15 +227,13 @@ mod tests {
         c
     }
 
-    /// A store and its index, fed the same events as `spawn_into` feeds them.
+    /// A cache, fed as `spawn_into` feeds it.
     fn indexed() -> (Indexed<ConfigMap>, impl FnMut(watcher::Event<ConfigMap>)) {
-        let (store, mut writer) = reflector::store();
-        let index = Indexed::new(store, ());
+        let index = Indexed::new(());
         let feed = {
             let index = index.clone();
             move |e: watcher::Event<ConfigMap>| {
-                writer.apply_watcher_event(&e);
-                index.observe(&e);
+                index.apply(e);
             }
         };
         (index, feed)
@@ -259,9 +257,32 @@ mod tests {
         feed(watcher::Event::Delete(cm("b", "x")));
         assert!(index.in_namespace("b").is_empty());
         assert!(
-            !index.names.read().unwrap().live.contains_key("b"),
+            !index.objects.read().unwrap().live.contains_key("b"),
             "an emptied namespace leaves no entry"
         );
+    }
+
+    #[test]
+    fn an_object_is_found_by_namespace_and_name_and_replaced_by_its_change() {
+        let (index, mut feed) = indexed();
+        let mut changed = cm("a", "z");
+        changed.data = Some([("k".to_string(), "v".to_string())].into());
+        feed(watcher::Event::Apply(cm("a", "z")));
+        feed(watcher::Event::Apply(changed.clone()));
+        let mut cluster_wide = ConfigMap::default();
+        cluster_wide.metadata.name = Some("z".into());
+        feed(watcher::Event::Apply(cluster_wide.clone()));
+        assert_eq!(
+            index.get(&ObjectRef::new("z").within("a")).as_deref(),
+            Some(&changed)
+        );
+        assert_eq!(
+            index.get(&ObjectRef::new("z")).as_deref(),
+            Some(&cluster_wide)
+        );
+        assert_eq!(index.get(&ObjectRef::new("z").within("b")), None);
+        assert_eq!(index.get(&ObjectRef::new("y").within("a")), None);
+        assert_eq!(index.state().len(), 2);
     }
 
     #[test]
@@ -309,9 +330,10 @@ mod tests {
         assert_eq!(
             names(index.in_namespace("a")),
             ["gone"],
-            "the store too keeps the old list until the relist is done"
+            "the old list stays until the relist is done"
         );
         feed(watcher::Event::InitDone);
         assert_eq!(names(index.in_namespace("a")), ["kept"]);
+        assert_eq!(names(index.state()), ["kept"]);
     }
 }

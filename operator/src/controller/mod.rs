@@ -234,10 +234,21 @@ fn now_system(now: &Time) -> std::time::SystemTime {
         + std::time::Duration::from_millis(now.0.as_millisecond().max(0) as u64)
 }
 
-#[instrument(skip_all, fields(system = %system.name_any(), namespace = system.namespace().unwrap_or_default()))]
-async fn reconcile(system: Arc<IoTSystem>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// The system as cached now: the controller schedules by identity only
+/// (`cache::Roster`). None once it is gone.
+fn cached(identity: &cache::Roster, ctx: &Context) -> Option<Arc<IoTSystem>> {
+    let r = ObjectRef::new(&identity.name_any()).within(&identity.namespace()?);
+    ctx.caches.systems.get(&r)
+}
+
+#[instrument(skip_all, fields(system = %identity.name_any(), namespace = identity.namespace().unwrap_or_default()))]
+async fn reconcile(identity: Arc<cache::Roster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started();
-    let namespace = system.namespace().ok_or(Error::NoNamespace)?;
+    let namespace = identity.namespace().ok_or(Error::NoNamespace)?;
+    let Some(system) = cached(&identity, &ctx) else {
+        // Deleted since it was triggered.
+        return Ok(Action::await_change());
+    };
     let name = system.name_any();
     if system.metadata.deletion_timestamp.is_some() || ctx.caches.namespace_terminating(&namespace)
     {
@@ -447,14 +458,16 @@ fn summary(verb: &str, keys: &[apply::ObjectKey]) -> String {
     )
 }
 
-fn error_policy(system: Arc<IoTSystem>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(system: Arc<cache::Roster>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcile_errors
         .get_or_create(&ErrorLabels {
             reason: error.reason(),
         })
         .inc();
-    let delay = ctx.backoff.failed(&ObjectRef::from_obj(system.as_ref()));
+    let delay = ctx.backoff.failed(
+        &ObjectRef::new(&system.name_any()).within(&system.namespace().unwrap_or_default()),
+    );
     warn!(system = %system.name_any(), reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
 }

@@ -388,8 +388,11 @@ pub async fn run(
             ),
         ),
     );
-    let triggers = super::triggers::coalesce(Box::pin(triggers), COALESCE);
-    Controller::for_stream(futures::stream::pending(), (*caches.systems).clone())
+    let triggers = super::triggers::coalesce(Box::pin(triggers), COALESCE).map(|r| {
+        kube::runtime::reflector::ObjectRef::<super::cache::Roster>::new(&r.name)
+            .within(r.namespace.as_deref().unwrap_or_default())
+    });
+    Controller::for_stream(futures::stream::pending(), caches.roster.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)
