@@ -980,6 +980,29 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
         none["cpu_ms_per_create"],
     );
 
+    // The peer: Kyverno enforcing "restricted" on the same pods, same client,
+    // with the operator still running as it was for the two above, so the
+    // three share the API server's load.
+    let kyverno = kyverno_admission(plane, &client, &dir, &scenario.name).await;
+    let admission = match kyverno {
+        Ok((latency, rss)) => {
+            eprintln!(
+                "    admission p50/p99: kyverno {}/{} ms (RSS {rss:.0} MiB)",
+                latency.p50_ms, latency.p99_ms
+            );
+            json!({"iotposture": ours, "none": none,
+                   "kyverno": {"p50_ms": latency.p50_ms, "p99_ms": latency.p99_ms,
+                               "requests": latency.requests, "failed": latency.failed,
+                               "rss_mib": rss.round(),
+                               "version": iotposture_e2e::kyverno::VERSION}})
+        }
+        Err(e) => {
+            eprintln!("    kyverno did not run: {e:#}");
+            json!({"iotposture": ours, "none": none,
+                   "kyverno": {"error": format!("{e:#}")}})
+        }
+    };
+
     // Restart: a new process lists everything and reconciles every system.
     // The systems before and after are kept beside the operator's log, to
     // see what a restart rewrote.
@@ -1037,27 +1060,6 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     }
     let baseline_cpu_s = cpu_used(&cpu_before, &cpu_now(plane, None));
     eprintln!("    baseline CPU s {baseline_cpu_s:?}");
-
-    // The peer: Kyverno enforcing "restricted" on the same pods, same client.
-    let kyverno = kyverno_admission(plane, &client, &dir, &scenario.name).await;
-    let admission = match kyverno {
-        Ok((latency, rss)) => {
-            eprintln!(
-                "    admission p50/p99: kyverno {}/{} ms (RSS {rss:.0} MiB)",
-                latency.p50_ms, latency.p99_ms
-            );
-            json!({"iotposture": ours, "none": none,
-                   "kyverno": {"p50_ms": latency.p50_ms, "p99_ms": latency.p99_ms,
-                               "requests": latency.requests, "failed": latency.failed,
-                               "rss_mib": rss.round(),
-                               "version": iotposture_e2e::kyverno::VERSION}})
-        }
-        Err(e) => {
-            eprintln!("    kyverno did not run: {e:#}");
-            json!({"iotposture": ours, "none": none,
-                   "kyverno": {"error": format!("{e:#}")}})
-        }
-    };
 
     Ok(json!({
         "scenario": scenario.name,
