@@ -159,10 +159,10 @@ async fn gateway_settings_are_refused_naming_the_field_never_dropped() {
     // Through the API server's schema: a login path that would break out of
     // the configuration's quotes is refused at the door.
     let mut quoted = factory("quoted");
-    quoted.spec.components[2].http = Some(iotposture::api::HttpSettings {
+    quoted.spec.components[2].http = Some(Box::new(iotposture::api::HttpSettings {
         login_path: Some("/login\" deny".into()),
         ..Default::default()
-    });
+    }));
     let refused = systems.create(&PostParams::default(), &quoted).await;
     let Err(kube::Error::Api(status)) = refused else {
         panic!("admitted: {refused:?}")
@@ -172,11 +172,11 @@ async fn gateway_settings_are_refused_naming_the_field_never_dropped() {
     // What the schema cannot say is the controller's: Ready=False naming the
     // field, and no gateway configuration without it.
     let mut untyped = factory("untyped");
-    untyped.spec.components[2].http = Some(iotposture::api::HttpSettings {
+    untyped.spec.components[2].http = Some(Box::new(iotposture::api::HttpSettings {
         login_path: Some("/login".into()),
         allowed_content_types: vec!["application/json".into(), "json".into()],
         ..Default::default()
-    });
+    }));
     systems
         .create(&PostParams::default(), &untyped)
         .await

@@ -395,12 +395,14 @@ pub struct Component {
     pub ports: Vec<Port>,
 
     /// For sensors: longest silence before the sensor counts as down.
+    // Boxed, as `http`: most components have neither, and inline they were
+    // 400 bytes of every cached component.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heartbeat: Option<Heartbeat>,
+    pub heartbeat: Option<Box<Heartbeat>>,
 
     /// For HTTP components: login endpoint and lockout policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpSettings>,
+    pub http: Option<Box<HttpSettings>>,
 
     /// Declares that this component uses UPnP/SSDP (UDP 1900). Without it SSDP is
     /// never opened (checklist item V-2).
