@@ -5,7 +5,7 @@ use iotposture_e2e::{RunningOperator, TestNamespace, wait_until};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::{
     Api,
-    api::{DeleteParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 
 use crate::support::{factory, ready_condition, wait_event, wait_ready};
@@ -96,6 +96,35 @@ async fn invalid_systems_do_not_stop_valid_ones() {
             .is_none()
     );
     assert!(accounts.get_opt("open-gateway").await.unwrap().is_none());
+
+    // A valid system whose spec turns invalid keeps its last verdicts, with
+    // their evidence as the server had it: the cache holds only
+    // fingerprints of it, which must never be written.
+    let judged = good.status.clone().unwrap().items;
+    assert!(!judged.is_empty());
+    systems
+        .patch(
+            "good",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"access": {"admins": [
+                {"kind": "Group", "name": "system:authenticated"}
+            ]}}})),
+        )
+        .await
+        .unwrap();
+    let turned = wait_ready(&ns, "good", "False").await;
+    assert_eq!(ready_condition(&turned).reason, "UnbindableSubject");
+    let kept = turned.status.unwrap().items;
+    let ids = |items: &[iotposture::api::ItemStatus]| -> Vec<String> {
+        items.iter().map(|i| i.id.clone()).collect()
+    };
+    assert_eq!(ids(&kept), ids(&judged));
+    for item in &kept {
+        assert!(
+            !item.evidence.is_empty() && !item.evidence.starts_with('\0'),
+            "{item:?}"
+        );
+    }
 
     // Once the first system is gone, the intruder's claim is no longer contested.
     systems

@@ -331,9 +331,15 @@ impl Caches {
             drivers.spawn_into(
                 "IoTSystem",
                 systems_index,
-                // Without the field managers: a status write's entry alone
-                // decoded to kilobytes, per system.
-                watcher(drivers.api::<IoTSystem>(), every.clone()).modify(slim),
+                // Without the field managers (a status write's entry alone
+                // decoded to kilobytes, per system), and with each item's
+                // evidence as a fingerprint.
+                watcher(drivers.api::<IoTSystem>(), every.clone()).modify(|s| {
+                    slim(s);
+                    if let Some(status) = &mut s.status {
+                        super::status::fingerprint_items(status);
+                    }
+                }),
                 move |s: &IoTSystem, deleted| {
                     // Most of a system's events are its own status writes:
                     // only its spec, labels, annotations or deletion matter.
