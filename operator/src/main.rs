@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 /// are freed right after. With glibc's malloc the operator's RSS stayed near
 /// twice what its caches hold (330 MiB at 1,000 systems and 10,000 pods,
 /// about 160 MB cached); jemalloc hands freed pages back. Its options
-/// (one arena) are set at build time, in `.cargo/config.toml`.
+/// (one arena, a background thread) are set at build time, in
+/// `.cargo/config.toml`.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
