@@ -20,7 +20,9 @@ use prometheus_client::{
 use crate::api::ItemStatus;
 
 mod checklist;
+mod pod_health;
 use checklist::ChecklistSeries;
+use pod_health::PodHealthSeries;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -130,11 +132,9 @@ pub struct Metrics {
     pub reconcile_triggers: Family<KindLabels, Counter>,
     /// Devices of each listened sensor component, by state (silent, heard).
     pub sensor_devices: Family<SensorLabels, Gauge>,
-    /// Container restarts summed over a component's current pods.
-    pub component_restarts: Family<ComponentLabels, Gauge>,
-    /// Containers of a component waiting in CrashLoopBackOff.
-    pub component_crash_looping: Family<ComponentLabels, Gauge>,
-    /// Component series exported, to remove them with their system.
+    /// Container restarts and crash-looping containers of each component.
+    pod_health: Arc<PodHealthSeries>,
+    /// Sensor components with device series, to remove them with their system.
     component_series: Mutex<HashSet<ComponentLabels>>,
     /// Endpoint series exported, to remove them with their system.
     endpoint_series: Mutex<HashSet<EndpointLabels>>,
@@ -227,23 +227,12 @@ impl Default for Metrics {
             "Devices of a sensor component heard over MQTT, by state: silent (longer than maxSilence) or heard",
             sensor_devices.clone(),
         );
-        let component_restarts = Family::<ComponentLabels, Gauge>::default();
-        registry.register(
-            "component_container_restarts",
-            "Container restarts summed over a component's current pods",
-            component_restarts.clone(),
-        );
-        let component_crash_looping = Family::<ComponentLabels, Gauge>::default();
-        registry.register(
-            "component_crash_looping_containers",
-            "Containers of a component waiting in CrashLoopBackOff",
-            component_crash_looping.clone(),
-        );
+        let pod_health = Arc::new(PodHealthSeries::default());
+        registry.register_collector(Box::new(pod_health.clone()));
         Self {
             registry,
             sensor_devices,
-            component_restarts,
-            component_crash_looping,
+            pod_health,
             component_series: Mutex::new(HashSet::new()),
             watch_errors,
             reconcile_triggers,
@@ -363,6 +352,10 @@ impl Metrics {
         for old in self.components_of(namespace, system) {
             if !heartbeats.contains_key(&old.component) {
                 self.remove_sensor_series(&old);
+                self.component_series
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&old);
             }
         }
         for (component, judged) in heartbeats {
@@ -389,7 +382,7 @@ impl Metrics {
         }
     }
 
-    /// The component series exported for one system.
+    /// The sensor components of one system that have device series.
     fn components_of(&self, namespace: &str, system: &str) -> Vec<ComponentLabels> {
         self.component_series
             .lock()
@@ -412,37 +405,9 @@ impl Metrics {
     }
 
     /// Restarts and crash loops of each component's pods.
+    /// A component gone from the spec keeps no series.
     pub fn record_pod_health(&self, namespace: &str, system: &str, health: &[(String, PodHealth)]) {
-        // A component gone from the spec keeps no series.
-        for old in self.components_of(namespace, system) {
-            if !health.iter().any(|(c, _)| *c == old.component) {
-                self.component_restarts.remove(&old);
-                self.component_crash_looping.remove(&old);
-                self.remove_sensor_series(&old);
-                self.component_series
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&old);
-            }
-        }
-        let mut series = self
-            .component_series
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for (component, h) in health {
-            let labels = ComponentLabels {
-                namespace: namespace.into(),
-                system: system.into(),
-                component: component.clone(),
-            };
-            self.component_restarts
-                .get_or_create(&labels)
-                .set(h.restarts);
-            self.component_crash_looping
-                .get_or_create(&labels)
-                .set(h.crash_looping);
-            series.insert(labels);
-        }
+        self.pod_health.record(namespace, system, health);
     }
 
     pub fn forget_system(&self, namespace: &str, system: &str) {
@@ -462,8 +427,6 @@ impl Metrics {
             .retain(|l| {
                 let keep = live(&(l.namespace.clone(), l.system.clone()));
                 if !keep {
-                    self.component_restarts.remove(l);
-                    self.component_crash_looping.remove(l);
                     self.remove_sensor_series(l);
                 }
                 keep
@@ -479,6 +442,7 @@ impl Metrics {
                 }
                 keep
             });
+        self.pod_health.retain(&live);
         self.checklist.retain(live);
     }
 
