@@ -285,6 +285,25 @@ async fn a_sloppy_system_fails_in_status_report_metrics_and_offline() {
         ))
         .await;
     assert_eq!(items[0]["value"][1], "39");
+    // Pod health, one series per component of each family (the VIII-1 alert
+    // rules read them).
+    for family in [
+        "iotposture_component_container_restarts",
+        "iotposture_component_crash_looping_containers",
+    ] {
+        let components = prometheus
+            .query(&format!(
+                "count({family}{{namespace=\"{}\",system=\"sloppy\"}})",
+                ns.name
+            ))
+            .await;
+        assert_eq!(
+            components.len(),
+            1,
+            "{family} has no series: {components:?}"
+        );
+        assert_eq!(components[0]["value"][1], "3", "{family}: {components:?}");
+    }
     drop(prometheus);
     server.abort();
 
