@@ -28,7 +28,10 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{index::Indexed, own_writes, slim_pod::CachedPod, validate::ValidatedSystem};
-use super::{labels::Labelled, packed::Packed};
+use super::{
+    labels::Labelled,
+    packed::{Packed, Recent},
+};
 use crate::{
     api::{
         IoTSystem, certmanager::certificate::Certificate,
@@ -84,6 +87,18 @@ pub struct Caches {
     /// What the reconciles wrote, so that its echo on a watch does not
     /// re-run the writer.
     pub own_writes: Arc<own_writes::OwnWrites>,
+    /// The packed kinds the checks read, decoded for the namespaces
+    /// reconciled last.
+    decoded: Arc<RecentlyDecoded>,
+}
+
+#[derive(Default)]
+struct RecentlyDecoded {
+    network_policies: Recent<NetworkPolicy>,
+    service_accounts: Recent<ServiceAccount>,
+    roles: Recent<Role>,
+    role_bindings: Recent<RoleBinding>,
+    certificates: Recent<Certificate>,
 }
 
 /// The labels last seen per node, to tell a label change from the status
@@ -622,6 +637,7 @@ impl Caches {
         let caches = Caches {
             roster: roster_reader,
             own_writes: drivers.own_writes.clone(),
+            decoded: Default::default(),
             edge,
             systems,
             systems_changed,
@@ -693,10 +709,13 @@ impl Caches {
                 .map(|p| Arc::new(p.pod()))
                 .collect(),
             services: self.services.in_namespace(namespace),
-            network_policies: self.network_policies.unpacked_in_namespace(namespace),
-            service_accounts: self.service_accounts.unpacked_in_namespace(namespace),
-            roles: self.roles.unpacked_in_namespace(namespace),
-            role_bindings: self.role_bindings.unpacked_in_namespace(namespace),
+            network_policies: (self.decoded.network_policies)
+                .in_namespace(&self.network_policies, namespace),
+            service_accounts: (self.decoded.service_accounts)
+                .in_namespace(&self.service_accounts, namespace),
+            roles: self.decoded.roles.in_namespace(&self.roles, namespace),
+            role_bindings: (self.decoded.role_bindings)
+                .in_namespace(&self.role_bindings, namespace),
             cluster_roles: {
                 let mut roles = self.cluster_roles.state();
                 roles.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -716,7 +735,7 @@ impl Caches {
             certificates: self
                 .certificates
                 .as_ref()
-                .map(|store| store.unpacked_in_namespace(namespace)),
+                .map(|store| self.decoded.certificates.in_namespace(store, namespace)),
             tls_probes: None,
             http_probes: None,
             heartbeats: None,
