@@ -12,7 +12,9 @@ use super::{Scope, evidence::Check, evidence::Offences, pod_name, user_managemen
 use crate::api::ImagePolicy;
 
 fn policy_types(p: &NetworkPolicy) -> (bool, bool) {
-    let spec = p.spec.clone().unwrap_or_default();
+    let Some(spec) = p.spec.as_ref() else {
+        return (true, false);
+    };
     match &spec.policy_types {
         Some(types) => (
             types.iter().any(|t| t == "Ingress"),
@@ -23,20 +25,28 @@ fn policy_types(p: &NetworkPolicy) -> (bool, bool) {
     }
 }
 
-fn selects(policy: &NetworkPolicy, pod: &Pod) -> bool {
+/// A policy's pod selector, None if it cannot select anything.
+fn pod_selector(policy: &NetworkPolicy) -> Option<Selector> {
     let selector = policy
         .spec
         .as_ref()
         .and_then(|s| s.pod_selector.clone())
         .unwrap_or_default();
+    Selector::try_from(selector).ok()
+}
+
+fn selects(selector: &Option<Selector>, pod: &Pod) -> bool {
     let empty = BTreeMap::new();
-    Selector::try_from(selector)
-        .is_ok_and(|sel| sel.matches(pod.metadata.labels.as_ref().unwrap_or(&empty)))
+    selector
+        .as_ref()
+        .is_some_and(|sel| sel.matches(pod.metadata.labels.as_ref().unwrap_or(&empty)))
 }
 
 /// Rules that let everything through: no peers and no ports.
 fn allows_everything(p: &NetworkPolicy) -> Vec<&'static str> {
-    let spec = p.spec.clone().unwrap_or_default();
+    let Some(spec) = p.spec.as_ref() else {
+        return Vec::new();
+    };
     let (ingress_isolated, egress_isolated) = policy_types(p);
     let mut open = Vec::new();
     if ingress_isolated
@@ -65,6 +75,9 @@ fn policy_name(p: &NetworkPolicy) -> &str {
 pub fn check_firewall(s: &Scope<'_>) -> Check {
     let mut offences = Offences::default();
     let policies = &s.snapshot.network_policies;
+    // Once per policy, not once per pod and policy: a namespace may hold
+    // thousands of policies.
+    let selectors: Vec<Option<Selector>> = policies.iter().map(|p| pod_selector(p)).collect();
     let mut checked = 0;
     for c in &s.targets {
         if c.pods.is_empty() {
@@ -101,7 +114,12 @@ pub fn check_firewall(s: &Scope<'_>) -> Check {
         }
         for pod in &c.pods {
             checked += 1;
-            let applying: Vec<_> = policies.iter().filter(|p| selects(p, pod)).collect();
+            let applying: Vec<_> = policies
+                .iter()
+                .zip(&selectors)
+                .filter(|(_, selector)| selects(selector, pod))
+                .map(|(p, _)| p)
+                .collect();
             for p in &applying {
                 for dir in allows_everything(p) {
                     offences.add(format!(
