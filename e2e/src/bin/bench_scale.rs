@@ -1301,10 +1301,12 @@ async fn main() -> Result<()> {
     let plot_out = std::env::args()
         .nth(2)
         .unwrap_or_else(|| "docs/scale.svg".into());
-    // IOTPOSTURE_BENCH_SIZES=10,100 for a shorter run.
+    // IOTPOSTURE_BENCH_SIZES=10,100 for a shorter run; empty for the dense
+    // scenario alone.
     let sizes: Vec<usize> = std::env::var("IOTPOSTURE_BENCH_SIZES")
         .unwrap_or_else(|_| "10,100,1000".into())
         .split(',')
+        .filter(|s| !s.trim().is_empty())
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()
         .context("IOTPOSTURE_BENCH_SIZES: numbers separated by commas")?;
