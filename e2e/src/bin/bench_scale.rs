@@ -240,6 +240,28 @@ async fn wait_pods_running(client: &Client, count: usize, timeout: Duration) -> 
     }
 }
 
+/// Waits until every pod is Running: the admission runs leave thousands of
+/// pods for the scheduler and kwok to place, and the phases timed after them
+/// (restart, baseline) must not share the machine with that work.
+async fn wait_pods_settled(client: &Client, timeout: Duration) -> Result<()> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pending = pods
+            .list_metadata(&ListParams::default().fields("status.phase!=Running"))
+            .await?
+            .items
+            .len();
+        if pending == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{pending} pods still not Running after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// The operator as the user runs it: its own process, with its webhooks.
 struct Operator {
     child: Child,
@@ -1002,6 +1024,15 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
                    "kyverno": {"error": format!("{e:#}")}})
         }
     };
+
+    let settling = Instant::now();
+    match wait_pods_settled(&client, Duration::from_secs(600)).await {
+        Ok(()) => eprintln!(
+            "    the admission runs' pods all Running after {:.1?} more",
+            settling.elapsed()
+        ),
+        Err(e) => eprintln!("    timing the rest on a busy plane: {e:#}"),
+    }
 
     // Restart: a new process lists everything and reconciles every system.
     // The systems before and after are kept beside the operator's log, to
