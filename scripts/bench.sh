@@ -22,7 +22,9 @@ mkdir -p target/bench
 go_log=target/bench/go-builds.log
 echo "==> control plane, kwok and Kyverno from the Go module proxy (in the background; log: $go_log)"
 (
-  bash e2e/controlplane/build.sh target/testplane/bin
+  # No kubelet or kube-proxy: kwok's nodes stand in for them.
+  bash e2e/controlplane/build.sh target/testplane/bin \
+    etcd kube-apiserver kube-controller-manager kube-scheduler kubectl
   bash bench/scale/build.sh target/bench/bin
   bash e2e/thirdparty/fetch-crds.sh
 ) >"$go_log" 2>&1 &
