@@ -460,3 +460,66 @@ async fn sslyze_agrees_with_our_reading() {
         }
     }
 }
+
+/// A front on loopback that resets its first `resets` connections (a zero
+/// linger close sends RST) and passes later ones on to `to`; counts them all.
+async fn resetting_front(
+    to: SocketAddr,
+    resets: usize,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            if count.fetch_add(1, Ordering::SeqCst) < resets {
+                conn.set_zero_linger().unwrap();
+                drop(conn);
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut conn, &mut server).await;
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_reset_before_the_peer_says_anything_is_asked_once_more() {
+    use std::sync::atomic::Ordering;
+    let dir = temp_dir();
+    let ca = new_ca("plant CA");
+    let (c, k) = leaf(&dir, "good", &ca, &[NAME], false);
+    let server = s_server(&c, &k, &[]);
+    let settings = Settings {
+        handshake_timeout: Duration::from_secs(15),
+        ..settings(&ca)
+    };
+    let target = |addr| Target {
+        name: NAME.into(),
+        addr,
+    };
+
+    // Once: the second handshake is judged.
+    let (front, connections) = resetting_front(server.addr, 1).await;
+    let f = probe(&target(front), &settings).await;
+    assert!(f.problems().is_empty(), "{f:?}");
+    assert_eq!(f.protocol.as_deref(), Some("TLSv1_3"));
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+
+    // Always: judged on the second reset, not retried for ever.
+    let (front, connections) = resetting_front(server.addr, usize::MAX).await;
+    let f = probe(&target(front), &settings).await;
+    let error = f.error.as_deref().unwrap_or_default();
+    assert!(error.contains("no handshake with TLS 1.2 or 1.3"), "{f:?}");
+    assert!(error.contains("reset"), "{f:?}");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}

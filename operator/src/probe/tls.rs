@@ -213,6 +213,10 @@ pub async fn probe_all(targets: &[Target], settings: &Settings) -> Vec<Finding> 
         .await
 }
 
+/// Handshakes tried when the peer resets the connection before saying anything.
+const RESET_ATTEMPTS: u32 = 2;
+const RESET_RETRY_AFTER: Duration = Duration::from_millis(200);
+
 pub async fn probe(target: &Target, settings: &Settings) -> Finding {
     let mut finding = Finding {
         endpoint: format!("{} ({})", target.name, target.addr),
@@ -264,50 +268,64 @@ pub async fn probe(target: &Target, settings: &Settings) -> Finding {
         }
     };
 
-    let tcp = match tokio::time::timeout(
-        settings.connect_timeout,
-        tokio::net::TcpStream::connect(target.addr),
-    )
-    .await
-    {
-        // No connection says nothing about the endpoint's TLS.
-        Err(_) => {
-            finding.unreachable = Some(format!(
-                "no TCP connection within {:?}",
-                settings.connect_timeout
-            ));
-            return finding;
-        }
-        Ok(Err(e)) => {
-            finding.unreachable = Some(format!("TCP connection failed: {e}"));
-            return finding;
-        }
-        Ok(Ok(tcp)) => tcp,
-    };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let stream = match tokio::time::timeout(
-        settings.handshake_timeout,
-        connector.connect(name, tcp),
-    )
-    .await
-    {
-        Err(_) => {
-            finding.error = Some(format!(
-                "no TLS handshake within {:?}: the peer said nothing",
-                settings.handshake_timeout
-            ));
-            return finding;
+    let mut attempt = 1;
+    let stream = loop {
+        let tcp = match tokio::time::timeout(
+            settings.connect_timeout,
+            tokio::net::TcpStream::connect(target.addr),
+        )
+        .await
+        {
+            // No connection says nothing about the endpoint's TLS.
+            Err(_) => {
+                finding.unreachable = Some(format!(
+                    "no TCP connection within {:?}",
+                    settings.connect_timeout
+                ));
+                return finding;
+            }
+            Ok(Err(e)) => {
+                finding.unreachable = Some(format!("TCP connection failed: {e}"));
+                return finding;
+            }
+            Ok(Ok(tcp)) => tcp,
+        };
+        match tokio::time::timeout(
+            settings.handshake_timeout,
+            connector.connect(name.clone(), tcp),
+        )
+        .await
+        {
+            Err(_) => {
+                finding.error = Some(format!(
+                    "no TLS handshake within {:?}: the peer said nothing",
+                    settings.handshake_timeout
+                ));
+                return finding;
+            }
+            // A reset before the peer said anything is not an answer about
+            // its TLS (a server restarting, a full accept queue): asked
+            // once more before it is judged.
+            Ok(Err(e))
+                if attempt < RESET_ATTEMPTS
+                    && e.kind() == std::io::ErrorKind::ConnectionReset
+                    && recorder.seen.lock().is_ok_and(|s| s.is_none()) =>
+            {
+                attempt += 1;
+                tokio::time::sleep(RESET_RETRY_AFTER).await;
+            }
+            Ok(Err(e)) => {
+                finding.error = Some(format!(
+                    "no handshake with TLS 1.2 or 1.3 and a strong cipher suite (plaintext, an old protocol or weak suites): {e}"
+                ));
+                // A peer that failed the handshake after showing its
+                // certificate has still shown it: report what it was.
+                describe_seen(&recorder, &target.name, &mut finding);
+                return finding;
+            }
+            Ok(Ok(s)) => break s,
         }
-        Ok(Err(e)) => {
-            finding.error = Some(format!(
-                "no handshake with TLS 1.2 or 1.3 and a strong cipher suite (plaintext, an old protocol or weak suites): {e}"
-            ));
-            // A peer that failed the handshake after showing its
-            // certificate has still shown it: report what it was.
-            describe_seen(&recorder, &target.name, &mut finding);
-            return finding;
-        }
-        Ok(Ok(s)) => s,
     };
     let (_, session) = stream.get_ref();
     finding.protocol = session.protocol_version().map(|v| format!("{v:?}"));
