@@ -34,7 +34,10 @@ use iotposture::{
     controller::validate::{Neighbourhood, validate},
 };
 use iotposture_e2e::controlplane::{Plane, SIMULATED_NODE};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Namespace, Node, Pod},
+};
 use kube::{
     Api, Client, Config, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -235,6 +238,35 @@ async fn wait_pods_running(client: &Client, count: usize, timeout: Duration) -> 
                 "only {} of {count} pods Running after {timeout:?}",
                 list.items.len()
             );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Waits until every Deployment counts its pods available: the ReplicaSet and
+/// Deployment controllers write those statuses after the pods run, thousands
+/// of writes that would otherwise land in the operator's convergence.
+async fn wait_deployments_available(client: &Client, timeout: Duration) -> Result<()> {
+    let deployments: Api<Deployment> = Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let behind = deployments
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|d| {
+                let wanted = d.spec.replicas.unwrap_or(1);
+                let status = d.status.as_ref();
+                status.and_then(|s| s.available_replicas).unwrap_or(0) < wanted
+                    || status.and_then(|s| s.updated_replicas).unwrap_or(0) < wanted
+            })
+            .count();
+        if behind == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{behind} Deployments still short of available pods after {timeout:?}");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -864,6 +896,13 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     .await?;
     wait_pods_running(&client, pods, Duration::from_secs(1800)).await?;
     eprintln!("    {pods} pods Running in {:.1?}", start.elapsed());
+    match wait_deployments_available(&client, Duration::from_secs(600)).await {
+        Ok(()) => eprintln!(
+            "    every Deployment available after {:.1?}",
+            start.elapsed()
+        ),
+        Err(e) => eprintln!("    timing the operator on a busy plane: {e:#}"),
+    }
 
     let dir = plane.dir.join("bench");
     std::fs::create_dir_all(&dir)?;
