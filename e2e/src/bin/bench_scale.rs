@@ -222,25 +222,35 @@ async fn create_nodes(client: &Client) -> Result<()> {
     Ok(())
 }
 
+/// Asks `behind` every `every` what is still missing until it says nothing
+/// (None); after `timeout`, fails with its last answer.
+async fn poll_until<F, Fut>(timeout: Duration, every: Duration, mut behind: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match behind().await? {
+            None => return Ok(()),
+            Some(what) if Instant::now() > deadline => bail!("{what} after {timeout:?}"),
+            Some(_) => tokio::time::sleep(every).await,
+        }
+    }
+}
+
 /// Waits until `count` pods run (kwok marks them Running and Ready).
 async fn wait_pods_running(client: &Client, count: usize, timeout: Duration) -> Result<()> {
     let pods: Api<Pod> = Api::all(client.clone());
-    let deadline = Instant::now() + timeout;
-    loop {
-        let list = pods
+    poll_until(timeout, Duration::from_secs(2), || async {
+        let running = pods
             .list_metadata(&ListParams::default().fields("status.phase=Running"))
-            .await?;
-        if list.items.len() >= count {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "only {} of {count} pods Running after {timeout:?}",
-                list.items.len()
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+            .await?
+            .items
+            .len();
+        Ok((running < count).then(|| format!("only {running} of {count} pods Running")))
+    })
+    .await
 }
 
 /// Waits until every Deployment counts its pods available: the ReplicaSet and
@@ -248,8 +258,7 @@ async fn wait_pods_running(client: &Client, count: usize, timeout: Duration) -> 
 /// of writes that would otherwise land in the operator's convergence.
 async fn wait_deployments_available(client: &Client, timeout: Duration) -> Result<()> {
     let deployments: Api<Deployment> = Api::all(client.clone());
-    let deadline = Instant::now() + timeout;
-    loop {
+    poll_until(timeout, Duration::from_secs(2), || async {
         let behind = deployments
             .list(&ListParams::default())
             .await?
@@ -262,14 +271,9 @@ async fn wait_deployments_available(client: &Client, timeout: Duration) -> Resul
                     || status.and_then(|s| s.updated_replicas).unwrap_or(0) < wanted
             })
             .count();
-        if behind == 0 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{behind} Deployments still short of available pods after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+        Ok((behind > 0).then(|| format!("{behind} Deployments still short of available pods")))
+    })
+    .await
 }
 
 /// Waits until every pod is Running: the admission runs leave thousands of
@@ -277,21 +281,15 @@ async fn wait_deployments_available(client: &Client, timeout: Duration) -> Resul
 /// (restart, baseline) must not share the machine with that work.
 async fn wait_pods_settled(client: &Client, timeout: Duration) -> Result<()> {
     let pods: Api<Pod> = Api::all(client.clone());
-    let deadline = Instant::now() + timeout;
-    loop {
+    poll_until(timeout, Duration::from_secs(1), || async {
         let pending = pods
             .list_metadata(&ListParams::default().fields("status.phase!=Running"))
             .await?
             .items
             .len();
-        if pending == 0 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{pending} pods still not Running after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        Ok((pending > 0).then(|| format!("{pending} pods still not Running")))
+    })
+    .await
 }
 
 /// The operator as the user runs it: its own process, with its webhooks.
