@@ -150,6 +150,10 @@ impl Kyverno {
     }
 
     /// (VmHWM, VmRSS) in MiB.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn memory(&self) -> (f64, f64) {
         crate::bench::memory_of(self.child.id())
     }

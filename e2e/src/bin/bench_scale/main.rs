@@ -4,8 +4,9 @@
 //! of 5 components, 2 pods each, one namespace per system; and 100 systems in
 //! one namespace) it measures, in one run on one plane:
 //! - `converge_s`: from applying the IoTSystems to every one Ready and judged;
-//! - `baseline_s`: a minimal client server-side applying the same child
-//!   objects at the operator's concurrency: the API server's own limit here;
+//! - `baseline_s`: a bare client making the same writes at the operator's
+//!   concurrency, with no operator running: the API server's own limit here
+//!   (and `baseline_children_s`: the children's applies alone; baseline.rs);
 //! - the operator's RSS (peak and steady), API requests per reconcile by verb
 //!   (from the audit log), what queued the reconciles (by kind), writes per
 //!   no-op reconcile, convergence after a restart;
@@ -28,11 +29,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, TryStreamExt, stream};
-use iotposture::{
-    api::IoTSystem,
-    build::{RulesAs, build_all},
-    controller::validate::{Neighbourhood, validate},
-};
+use iotposture::api::IoTSystem;
+mod baseline;
+
 use iotposture_e2e::controlplane::{Plane, SIMULATED_NODE};
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -156,40 +155,6 @@ where
         .buffer_unordered(concurrency)
         .try_collect::<Vec<()>>()
         .await?;
-    Ok(())
-}
-
-async fn apply_json(client: &Client, object: Value, manager: &str) -> Result<()> {
-    let (group, version) = match object["apiVersion"]
-        .as_str()
-        .unwrap_or("v1")
-        .split_once('/')
-    {
-        Some((g, v)) => (g.to_string(), v.to_string()),
-        None => (
-            String::new(),
-            object["apiVersion"].as_str().unwrap_or("v1").to_string(),
-        ),
-    };
-    let kind = object["kind"].as_str().context("kind")?.to_string();
-    let gvk = kube::core::GroupVersionKind::gvk(&group, &version, &kind);
-    let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await?;
-    let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
-    let name = object["metadata"]["name"]
-        .as_str()
-        .context("name")?
-        .to_string();
-    let api: Api<kube::api::DynamicObject> = match &namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    };
-    api.patch(
-        &name,
-        &PatchParams::apply(manager).force(),
-        &Patch::Apply(&object),
-    )
-    .await
-    .with_context(|| format!("{kind} {name}"))?;
     Ok(())
 }
 
@@ -525,81 +490,6 @@ async fn settle(quiet: Duration, timeout: Duration, f: impl Fn() -> f64) -> f64 
     last
 }
 
-/// The children the operator would write for each system, applied by a bare
-/// client with the same concurrency: what the API server allows here.
-async fn baseline(client: &Client, systems: &[IoTSystem]) -> Result<Duration> {
-    let mut objects = Vec::new();
-    for system in systems {
-        let mut system = system.clone();
-        system.metadata.uid = Some("baseline".into());
-        let valid = validate(
-            &system,
-            &Neighbourhood {
-                pods: &[],
-                systems: &[],
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let d = build_all(&valid, RulesAs::PrometheusRule);
-        let mut push = |v: Value| {
-            let mut v = v;
-            // No owner: the garbage collector would delete them under us.
-            v["metadata"]
-                .as_object_mut()
-                .map(|m| m.remove("ownerReferences"));
-            objects.push(v);
-        };
-        let with_kind = |mut v: Value, api_version: &str, kind: &str| {
-            v["apiVersion"] = api_version.into();
-            v["kind"] = kind.into();
-            v
-        };
-        for o in &d.service_accounts {
-            push(with_kind(serde_json::to_value(o)?, "v1", "ServiceAccount"));
-        }
-        for o in &d.roles {
-            push(with_kind(
-                serde_json::to_value(o)?,
-                "rbac.authorization.k8s.io/v1",
-                "Role",
-            ));
-        }
-        for o in &d.role_bindings {
-            push(with_kind(
-                serde_json::to_value(o)?,
-                "rbac.authorization.k8s.io/v1",
-                "RoleBinding",
-            ));
-        }
-        for o in &d.network_policies {
-            push(with_kind(
-                serde_json::to_value(o)?,
-                "networking.k8s.io/v1",
-                "NetworkPolicy",
-            ));
-        }
-        for o in &d.certificates {
-            push(serde_json::to_value(o)?);
-        }
-        for o in &d.config_maps {
-            push(with_kind(serde_json::to_value(o)?, "v1", "ConfigMap"));
-        }
-        for o in &d.prometheus_rules {
-            push(serde_json::to_value(o)?);
-        }
-    }
-    let count = objects.len();
-    let start = Instant::now();
-    each(objects, CONCURRENCY, |o| {
-        let client = client.clone();
-        async move { apply_json(&client, o, "iotposture-bench-baseline").await }
-    })
-    .await?;
-    let took = start.elapsed();
-    eprintln!("    baseline: {count} objects in {took:.1?}");
-    Ok(took)
-}
-
 #[derive(Serialize)]
 struct Latency {
     p50_ms: f64,
@@ -759,7 +649,7 @@ async fn kyverno_admission(
     client: &Client,
     dir: &Path,
     scenario: &str,
-) -> Result<(Latency, f64)> {
+) -> Result<(Latency, f64, Value)> {
     let namespace = format!("{scenario}-kyverno");
     create_namespaces(client, vec![namespace.clone()]).await?;
     let kyverno = iotposture_e2e::kyverno::Kyverno::start(
@@ -770,20 +660,27 @@ async fn kyverno_admission(
         &namespace,
     )
     .await?;
+    let cpu_before = cpu_now(plane, Some(("kyverno", kyverno.pid())));
     let latency = admission(client, &namespace, "peer", "adm").await;
+    let cpu = cpu_used(
+        &cpu_before,
+        &cpu_now(plane, Some(("kyverno", kyverno.pid()))),
+    );
     let rss = kyverno.memory().1;
     kyverno.stop(plane)?;
-    Ok((latency?, rss))
+    let latency = latency?;
+    let cpu = cpu_per_create(&cpu, latency.requests);
+    Ok((latency, rss, cpu))
 }
 
 /// CPU seconds used so far by each process of the plane, and by the
-/// operator when given.
-fn cpu_now(plane: &Plane, operator: Option<u32>) -> BTreeMap<String, f64> {
+/// one more process when given (the operator, or Kyverno), under its name.
+fn cpu_now(plane: &Plane, other: Option<(&str, u32)>) -> BTreeMap<String, f64> {
     plane
         .process_ids()
         .into_iter()
         .map(|(name, pid)| (name.to_string(), pid))
-        .chain(operator.map(|pid| ("iotposture".to_string(), pid)))
+        .chain(other.map(|(name, pid)| (name.to_string(), pid)))
         .map(|(name, pid)| (name, iotposture_e2e::bench::cpu_seconds_of(pid)))
         .collect()
 }
@@ -859,8 +756,10 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     let namespaces: Vec<String> = (0..scenario.namespaces)
         .map(|i| format!("{}-{i}", scenario.name))
         .collect();
-    let baseline_namespaces: Vec<String> = (0..scenario.namespaces)
-        .map(|i| format!("base-{}-{i}", scenario.name))
+    // The two baselines' namespaces (baseline.rs).
+    let baseline_namespaces: Vec<String> = ["base", "same"]
+        .iter()
+        .flat_map(|prefix| namespaces.iter().map(move |ns| format!("{prefix}-{ns}")))
         .collect();
     create_namespaces(
         &client,
@@ -887,9 +786,10 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
                 .map(move |c| deployment(&ns, &format!("{}-{c}", s.name_any())))
         })
         .collect();
+    let resolver = baseline::Resolver::default();
     each(deployments, 32, |d| {
-        let client = client.clone();
-        async move { apply_json(&client, d, "bench").await }
+        let (client, resolver) = (client.clone(), resolver.clone());
+        async move { resolver.apply(&client, &d, "bench").await }
     })
     .await?;
     wait_pods_running(&client, pods, Duration::from_secs(1800)).await?;
@@ -920,7 +820,7 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     let sampler = sample_rss(operator.pid(), stop.clone());
     let mark = audit_mark(plane);
     let reconciles_before = operator.reconciliations();
-    let cpu_before = cpu_now(plane, Some(operator.pid()));
+    let cpu_before = cpu_now(plane, Some(("iotposture", operator.pid())));
     let profiling = profile_api_server(plane, &dir, &format!("{}-converge", scenario.name));
 
     let start = Instant::now();
@@ -936,7 +836,10 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     let waited = wait_converged(&client, scenario.systems, Duration::from_secs(1800)).await?;
     let converge_s = start.elapsed().as_secs_f64();
     // Where the machine's two cores went while converging.
-    let converge_cpu_s = cpu_used(&cpu_before, &cpu_now(plane, Some(operator.pid())));
+    let converge_cpu_s = cpu_used(
+        &cpu_before,
+        &cpu_now(plane, Some(("iotposture", operator.pid()))),
+    );
     eprintln!(
         "    converged in {converge_s:.1} s (watch saw it at {waited:.1?}); CPU s {converge_cpu_s:?}"
     );
@@ -1006,10 +909,13 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     // 100 clients on 2 cores and so their latency.
     let handlers_before = operator.by_labels("iotposture_admission_duration_seconds_bucket");
     let calls_before = webhook_calls(plane);
-    let cpu_before = cpu_now(plane, Some(operator.pid()));
+    let cpu_before = cpu_now(plane, Some(("iotposture", operator.pid())));
     let with_webhooks =
         admission(&client, &scenario.namespace_of(0), "sys-0-sensor", "adm").await?;
-    let cpu_with = cpu_used(&cpu_before, &cpu_now(plane, Some(operator.pid())));
+    let cpu_with = cpu_used(
+        &cpu_before,
+        &cpu_now(plane, Some(("iotposture", operator.pid()))),
+    );
     let calls = webhook_calls(plane);
     let handlers = operator.by_labels("iotposture_admission_duration_seconds_bucket");
     let mut ours = serde_json::to_value(&with_webhooks)?;
@@ -1044,15 +950,15 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     // three share the API server's load.
     let kyverno = kyverno_admission(plane, &client, &dir, &scenario.name).await;
     let admission = match kyverno {
-        Ok((latency, rss)) => {
+        Ok((latency, rss, cpu)) => {
             eprintln!(
-                "    admission p50/p99: kyverno {}/{} ms (RSS {rss:.0} MiB)",
+                "    admission p50/p99: kyverno {}/{} ms (RSS {rss:.0} MiB); CPU ms per create: {cpu}",
                 latency.p50_ms, latency.p99_ms
             );
             json!({"iotposture": ours, "none": none,
                    "kyverno": {"p50_ms": latency.p50_ms, "p99_ms": latency.p99_ms,
                                "requests": latency.requests, "failed": latency.failed,
-                               "rss_mib": rss.round(),
+                               "rss_mib": rss.round(), "cpu_ms_per_create": cpu,
                                "version": iotposture_e2e::kyverno::VERSION}})
         }
         Err(e) => {
@@ -1106,28 +1012,46 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     );
     operator.kill();
 
-    // Baseline: the same children into namespaces of their own, once the
-    // operator is gone: its cluster-wide caches then hold the scenario's
-    // objects, not a second copy of every child made by the measurement.
-    let baseline_systems: Vec<IoTSystem> = systems
-        .iter()
-        .map(|s| {
-            let mut b = s.clone();
-            b.metadata.namespace = Some(format!("base-{}", s.namespace().unwrap_or_default()));
-            b
-        })
-        .collect();
+    // Baselines, once the operator is gone: its cluster-wide caches then
+    // hold the scenario's objects, not a second copy of every child made by
+    // the measurement. With no webhook left to answer: the same-writes
+    // baseline creates IoTSystems, which the operator's webhook reviews.
     if let Some(mut p) = profiling {
         let _ = p.wait();
     }
+    plane.kubectl_ok(&[
+        "delete",
+        "mutatingwebhookconfigurations,validatingwebhookconfigurations",
+        "--all",
+    ])?;
+    let cpu_before = cpu_now(plane, None);
+    let (children_took, children_count) =
+        baseline::children(&client, &baseline::moved(&systems, "base")).await?;
+    let baseline_children_s = children_took.as_secs_f64();
+    let baseline_children_cpu_s = cpu_used(&cpu_before, &cpu_now(plane, None));
+    eprintln!(
+        "    baseline, children only: {children_count} applies in {children_took:.1?}; CPU s {baseline_children_cpu_s:?}"
+    );
+    let (written, admission_label) = baseline::what_the_operator_wrote(&client).await?;
     let cpu_before = cpu_now(plane, None);
     let profiling = profile_api_server(plane, &dir, &format!("{}-baseline", scenario.name));
-    let baseline_s = baseline(&client, &baseline_systems).await?.as_secs_f64();
+    let (took, writes) = baseline::same_writes(
+        &client,
+        &baseline::moved(&systems, "same"),
+        |ns| ns.trim_start_matches("same-").to_string(),
+        &written,
+        admission_label,
+    )
+    .await?;
+    let baseline_s = took.as_secs_f64();
     if let Some(mut p) = profiling {
         let _ = p.wait();
     }
     let baseline_cpu_s = cpu_used(&cpu_before, &cpu_now(plane, None));
-    eprintln!("    baseline CPU s {baseline_cpu_s:?}");
+    eprintln!(
+        "    baseline, the same writes: {writes} in {took:.1?} ({:.1} per system); CPU s {baseline_cpu_s:?}",
+        writes as f64 / scenario.systems as f64
+    );
 
     Ok(json!({
         "scenario": scenario.name,
@@ -1137,6 +1061,10 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
         "converge_s": (converge_s * 10.0).round() / 10.0,
         "baseline_s": (baseline_s * 10.0).round() / 10.0,
         "ratio": ((converge_s / baseline_s) * 100.0).round() / 100.0,
+        "baseline_writes_per_system": round2(writes as f64 / scenario.systems as f64),
+        "baseline_children_s": (baseline_children_s * 10.0).round() / 10.0,
+        "ratio_children": ((converge_s / baseline_children_s) * 100.0).round() / 100.0,
+        "baseline_children_cpu_s": baseline_children_cpu_s,
         "converge_cpu_s": converge_cpu_s,
         "baseline_cpu_s": baseline_cpu_s,
         "rss_peak_mib": rss_peak.round(),
@@ -1244,7 +1172,7 @@ fn plot(results: &[Value]) -> String {
             0.0,
             &[
                 ("converge_s", "#c0392b", "iotposture"),
-                ("baseline_s", "#2c3e50", "bare server-side apply")
+                ("baseline_s", "#2c3e50", "bare client, same writes")
             ]
         ),
         panel(
