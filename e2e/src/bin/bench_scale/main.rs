@@ -257,6 +257,19 @@ async fn wait_pods_settled(client: &Client, timeout: Duration) -> Result<()> {
     .await
 }
 
+/// `wait_pods_settled`, saying how long it took, or that what follows is
+/// timed on a busy plane.
+async fn settle_pods(client: &Client, whose: &str) {
+    let settling = Instant::now();
+    match wait_pods_settled(client, Duration::from_secs(600)).await {
+        Ok(()) => eprintln!(
+            "    {whose} all Running after {:.1?} more",
+            settling.elapsed()
+        ),
+        Err(e) => eprintln!("    timing the rest on a busy plane: {e:#}"),
+    }
+}
+
 /// The operator as the user runs it: its own process, with its webhooks.
 struct Operator {
     child: Child,
@@ -661,7 +674,13 @@ async fn kyverno_admission(
     )
     .await?;
     let cpu_before = cpu_now(plane, Some(("kyverno", kyverno.pid())));
-    let latency = admission(client, &namespace, "peer", "adm").await;
+    let latency = profiled(
+        plane,
+        dir,
+        &format!("{scenario}-admission-kyverno"),
+        admission(client, &namespace, "peer", "adm"),
+    )
+    .await;
     let cpu = cpu_used(
         &cpu_before,
         &cpu_now(plane, Some(("kyverno", kyverno.pid()))),
@@ -700,15 +719,17 @@ fn cpu_used(
 }
 
 /// With IOTPOSTURE_BENCH_PROFILE=<seconds>, a CPU profile of the API
-/// server over the next that many seconds, into `dir/apiserver-<scenario>-<phase>.pprof`
-/// (read with `go tool pprof -top target/testplane/bin/kube-apiserver <file>`):
-/// where the API server's time goes while the operator converges, against
-/// the baseline doing the same writes.
-fn profile_api_server(plane: &Plane, dir: &Path, phase: &str) -> Option<Child> {
+/// server over the next that many seconds (at most `cap`), into
+/// `dir/apiserver-<scenario>-<phase>.pprof` (read with
+/// `go tool pprof -top target/testplane/bin/kube-apiserver <file>`): where
+/// the API server's time goes while the operator converges, against the
+/// baseline doing the same writes, and what each admission run costs it.
+fn profile_api_server(plane: &Plane, dir: &Path, phase: &str, cap: u32) -> Option<Child> {
     let seconds: u32 = std::env::var("IOTPOSTURE_BENCH_PROFILE")
         .ok()?
-        .parse()
-        .ok()?;
+        .parse::<u32>()
+        .ok()?
+        .min(cap);
     let file = std::fs::File::create(dir.join(format!("apiserver-{phase}.pprof"))).ok()?;
     Command::new(plane.bin_dir.join("kubectl"))
         .arg(format!("--kubeconfig={}", plane.kubeconfig().display()))
@@ -722,6 +743,24 @@ fn profile_api_server(plane: &Plane, dir: &Path, phase: &str) -> Option<Child> {
         .stderr(Stdio::null())
         .spawn()
         .ok()
+}
+
+/// An admission run's first seconds, its busiest, are profiled (see
+/// `profile_api_server`) as `<scenario>-admission-<peer>`.
+const ADMISSION_PROFILE_S: u32 = 8;
+
+async fn profiled<T>(
+    plane: &Plane,
+    dir: &Path,
+    phase: &str,
+    run: impl std::future::Future<Output = T>,
+) -> T {
+    let profiling = profile_api_server(plane, dir, phase, ADMISSION_PROFILE_S);
+    let out = run.await;
+    if let Some(mut p) = profiling {
+        let _ = p.wait();
+    }
+    out
 }
 
 fn free_port() -> Result<u16> {
@@ -821,7 +860,12 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     let mark = audit_mark(plane);
     let reconciles_before = operator.reconciliations();
     let cpu_before = cpu_now(plane, Some(("iotposture", operator.pid())));
-    let profiling = profile_api_server(plane, &dir, &format!("{}-converge", scenario.name));
+    let profiling = profile_api_server(
+        plane,
+        &dir,
+        &format!("{}-converge", scenario.name),
+        u32::MAX,
+    );
 
     let start = Instant::now();
     let systems_api = |ns: &str| Api::<IoTSystem>::namespaced(client.clone(), ns);
@@ -910,8 +954,13 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     let handlers_before = operator.by_labels("iotposture_admission_duration_seconds_bucket");
     let calls_before = webhook_calls(plane);
     let cpu_before = cpu_now(plane, Some(("iotposture", operator.pid())));
-    let with_webhooks =
-        admission(&client, &scenario.namespace_of(0), "sys-0-sensor", "adm").await?;
+    let with_webhooks = profiled(
+        plane,
+        &dir,
+        &format!("{}-admission-iotposture", scenario.name),
+        admission(&client, &scenario.namespace_of(0), "sys-0-sensor", "adm"),
+    )
+    .await?;
     let cpu_with = cpu_used(
         &cpu_before,
         &cpu_now(plane, Some(("iotposture", operator.pid()))),
@@ -927,9 +976,18 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
         (calls.0 - calls_before.0) / (calls.1 - calls_before.1).max(1.0) * 1e3
     ));
     ours["cpu_ms_per_create"] = cpu_per_create(&cpu_with, with_webhooks.requests);
+    // Each admission run starts once the last one's pods are placed: the
+    // scheduler and kwok working through 1,000 pods would slow the next.
+    settle_pods(&client, "our run's pods").await;
     create_namespaces(&client, vec![format!("{}-plain", scenario.name)]).await?;
     let cpu_before = cpu_now(plane, None);
-    let without = admission(&client, &format!("{}-plain", scenario.name), "plain", "adm").await?;
+    let without = profiled(
+        plane,
+        &dir,
+        &format!("{}-admission-none", scenario.name),
+        admission(&client, &format!("{}-plain", scenario.name), "plain", "adm"),
+    )
+    .await?;
     let cpu_without = cpu_used(&cpu_before, &cpu_now(plane, None));
     let mut none = serde_json::to_value(&without)?;
     none["cpu_ms_per_create"] = cpu_per_create(&cpu_without, without.requests);
@@ -948,6 +1006,7 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     // The peer: Kyverno enforcing "restricted" on the same pods, same client,
     // with the operator still running as it was for the two above, so the
     // three share the API server's load.
+    settle_pods(&client, "the plain run's pods").await;
     let kyverno = kyverno_admission(plane, &client, &dir, &scenario.name).await;
     let admission = match kyverno {
         Ok((latency, rss, cpu)) => {
@@ -968,14 +1027,7 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
         }
     };
 
-    let settling = Instant::now();
-    match wait_pods_settled(&client, Duration::from_secs(600)).await {
-        Ok(()) => eprintln!(
-            "    the admission runs' pods all Running after {:.1?} more",
-            settling.elapsed()
-        ),
-        Err(e) => eprintln!("    timing the rest on a busy plane: {e:#}"),
-    }
+    settle_pods(&client, "Kyverno's run's pods").await;
 
     // Restart: a new process lists everything and reconciles every system.
     // The systems before and after are kept beside the operator's log, to
@@ -1034,7 +1086,12 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     );
     let (written, admission_label) = baseline::what_the_operator_wrote(&client).await?;
     let cpu_before = cpu_now(plane, None);
-    let profiling = profile_api_server(plane, &dir, &format!("{}-baseline", scenario.name));
+    let profiling = profile_api_server(
+        plane,
+        &dir,
+        &format!("{}-baseline", scenario.name),
+        u32::MAX,
+    );
     let (took, writes) = baseline::same_writes(
         &client,
         &baseline::moved(&systems, "same"),
