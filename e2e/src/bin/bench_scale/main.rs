@@ -946,6 +946,12 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     let writes_per_noop = noop_writes / noop_reconciles.max(1.0);
     eprintln!("    no-op: {noop_writes} writes in {noop_reconciles} reconciles");
 
+    // The API server takes one CPU profile at a time: the converge phase's
+    // ends before the admission runs' begin.
+    if let Some(mut p) = profiling {
+        let _ = p.wait();
+    }
+
     // Admission while the cluster is full: with the webhooks, and without.
     // Beside the end-to-end times: how long the operator took to answer
     // (its own histogram), how long the API server waited on each call,
@@ -1068,9 +1074,6 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     // hold the scenario's objects, not a second copy of every child made by
     // the measurement. With no webhook left to answer: the same-writes
     // baseline creates IoTSystems, which the operator's webhook reviews.
-    if let Some(mut p) = profiling {
-        let _ = p.wait();
-    }
     plane.kubectl_ok(&[
         "delete",
         "mutatingwebhookconfigurations,validatingwebhookconfigurations",
@@ -1101,10 +1104,11 @@ async fn run_scenario(plane: &Plane, scenario: &Scenario) -> Result<Value> {
     )
     .await?;
     let baseline_s = took.as_secs_f64();
+    // Read before the profile ends, which may be long after the writes.
+    let baseline_cpu_s = cpu_used(&cpu_before, &cpu_now(plane, None));
     if let Some(mut p) = profiling {
         let _ = p.wait();
     }
-    let baseline_cpu_s = cpu_used(&cpu_before, &cpu_now(plane, None));
     eprintln!(
         "    baseline, the same writes: {writes} in {took:.1?} ({:.1} per system); CPU s {baseline_cpu_s:?}",
         writes as f64 / scenario.systems as f64
