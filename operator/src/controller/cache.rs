@@ -276,7 +276,8 @@ impl Drivers {
         index
     }
 
-    /// A namespaced kind whose changes re-judge the systems of its namespace.
+    /// A namespaced kind whose changes re-judge the system of a child of
+    /// ours, or every system of the namespace for anyone else's object.
     fn namespaced<K>(&self, kind: &'static str, config: watcher::Config) -> Indexed<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -290,17 +291,37 @@ impl Drivers {
         K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
     {
         let systems = self.systems.clone();
+        // A RoleBinding decides who may read every pod of the namespace
+        // (VII-2), so it re-judges all its systems.
+        let crossing = kind == "RoleBinding";
+        self.namespaced_with(kind, config, move |o: &K| match crossing {
+            true => systems_in_namespace(&systems, o.namespace().as_deref()),
+            false => systems_of_child(&systems, o),
+        })
+    }
+
+    fn namespaced_with<K>(
+        &self,
+        kind: &'static str,
+        config: watcher::Config,
+        mut affected: impl FnMut(&K) -> Vec<ObjectRef<IoTSystem>> + Send + 'static,
+    ) -> Indexed<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Labelled
+            + Clone
+            + Debug
+            + DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+    {
         let complete = config.label_selector.is_none() && config.field_selector.is_none();
-        // RBAC objects of one system decide who may read every pod of the
-        // namespace (VII-2), so they re-judge all its systems.
-        let crossing = matches!(kind, "Role" | "RoleBinding");
         self.spawn(
             kind,
             watcher(self.api::<K>(), config).modify(slim),
-            move |o: &K, _| match crossing {
-                true => systems_in_namespace(&systems, o.namespace().as_deref()),
-                false => systems_of_child(&systems, o),
-            },
+            move |o: &K, _| affected(o),
         )
         .holding_all(complete)
     }
@@ -342,7 +363,7 @@ impl Caches {
         roster.apply_watcher_event(&watcher::Event::InitDone);
         let systems = {
             let store = drivers.systems.clone();
-            let mut seen: std::collections::HashMap<(String, String), u64> = Default::default();
+            let mut seen = SystemPrints::default();
             drivers.spawn_into(
                 "IoTSystem",
                 systems_index,
@@ -356,23 +377,9 @@ impl Caches {
                     }
                 }),
                 move |s: &IoTSystem, deleted| {
-                    // Most of a system's events are its own status writes:
-                    // only its spec, labels, annotations or deletion matter.
                     let (namespace, name) = (s.namespace().unwrap_or_default(), s.name_any());
-                    let print = {
-                        use std::hash::{Hash, Hasher};
-                        let mut h = std::collections::hash_map::DefaultHasher::new();
-                        s.metadata.generation.hash(&mut h);
-                        s.labels().hash(&mut h);
-                        s.annotations().hash(&mut h);
-                        s.metadata.deletion_timestamp.is_some().hash(&mut h);
-                        s.uid().hash(&mut h);
-                        h.finish()
-                    };
-                    let key = (namespace.clone(), name.clone());
-                    if deleted {
-                        seen.remove(&key);
-                    } else if seen.insert(key, print) == Some(print) {
+                    let change = seen.change(s, deleted);
+                    if change == SystemChange::Nothing {
                         return Vec::new();
                     }
                     changed_tx.send_modify(|n| *n = n.wrapping_add(1));
@@ -393,7 +400,10 @@ impl Caches {
                     if deleted {
                         on_system_gone(&namespace, &name);
                     }
-                    let mut refs = siblings_of(&store, s);
+                    let mut refs = match change {
+                        SystemChange::Siblings => siblings_of(&store, s),
+                        _ => Vec::new(),
+                    };
                     if !deleted {
                         refs.push(ObjectRef::from_obj(s));
                     }
@@ -654,7 +664,12 @@ impl Caches {
             services: drivers.namespaced("Service", every.clone()),
             network_policies: drivers.namespaced("NetworkPolicy", every.clone()),
             service_accounts: drivers.namespaced("ServiceAccount", every.clone()),
-            roles: drivers.namespaced("Role", every.clone()),
+            roles: {
+                let (systems, bindings) = (drivers.systems.clone(), role_bindings.clone());
+                drivers.namespaced_with("Role", every.clone(), move |role: &Packed<Role>| {
+                    systems_of_role(&systems, &bindings, role)
+                })
+            },
             role_bindings,
             cluster_roles,
             cluster_role_bindings,
@@ -880,6 +895,73 @@ fn systems_of_child<K: Resource + Labelled>(
     }
 }
 
+/// The systems a Role's change may concern. Checks read a Role's rules only
+/// through a RoleBinding that refers to it (VII-2: who may read the pods'
+/// logs), so a Role some RoleBinding of its namespace refers to concerns
+/// every system there; an unbound one grants nobody anything and concerns
+/// only the system it is a child of (its drift). In a namespace of 100
+/// systems without subjects, each system's three unbound Roles re-ran all 99
+/// others. A binding seen after its Role triggers on its own.
+fn systems_of_role(
+    systems: &Indexed<IoTSystem>,
+    bindings: &Indexed<Packed<RoleBinding>>,
+    role: &Packed<Role>,
+) -> Vec<ObjectRef<IoTSystem>> {
+    let namespace = role.namespace().unwrap_or_default();
+    let name = role.name_any();
+    // Role events are rare beside pods': decoding the namespace's bindings is fine.
+    let bound = bindings.in_namespace(&namespace).iter().any(|b| {
+        let to = b.unpack().role_ref;
+        to.kind == "Role" && to.name == name
+    });
+    match bound {
+        true => systems_in_namespace(systems, Some(&namespace)),
+        false => systems_of_child(systems, role),
+    }
+}
+
+/// What an IoTSystem's event changed, for whom.
+#[derive(Debug, PartialEq, Eq)]
+enum SystemChange {
+    /// Most of a system's events are its own status writes.
+    Nothing,
+    /// Labels or annotations: the system's own business.
+    Itself,
+    /// New, gone, its spec, its deletion begun: what decides which of its
+    /// namespace's systems keeps a pod (`siblings_of`).
+    Siblings,
+}
+
+/// Per system, fingerprints of what it was last seen with: all that
+/// matters to it, and what matters to its siblings. Touching an annotation
+/// of each of 100 systems in one namespace re-ran 465 reconciles.
+#[derive(Default)]
+struct SystemPrints(std::collections::HashMap<(String, String), (u64, u64)>);
+
+impl SystemPrints {
+    fn change(&mut self, s: &IoTSystem, deleted: bool) -> SystemChange {
+        use std::hash::{Hash, Hasher};
+        let key = (s.namespace().unwrap_or_default(), s.name_any());
+        if deleted {
+            self.0.remove(&key);
+            return SystemChange::Siblings;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        s.metadata.generation.hash(&mut h);
+        s.metadata.deletion_timestamp.is_some().hash(&mut h);
+        s.uid().hash(&mut h);
+        let shared = h.finish();
+        s.labels().hash(&mut h);
+        s.annotations().hash(&mut h);
+        let own = h.finish();
+        match self.0.insert(key, (own, shared)) {
+            Some((o, _)) if o == own => SystemChange::Nothing,
+            Some((_, sh)) if sh == shared => SystemChange::Itself,
+            _ => SystemChange::Siblings,
+        }
+    }
+}
+
 /// The systems of the namespace a change of `changed` may concern: the
 /// younger ones only, since of two systems selecting a pod the elder keeps it
 /// (`validate::check_pod_ownership`). In a namespace of 100 systems created
@@ -896,8 +978,9 @@ fn siblings_of(systems: &Indexed<IoTSystem>, changed: &IoTSystem) -> Vec<ObjectR
 #[cfg(test)]
 mod tests {
     use super::{
-        Indexed, IoTSystem, Namespace, NodeLabels, ObjectRef, Packed, PartialObjectMeta,
-        may_be_our_write, siblings_of, systems_of_child, without,
+        Indexed, IoTSystem, Namespace, NodeLabels, ObjectRef, Packed, PartialObjectMeta, Role,
+        RoleBinding, SystemChange, SystemPrints, may_be_our_write, siblings_of, systems_of_child,
+        systems_of_role, without,
     };
     use k8s_openapi::api::core::v1::ServiceAccount;
 
@@ -979,6 +1062,113 @@ spec:
             )
             .is_empty(),
             "a child of a deleted system concerns none"
+        );
+    }
+
+    #[test]
+    fn only_a_new_changed_or_deleted_spec_concerns_a_systems_siblings() {
+        let mut system: IoTSystem = serde_saphyr::from_str(
+            "apiVersion: iotposture.dev/v1alpha1
+kind: IoTSystem
+metadata: {name: a, namespace: plant, generation: 1, uid: u1}
+spec:
+  components: [{name: c, role: Aggregator, selector: {matchLabels: {app: x}}}]
+",
+        )
+        .unwrap();
+        let mut prints = SystemPrints::default();
+        assert_eq!(prints.change(&system, false), SystemChange::Siblings, "new");
+        system.status = Some(Default::default());
+        assert_eq!(
+            prints.change(&system, false),
+            SystemChange::Nothing,
+            "its status"
+        );
+        system
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("touched".into(), "1".into());
+        assert_eq!(prints.change(&system, false), SystemChange::Itself);
+        system
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("team".into(), "a".into());
+        assert_eq!(prints.change(&system, false), SystemChange::Itself);
+        system.metadata.generation = Some(2);
+        assert_eq!(
+            prints.change(&system, false),
+            SystemChange::Siblings,
+            "spec"
+        );
+        system.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
+        );
+        assert_eq!(
+            prints.change(&system, false),
+            SystemChange::Siblings,
+            "deletion begun"
+        );
+        assert_eq!(prints.change(&system, true), SystemChange::Siblings, "gone");
+        system.metadata.uid = Some("u2".into());
+        system.metadata.deletion_timestamp = None;
+        assert_eq!(
+            prints.change(&system, false),
+            SystemChange::Siblings,
+            "made again"
+        );
+    }
+
+    #[test]
+    fn a_role_concerns_the_whole_namespace_only_once_a_binding_there_refers_to_it() {
+        let systems = Indexed::of(["a", "b"].map(|name| {
+            let mut s: IoTSystem = serde_saphyr::from_str(&format!(
+                "apiVersion: iotposture.dev/v1alpha1
+kind: IoTSystem
+metadata: {{name: {name}, namespace: plant}}
+spec:
+  components: [{{name: c, role: Aggregator, selector: {{matchLabels: {{app: {name}}}}}}}]
+"
+            ))
+            .unwrap();
+            s.metadata.uid = Some(name.into());
+            s
+        }));
+        let role: Packed<Role> = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a-admin", "namespace": "plant",
+                         "labels": {"iotposture.dev/system": "a"}},
+            "rules": [{"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}],
+        }))
+        .unwrap();
+        let binding = |namespace: &str, kind: &str, role: &str| -> Packed<RoleBinding> {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("to-{role}"), "namespace": namespace},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+                "subjects": [{"kind": "User", "name": "someone"}],
+            }))
+            .unwrap()
+        };
+        let names = |refs: Vec<ObjectRef<IoTSystem>>| {
+            let mut n: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+            n.sort();
+            n
+        };
+        let unbound = Indexed::of([
+            binding("plant", "Role", "other"),
+            binding("plant", "ClusterRole", "a-admin"),
+            binding("elsewhere", "Role", "a-admin"),
+        ]);
+        assert_eq!(
+            names(systems_of_role(&systems, &unbound, &role)),
+            ["a"],
+            "unbound, it grants nobody anything: only its own system's drift"
+        );
+        let bound = Indexed::of([binding("plant", "Role", "a-admin")]);
+        assert_eq!(
+            names(systems_of_role(&systems, &bound, &role)),
+            ["a", "b"],
+            "bound, it decides who reads every system's pod logs there"
         );
     }
 
