@@ -1005,20 +1005,15 @@ spec:
             system("c", "2026-11-30T10:00:01Z"),
         );
         let systems = Indexed::of([a.clone(), b.clone(), c.clone()]);
-        let names = |refs: Vec<ObjectRef<IoTSystem>>| {
-            let mut n: Vec<String> = refs.into_iter().map(|r| r.name).collect();
-            n.sort();
-            n
-        };
         assert_eq!(names(siblings_of(&systems, &a)), ["b", "c"]);
         // The same second: the name decides, as it does for the pods.
         assert_eq!(names(siblings_of(&systems, &b)), ["c"]);
         assert!(siblings_of(&systems, &c).is_empty());
     }
 
-    #[test]
-    fn a_child_of_ours_triggers_its_own_system_only() {
-        let systems = Indexed::of(["a", "b"].map(|name| {
+    /// Systems `a` and `b` in namespace `plant`, each selecting `app: <name>`.
+    fn systems_a_and_b() -> Indexed<IoTSystem> {
+        Indexed::of(["a", "b"].map(|name| {
             let mut s: IoTSystem = serde_saphyr::from_str(&format!(
                 "apiVersion: iotposture.dev/v1alpha1
 kind: IoTSystem
@@ -1030,18 +1025,25 @@ spec:
             .unwrap();
             s.metadata.uid = Some(name.into());
             s
-        }));
+        }))
+    }
+
+    /// The names of `refs`, sorted.
+    fn names(refs: Vec<ObjectRef<IoTSystem>>) -> Vec<String> {
+        let mut n: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn a_child_of_ours_triggers_its_own_system_only() {
+        let systems = systems_a_and_b();
         // As the cache holds it: labels kept outside `ObjectMeta`.
         let account = |labels: serde_json::Value| -> Packed<ServiceAccount> {
             serde_json::from_value(serde_json::json!({
                 "metadata": {"name": "x", "namespace": "plant", "labels": labels}
             }))
             .unwrap()
-        };
-        let names = |refs: Vec<ObjectRef<IoTSystem>>| {
-            let mut n: Vec<String> = refs.into_iter().map(|r| r.name).collect();
-            n.sort();
-            n
         };
         assert_eq!(
             names(systems_of_child(
@@ -1122,19 +1124,7 @@ spec:
 
     #[test]
     fn a_role_concerns_the_whole_namespace_only_once_a_binding_there_refers_to_it() {
-        let systems = Indexed::of(["a", "b"].map(|name| {
-            let mut s: IoTSystem = serde_saphyr::from_str(&format!(
-                "apiVersion: iotposture.dev/v1alpha1
-kind: IoTSystem
-metadata: {{name: {name}, namespace: plant}}
-spec:
-  components: [{{name: c, role: Aggregator, selector: {{matchLabels: {{app: {name}}}}}}}]
-"
-            ))
-            .unwrap();
-            s.metadata.uid = Some(name.into());
-            s
-        }));
+        let systems = systems_a_and_b();
         let role: Packed<Role> = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "a-admin", "namespace": "plant",
                          "labels": {"iotposture.dev/system": "a"}},
@@ -1148,11 +1138,6 @@ spec:
                 "subjects": [{"kind": "User", "name": "someone"}],
             }))
             .unwrap()
-        };
-        let names = |refs: Vec<ObjectRef<IoTSystem>>| {
-            let mut n: Vec<String> = refs.into_iter().map(|r| r.name).collect();
-            n.sort();
-            n
         };
         let unbound = Indexed::of([
             binding("plant", "Role", "other"),
