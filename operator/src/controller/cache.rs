@@ -291,13 +291,7 @@ impl Drivers {
         K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
     {
         let systems = self.systems.clone();
-        // A RoleBinding decides who may read every pod of the namespace
-        // (VII-2), so it re-judges all its systems.
-        let crossing = kind == "RoleBinding";
-        self.namespaced_with(kind, config, move |o: &K| match crossing {
-            true => systems_in_namespace(&systems, o.namespace().as_deref()),
-            false => systems_of_child(&systems, o),
-        })
+        self.namespaced_with(kind, config, move |o: &K| systems_of_child(&systems, o))
     }
 
     fn namespaced_with<K>(
@@ -438,8 +432,18 @@ impl Caches {
                 },
             )
         };
-        let role_bindings: Indexed<Packed<RoleBinding>> =
-            drivers.namespaced("RoleBinding", every.clone());
+        // A RoleBinding decides who may read every pod of the namespace
+        // (VII-2), so it re-judges all its systems.
+        let role_bindings: Indexed<Packed<RoleBinding>> = {
+            let systems = drivers.systems.clone();
+            drivers.namespaced_with(
+                "RoleBinding",
+                every.clone(),
+                move |b: &Packed<RoleBinding>| {
+                    systems_in_namespace(&systems, b.namespace().as_deref())
+                },
+            )
+        };
         // A ClusterRoleBinding grants in every namespace: who may read the
         // pods' logs (VII-2) of every system. They change rarely.
         let cluster_role_bindings = if may_list(
