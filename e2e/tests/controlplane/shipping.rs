@@ -256,14 +256,17 @@ async fn component_logs_reach_the_store_and_iii1_passes_on_delivery_observed() {
             .and_then(|d| d.is_none().then_some(()))
     })
     .await;
-    // Deleted one after the other: the ConfigMaps may go a moment after the DaemonSet.
-    wait_until("the collector's ConfigMaps removed", || async {
+    // Deleted one after the other: the ConfigMaps and the Secret with the
+    // stores' credentials may go a moment after the DaemonSet.
+    let operator_secrets: Api<Secret> = Api::namespaced(ns.client.clone(), OPERATOR_NAMESPACE);
+    wait_until("the collector's ConfigMaps and Secret removed", || async {
         let config = config_maps.get_opt(COLLECTOR).await.ok()?;
         let canaries = config_maps
             .get_opt(&format!("{COLLECTOR}-canary"))
             .await
             .ok()?;
-        (config.is_none() && canaries.is_none()).then_some(())
+        let secret = operator_secrets.get_opt(COLLECTOR).await.ok()?;
+        (config.is_none() && canaries.is_none() && secret.is_none()).then_some(())
     })
     .await;
 
