@@ -1,11 +1,12 @@
 //! The access matrix of the three roles, judged by the real API server's RBAC
 //! authorizer through SubjectAccessReviews (checklist items I-7, I-8, I-9, III-6).
 use iotposture::api::{IoTSystem, Subject, SubjectKind};
-use iotposture_e2e::{RunningOperator, TestNamespace};
+use iotposture_e2e::{RunningOperator, TestNamespace, wait_until};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::{Api, api::PostParams};
+use std::time::Duration;
 
 use crate::support::{factory, wait_ready};
 
@@ -156,3 +157,65 @@ async fn admin_operator_viewer_matrix_holds() {
     operator.stop().await;
     ns.delete().await;
 }
+
+/// A user's RoleBinding to a Role that a system makes later: once that
+/// system makes it, every system of the namespace is judged again (VII-2
+/// reads the Role's rules through the binding), not only the system the Role
+/// belongs to, and not only at the next resync (10 minutes).
+#[tokio::test]
+async fn a_system_role_someone_bound_is_judged_for_every_system_in_the_namespace() {
+    let ns = TestNamespace::new("bound-role").await;
+    let operator = RunningOperator::start(&ns).await;
+    let systems: Api<IoTSystem> = ns.api();
+    let pp = PostParams::default();
+    systems.create(&pp, &factory("line-b")).await.unwrap();
+    wait_ready(&ns, "line-b", "True").await;
+
+    // The intern is bound to line-a's operator Role before line-a exists:
+    // a Role nobody has made grants nothing yet. Once line-b has been judged
+    // with the binding (its reconciles have settled), line-a comes.
+    let started = operator.metrics.reconciliations.get();
+    ns.apply_manifest(INTERN_BINDING).await;
+    wait_until("line-b judged with the binding", || async {
+        let seen = operator.metrics.reconciliations.get();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        (seen > started && operator.metrics.reconciliations.get() == seen).then_some(())
+    })
+    .await;
+    let evidence = |name: &'static str| {
+        let systems = systems.clone();
+        async move {
+            let s = systems.get(name).await.ok()?;
+            let item = s.status?.items.into_iter().find(|i| i.id == "VII-2")?;
+            Some(item.evidence)
+        }
+    };
+    let before = evidence("line-b").await.unwrap();
+    assert!(!before.contains("intern"), "{before}");
+
+    // No subjects: line-a makes its Roles but no RoleBinding of its own,
+    // whose appearance would re-judge the namespace by itself.
+    let mut line_a = factory("line-a");
+    line_a.spec.access = Default::default();
+    systems.create(&pp, &line_a).await.unwrap();
+    wait_ready(&ns, "line-a", "True").await;
+    for name in ["line-a", "line-b"] {
+        wait_until(&format!("{name}'s VII-2 names the intern"), || async {
+            evidence(name).await.filter(|e| {
+                e.contains("RoleBinding intern-logs lets User intern read pods/log through Role line-a-operator")
+            })
+        })
+        .await;
+    }
+
+    operator.stop().await;
+    ns.delete().await;
+}
+
+const INTERN_BINDING: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: intern-logs}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: line-a-operator}
+subjects: [{kind: User, name: intern, apiGroup: rbac.authorization.k8s.io}]
+"#;
