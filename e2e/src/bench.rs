@@ -94,6 +94,40 @@ pub fn cpu_seconds_of(pid: u32) -> f64 {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    // USER_HZ is 100 on every Linux architecture the project builds for.
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(11) + ticks(12)) / USER_HZ
+}
+
+/// Clock ticks per second in /proc: 100 on every Linux architecture the
+/// project builds for.
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds the hypervisor gave to other guests while this one wanted
+/// them (`steal`, the eighth figure of /proc/stat's `cpu` line, summed
+/// over the CPUs): runs of the same code on shared machines differ, and
+/// this shows whether a neighbour took the difference.
+pub fn steal_seconds() -> f64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| parse_steal(&stat))
+        .unwrap_or(0.0)
+}
+
+fn parse_steal(stat: &str) -> Option<f64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: f64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(ticks / USER_HZ)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_the_eighth_figure_of_the_cpu_line_in_seconds() {
+        let stat = "cpu  9262000 188010 832672 3879306 51018 0 65758 461824 0 0\n\
+                    cpu0 4631000 94005 416336 1939653 25509 0 32879 230912 0 0\n";
+        assert_eq!(parse_steal(stat), Some(4618.24));
+        assert_eq!(parse_steal("cpu  1 2 3\n"), None);
+        assert_eq!(parse_steal("intr 1 2 3 4 5 6 7 8 9\n"), None);
+    }
 }

@@ -703,27 +703,8 @@ fn cpu_now(plane: &Plane, other: Option<(&str, u32)>) -> BTreeMap<String, f64> {
         .chain(other.map(|(name, pid)| (name.to_string(), pid)))
         .map(|(name, pid)| (name, iotposture_e2e::bench::cpu_seconds_of(pid)))
         .collect();
-    cpu.insert("steal".into(), steal_seconds());
+    cpu.insert("steal".into(), iotposture_e2e::bench::steal_seconds());
     cpu
-}
-
-/// CPU seconds the hypervisor gave to other guests while this one wanted
-/// them (`steal`, the eighth figure of /proc/stat's `cpu` line, summed
-/// over the CPUs): runs of the same code on these shared machines differ
-/// by up to 70% in the API server's CPU, and this shows whether a
-/// neighbour took the difference.
-fn steal_seconds() -> f64 {
-    std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|stat| parse_steal(&stat))
-        .unwrap_or(0.0)
-}
-
-fn parse_steal(stat: &str) -> Option<f64> {
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let ticks: f64 = line.split_whitespace().nth(8)?.parse().ok()?;
-    // USER_HZ is 100 on every Linux architecture the project builds for.
-    Some(ticks / 100.0)
 }
 
 /// CPU seconds each process used between two `cpu_now` readings.
@@ -1498,14 +1479,5 @@ mod tests {
         assert_eq!(mutate["p50_ms"], json!(0.5));
         let validate = handler_latency(&before, &after, "validate");
         assert_eq!(validate["p50_ms"], json!(5.5));
-    }
-
-    #[test]
-    fn steal_is_the_eighth_figure_of_the_cpu_line_in_seconds() {
-        let stat = "cpu  9262000 188010 832672 3879306 51018 0 65758 461824 0 0\n\
-                    cpu0 4631000 94005 416336 1939653 25509 0 32879 230912 0 0\n";
-        assert_eq!(parse_steal(stat), Some(4618.24));
-        assert_eq!(parse_steal("cpu  1 2 3\n"), None);
-        assert_eq!(parse_steal("intr 1 2 3 4 5 6 7 8 9\n"), None);
     }
 }
