@@ -233,28 +233,25 @@ async fn bare_pods_are_hardened_to_restricted_and_forbidden_ones_refused() {
         lines[1].contains(r#""subject":"Deployment/gw""#),
         "{lines:?}"
     );
-    let systems: Api<iotposture::api::IoTSystem> = ns.api();
-    let log = systems
-        .get("plant")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .decision_log
+    // The status follows the record: it is written after the lines are
+    // appended, so it may name the last refusal a moment later.
+    let last_handed = handed
+        .iter()
+        .map(|e| e.metadata.name.clone().unwrap())
+        .max()
         .unwrap();
-    assert!(
-        log.admissions_through
-            .as_deref()
-            .is_some_and(|t| t.ends_with(
-                handed
-                    .iter()
-                    .map(|e| e.metadata.name.clone().unwrap())
-                    .max()
-                    .unwrap()
-                    .as_str()
-            )),
-        "{log:?}"
-    );
+    let systems: Api<iotposture::api::IoTSystem> = ns.api();
+    wait_until(
+        "admissionsThrough names the last refusal handed",
+        || async {
+            let log = systems.get("plant").await.ok()?.status?.decision_log?;
+            log.admissions_through
+                .as_deref()
+                .is_some_and(|t| t.ends_with(last_handed.as_str()))
+                .then_some(())
+        },
+    )
+    .await;
 
     // A malformed review gets a clear 400, and the server keeps serving.
     let addr = operator.webhook_addr.unwrap();
